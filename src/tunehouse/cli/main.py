@@ -1,0 +1,96 @@
+"""`tunehouse` — serve the API, manage models, prepare data, drive jobs.
+
+Sub-commands live in their own modules and are mounted here; every user-facing failure is a
+TunehouseError, printed as one line without a traceback and exiting 1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunehouse.errors import TunehouseError
+
+app = typer.Typer(help="Self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
+models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(exc: TunehouseError) -> None:
+    err_console.print(f"[red]Error:[/red] {exc.message}")
+    raise typer.Exit(1)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    port: int = typer.Option(8000, help="Port to bind."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="TUNEHOUSE_API_KEY", help="Require this Bearer key on every request."
+    ),
+    worker: bool = typer.Option(True, "--worker/--no-worker", help="Run a training worker in-process."),
+) -> None:
+    """Run the OpenAI-compatible API (and, by default, one training worker)."""
+    import uvicorn
+
+    if not api_key and not _is_loopback(host):
+        err_console.print(
+            f"[red]Error:[/red] refusing to bind {host} without an API key: anyone on the network "
+            "could use it. Set --api-key or TUNEHOUSE_API_KEY, or bind 127.0.0.1."
+        )
+        raise typer.Exit(2)
+    if api_key:
+        os.environ["TUNEHOUSE_API_KEY"] = api_key
+    from tunehouse.api.app import create_app
+
+    uvicorn.run(create_app(run_worker=worker), host=host, port=port, log_level="info")
+
+
+@app.command()
+def worker() -> None:
+    """Run a training worker without the API (several machines share one database)."""
+    from tunehouse.jobs.worker import run_worker_forever
+
+    run_worker_forever()
+
+
+@models_app.command("add")
+def models_add(
+    model_id: str = typer.Argument(..., help="The id to serve it under, e.g. my-org/my-model."),
+    path: Path = typer.Argument(..., help="A local Hugging Face model folder."),
+) -> None:
+    """Register a local Hugging Face model folder as a base model."""
+    from tunehouse.models.catalog import register_base_model
+
+    try:
+        model = register_base_model(model_id, path)
+    except TunehouseError as exc:
+        fail(exc)
+    console.print(f"Registered base model [bold]{model.id}[/bold] from {model.path}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List base and fine-tuned models."""
+    from tunehouse.models.catalog import list_models
+
+    table = Table("id", "kind", "owned_by", "path")
+    for model in list_models():
+        table.add_row(model.id, model.kind, model.owned_by, str(model.path))
+    console.print(table)

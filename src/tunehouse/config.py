@@ -1,0 +1,45 @@
+"""Process-wide settings, read from the environment so the server, worker, trainer child and CLI agree.
+
+Every part that needs a path or a knob asks `settings()`; nothing else reads `os.environ` for these,
+so a test can point a whole process tree at a temporary home by setting one variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    api_key: str | None
+    organization: str
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.home / "blobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.home / "jobs"
+
+
+def settings() -> Settings:
+    """Read settings now (not at import), so changing the environment in tests takes effect."""
+    home = Path(os.environ.get("TUNEHOUSE_HOME", Path.home() / ".tunehouse")).expanduser().resolve()
+    database_url = os.environ.get("TUNEHOUSE_DATABASE_URL") or f"sqlite:///{home / 'tunehouse.db'}"
+    return Settings(
+        home=home,
+        database_url=database_url,
+        api_key=os.environ.get("TUNEHOUSE_API_KEY") or None,
+        organization=os.environ.get("TUNEHOUSE_ORGANIZATION", "tunehouse"),
+    )

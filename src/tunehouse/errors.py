@@ -1,0 +1,87 @@
+"""One exception type per user-facing failure.
+
+Each carries what OpenAI's error envelope needs (HTTP status, `type`, `code`, `param`); the API maps
+them to `{"error": {...}}` in one place (`tunehouse.api.errors`) and the CLI prints the message
+without a traceback. Services raise these and nothing else for problems the user can fix.
+"""
+
+from __future__ import annotations
+
+
+class TunehouseError(Exception):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}
+
+
+class InvalidRequest(TunehouseError):
+    """The request is malformed or names values out of range (400)."""
+
+    code = "invalid_request"
+
+
+class InvalidValue(TunehouseError):
+    """A field has a value that is well-formed but not acceptable (400), e.g. an unknown purpose."""
+
+    code = "invalid_value"
+
+
+class AuthenticationFailed(TunehouseError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class NotFound(TunehouseError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(TunehouseError):
+    """The object is in a state that forbids the operation (409), e.g. cancelling a finished job."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(TunehouseError):
+    status_code = 413
+    code = "file_too_large"
+
+
+class UnprocessableEntity(TunehouseError):
+    status_code = 422
+    code = "unprocessable_entity"
+
+
+class ModelLoadError(TunehouseError):
+    """A registered model's weights could not be found or loaded."""
+
+    status_code = 400
+    code = "model_load_error"
+
+
+class DataValidationError(TunehouseError):
+    """A training or validation file does not meet the format rules; the message names the line."""
+
+    code = "invalid_training_file"
+
+
+class OutOfMemoryRisk(TunehouseError):
+    """Training would not fit in memory; the message says what to lower."""
+
+    code = "out_of_memory"

@@ -1,0 +1,1 @@
+"""The model catalog: which model ids exist and where their weights are."""
