@@ -100,7 +100,8 @@ class TokenTally:
         self.lengths[counted.tokens] += 1
         self.trained_lengths[counted.trained] += 1
         self.total_tokens += counted.tokens
-        self.kept_tokens += counted.tokens if self.max_length is None else min(counted.tokens, self.max_length)
+        if counted.trained:  # the trainer drops examples left with nothing to learn
+            self.kept_tokens += counted.tokens if self.max_length is None else min(counted.tokens, self.max_length)
         self.trained_tokens += counted.trained
         self.n_truncated += self.max_length is not None and counted.tokens > self.max_length
 

@@ -15,10 +15,19 @@ from tunehouse.data.reader import existing_file, iter_examples
 from tunehouse.data.report import Problem, ProblemLog, ValidationReport, make_problem
 from tunehouse.data.scan import Progress, ScanResult, scan_file
 from tunehouse.data.sniff import sniff_file
+from tunehouse.data.split import OverlapReport, overlap
 from tunehouse.data.token_count import TokenCounter
 from tunehouse.errors import InvalidRequest
 
-__all__ = ["Problem", "ValidationReport", "iter_examples", "validate_file", "validate_scan"]
+__all__ = [
+    "OverlapReport",
+    "Problem",
+    "ValidationReport",
+    "iter_examples",
+    "overlap",
+    "validate_file",
+    "validate_scan",
+]
 
 
 def check_format_name(format: str | None) -> str | None:
