@@ -14,11 +14,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunehouse.cli.data import data_app
 from tunehouse.errors import TunehouseError
 
 app = typer.Typer(help="Self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
 models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 console = Console()
 err_console = Console(stderr=True)
 
