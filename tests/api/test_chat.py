@@ -71,13 +71,15 @@ def test_stop_sequence_is_cut_and_not_returned(client: OpenAI) -> None:
     words = base.choices[0].text.split()
     assert len(words) >= 3
     stop = words[2]
-    stopped = client.completions.create(model=TINY_ID, prompt="Once upon a time", max_tokens=12, temperature=0,
-                                        stop=[stop])
+    stopped = client.completions.create(
+        model=TINY_ID, prompt="Once upon a time", max_tokens=12, temperature=0, stop=[stop]
+    )
     assert stop not in stopped.choices[0].text
     assert base.choices[0].text.startswith(stopped.choices[0].text)
     assert stopped.choices[0].finish_reason == "stop"
-    streamed = client.completions.create(model=TINY_ID, prompt="Once upon a time", max_tokens=12, temperature=0,
-                                         stop=[stop], stream=True)
+    streamed = client.completions.create(
+        model=TINY_ID, prompt="Once upon a time", max_tokens=12, temperature=0, stop=[stop], stream=True
+    )
     assert "".join(c.choices[0].text for c in streamed if c.choices) == stopped.choices[0].text
 
 

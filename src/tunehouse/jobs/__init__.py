@@ -1,0 +1,1 @@
+"""Job lifecycle: creation, validation, queue, worker, cancel, events and checkpoints."""

@@ -1,0 +1,220 @@
+"""Creating, validating and cancelling fine-tuning jobs — the logic behind `/fine_tuning/jobs`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunehouse.config import settings
+from tunehouse.errors import Conflict, InvalidRequest, InvalidValue, TunehouseError
+from tunehouse.ids import new_id
+from tunehouse.jobs.records import TERMINAL_STATES, add_event, get_job, update_job
+from tunehouse.models.catalog import get_model
+from tunehouse.store.db import session
+from tunehouse.store.files import file_path, get_file
+from tunehouse.store.schema import JobRow
+from tunehouse.train.hyperparams import check_hyperparameters
+
+METHOD_TYPES = {"supervised", "dpo"}
+TRAINING_OPTION_KEYS = {"adapter", "lora_r", "lora_alpha", "max_length"}
+
+
+@dataclass
+class JobRequest:
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    hyperparameters: dict[str, Any] | None = None
+    method: dict[str, Any] | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    metadata: dict[str, str] | None = None
+    integrations: list[dict[str, Any]] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+def fine_tuned_model_name(job: JobRow) -> str:
+    """`ft:{base}:{org}:{suffix}:{id}` as OpenAI names them; the id is the job id's random tail."""
+    return f"ft:{job.model}:{job.organization_id.removeprefix('org-')}:{job.suffix or ''}:{job.id[-8:]}"
+
+
+def _resolve_method(request: JobRequest) -> dict[str, Any]:
+    """One `method` object from either the deprecated `hyperparameters` or `method`, as OpenAI does."""
+    method = dict(request.method or {"type": "supervised"})
+    method_type = method.get("type", "supervised")
+    if method_type not in METHOD_TYPES:
+        raise InvalidValue(f"Unsupported method.type '{method_type}'. Supported: supervised, dpo.", param="method.type")
+    section = dict(method.get(method_type) or {})
+    hyperparameters = dict(section.get("hyperparameters") or {})
+    if request.hyperparameters:
+        if hyperparameters and request.method:
+            raise InvalidRequest(
+                "Give hyperparameters either at the top level (deprecated) or under method, not both.",
+                param="hyperparameters",
+            )
+        hyperparameters = dict(request.hyperparameters)
+    check_hyperparameters(hyperparameters, f"method.{method_type}.hyperparameters")
+    if method_type == "supervised" and "beta" in hyperparameters:
+        raise InvalidRequest("beta is a DPO hyperparameter.", param="method.supervised.hyperparameters.beta")
+    defaults = {"batch_size": "auto", "learning_rate_multiplier": "auto", "n_epochs": "auto"}
+    if method_type == "dpo":
+        defaults["beta"] = "auto"
+    section["hyperparameters"] = {**defaults, **hyperparameters}
+    return {"type": method_type, method_type: section}
+
+
+def _check_request(request: JobRequest) -> None:
+    base = get_model(request.model, param="model")
+    if base.kind == "checkpoint":
+        raise InvalidRequest("Fine-tune from a fine-tuned model, not from a checkpoint.", param="model")
+    for param, file_id in (("training_file", request.training_file), ("validation_file", request.validation_file)):
+        if file_id is None:
+            continue
+        row = get_file(file_id, param=param)
+        if row.purpose != "fine-tune":
+            raise InvalidRequest(
+                f"File {file_id} has purpose '{row.purpose}'; {param} needs a file uploaded with purpose 'fine-tune'.",
+                param=param,
+            )
+    if request.suffix is not None and not 1 <= len(request.suffix) <= 64:
+        raise InvalidRequest("suffix must be 1 to 64 characters long.", param="suffix")
+    if request.seed is not None and not 0 <= request.seed <= 2_147_483_647:
+        raise InvalidRequest("seed must be between 0 and 2147483647.", param="seed")
+    if request.metadata is not None:
+        if len(request.metadata) > 16:
+            raise InvalidRequest("metadata can hold at most 16 pairs.", param="metadata")
+        for key, value in request.metadata.items():
+            if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
+                raise InvalidRequest(
+                    f"metadata['{key}']: keys are at most 64 characters, values strings of at most 512.",
+                    param="metadata",
+                )
+    if request.integrations is not None:
+        if len(request.integrations) > 5:
+            raise InvalidRequest("At most 5 integrations.", param="integrations")
+        for index, integration in enumerate(request.integrations):
+            kind = integration.get("type")
+            if kind not in ("wandb", "mlflow") or not isinstance(integration.get(kind), dict):
+                raise InvalidRequest(
+                    f"integrations[{index}] must be {{'type': 'wandb', 'wandb': {{'project': ...}}}}.",
+                    param=f"integrations[{index}]",
+                )
+            if kind == "wandb" and not integration["wandb"].get("project"):
+                raise InvalidRequest("wandb.project is required.", param=f"integrations[{index}].wandb.project")
+    unknown = set(request.training) - TRAINING_OPTION_KEYS
+    if unknown:
+        raise InvalidRequest(f"Unknown training options: {', '.join(sorted(unknown))}.", param="training")
+    if request.training.get("adapter", "lora") not in ("lora", "full"):
+        raise InvalidValue("training.adapter must be 'lora' or 'full'.", param="training.adapter")
+
+
+def create_job(request: JobRequest) -> JobRow:
+    method = _resolve_method(request)
+    _check_request(request)
+    org = settings().organization
+    row = JobRow(
+        id=new_id("ftjob-"),
+        created_at=int(time.time()),
+        model=request.model,
+        organization_id=f"org-{org}",
+        training_file=request.training_file,
+        validation_file=request.validation_file,
+        status="validating_files",
+        method=method,
+        hyperparameters=dict(method[method["type"]]["hyperparameters"]),
+        training_options=dict(request.training),
+        suffix=request.suffix,
+        seed=request.seed if request.seed is not None else int(time.time_ns() % 2_147_483_647),
+        job_metadata=request.metadata,
+        integrations=request.integrations,
+        result_files=[],
+    )
+    with session() as s:
+        s.add(row)
+    add_event(row.id, f"Created fine-tuning job: {row.id}")
+    return row
+
+
+def cancel_job(job_id: str) -> JobRow:
+    """Mark a job cancelled; the worker sees it and stops the trainer within a second or two."""
+    job = get_job(job_id)
+    if job.status in TERMINAL_STATES or not update_job(
+        job_id,
+        only_if_status={"validating_files", "queued", "running"},
+        status="cancelled",
+        finished_at=int(time.time()),
+        estimated_finish=None,
+    ):
+        raise Conflict(f"Job {job_id} has already {get_job(job_id).status}; it cannot be cancelled.", param=None)
+    add_event(job_id, "Job was cancelled")
+    return get_job(job_id)
+
+
+def fail_job(job_id: str, code: str, message: str, param: str | None = None) -> None:
+    """Record a failure on a job still in progress, with an error event."""
+    if update_job(
+        job_id,
+        only_if_status={"validating_files", "queued", "running"},
+        status="failed",
+        finished_at=int(time.time()),
+        estimated_finish=None,
+        error={"code": code, "message": message, "param": param},
+    ):
+        add_event(job_id, message, level="error")
+
+
+def validate_job_files(job_id: str) -> bool:
+    """The `validating_files` step: the same validator as `tunehouse data validate`.
+
+    Fails the job naming the first problem's line and field; warnings and train/valid overlap become
+    warning events. Returns whether the job may be queued.
+    """
+    from tunehouse.data.validate import validate_file
+
+    job = get_job(job_id)
+    formats = {"supervised": None, "dpo": "preference"}
+    wanted = formats[job.method.get("type", "supervised")]
+    for param, file_id in (("training_file", job.training_file), ("validation_file", job.validation_file)):
+        if file_id is None:
+            continue
+        try:
+            row = get_file(file_id, param=param)
+        except TunehouseError as exc:
+            fail_job(job_id, "file_not_found", exc.message, param)
+            return False
+        add_event(job_id, f"Validating {param.replace('_', ' ')}: {file_id} ({row.filename})")
+        report = validate_file(file_path(row), format=wanted, min_examples=10 if param == "training_file" else 1)
+        if not report.ok:
+            first = report.errors[0]
+            more = f" (and {len(report.errors) - 1} more problems)" if len(report.errors) > 1 else ""
+            fail_job(
+                job_id,
+                f"invalid_{param}",
+                f"Invalid file format for {param} {file_id} ({row.filename}): {first.message}. Fix: {first.fix}{more}",
+                param,
+            )
+            return False
+        if wanted is None and report.format == "preference":
+            fail_job(
+                job_id,
+                f"invalid_{param}",
+                f"{param} {file_id} holds preference (DPO) examples; use method type 'dpo' for them.",
+                param,
+            )
+            return False
+        for problem in report.warnings[:20]:
+            add_event(job_id, f"{param}: {problem.message}", level="warn")
+    if job.validation_file:
+        from tunehouse.data.validate import overlap
+
+        leak = overlap(file_path(get_file(job.training_file)), file_path(get_file(job.validation_file)))
+        if leak.n_overlapping:
+            add_event(
+                job_id,
+                f"{leak.n_overlapping} validation examples also appear in the training file; validation "
+                "metrics will look better than they are. Keep the two sets mutually exclusive "
+                "(`tunehouse data split`).",
+                level="warn",
+            )
+    return update_job(job_id, only_if_status={"validating_files"}, status="queued")

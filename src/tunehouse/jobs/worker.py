@@ -1,0 +1,161 @@
+"""The worker: validates new jobs, claims queued ones and runs each trainer in a child process.
+
+A child process means a crash (or an out-of-memory kill) fails one job, not the server, and a cancel
+can stop training at once by terminating the process. The store is the only channel between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tunehouse.config import settings
+from tunehouse.jobs.records import add_event, get_job, update_job
+from tunehouse.jobs.service import fail_job, validate_job_files
+from tunehouse.store.db import session
+from tunehouse.store.schema import JobRow
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+STALE_HEARTBEAT_SECONDS = 120
+TERMINATE_GRACE_SECONDS = 3
+
+
+def _oldest_job_id(status: str) -> str | None:
+    with session() as s:
+        return s.scalar(select(JobRow.id).where(JobRow.status == status).order_by(JobRow.seq).limit(1))
+
+
+def validate_pending_jobs() -> None:
+    while (job_id := _oldest_job_id("validating_files")) is not None:
+        try:
+            if validate_job_files(job_id):
+                add_event(job_id, "Files validated, moving job to queued state")
+        except Exception as exc:  # a validator bug must not kill the worker; it fails the one job
+            log.exception("validation of %s crashed", job_id)
+            fail_job(job_id, "validation_error", f"File validation failed unexpectedly: {exc}")
+
+
+def claim_next_job() -> str | None:
+    """Atomically move the oldest queued job to running; None if another worker won it or none wait."""
+    job_id = _oldest_job_id("queued")
+    if job_id is None:
+        return None
+    claimed = update_job(
+        job_id,
+        only_if_status={"queued"},
+        status="running",
+        worker_host=socket.gethostname(),
+        worker_pid=os.getpid(),
+        heartbeat_at=time.time(),
+    )
+    return job_id if claimed else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def requeue_orphaned_jobs() -> None:
+    """Jobs left `running` by a worker that died go back to the queue (they restart from the top)."""
+    host = socket.gethostname()
+    with session() as s:
+        running = list(s.scalars(select(JobRow).where(JobRow.status == "running")).all())
+    now = time.time()
+    for job in running:
+        dead_here = job.worker_host == host and job.worker_pid is not None and not _pid_alive(job.worker_pid)
+        stale = job.heartbeat_at is None or now - job.heartbeat_at > STALE_HEARTBEAT_SECONDS
+        if (dead_here or stale) and update_job(job.id, only_if_status={"running"}, status="queued"):
+            add_event(job.id, "The worker running this job stopped; the job was re-queued.", level="warn")
+
+
+def _log_tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
+    """Run the trainer child for a claimed job and watch it until it ends or the job is cancelled."""
+    log_path = settings().jobs_dir / job_id / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "tunehouse.train.runner", job_id],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    update_job(job_id, worker_pid=child.pid)
+    while child.poll() is None:
+        if get_job(job_id).status == "cancelled" or (stop is not None and stop.is_set()):
+            _terminate(child)
+            break
+        validate_pending_jobs()
+        time.sleep(POLL_SECONDS)
+    code = child.wait()
+    if code != 0 and get_job(job_id).status == "running":
+        if stop is not None and stop.is_set():
+            update_job(job_id, only_if_status={"running"}, status="queued")
+            add_event(job_id, "The server stopped during training; the job was re-queued.", level="warn")
+            return
+        fail_job(
+            job_id,
+            "training_failed",
+            f"The training process exited with code {code}. Last log lines:\n{_log_tail(log_path)}",
+        )
+
+
+def _terminate(child: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=TERMINATE_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def work_once(stop: threading.Event | None = None) -> bool:
+    """Validate what is new, then run one queued job if there is one. Returns whether it ran one."""
+    validate_pending_jobs()
+    job_id = claim_next_job()
+    if job_id is None:
+        return False
+    run_claimed_job(job_id, stop)
+    return True
+
+
+def run_worker_forever(stop: threading.Event | None = None) -> None:
+    requeue_orphaned_jobs()
+    while stop is None or not stop.is_set():
+        try:
+            if not work_once(stop):
+                time.sleep(POLL_SECONDS)
+        except Exception:  # keep serving other jobs; the failure is already recorded on its job
+            log.exception("worker loop error")
+            time.sleep(POLL_SECONDS)
+
+
+def start_worker_thread() -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker_forever, args=(stop,), name="tunehouse-worker", daemon=True)
+    thread.start()
+    return thread, stop

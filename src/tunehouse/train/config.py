@@ -1,0 +1,49 @@
+"""Every knob of a supervised fine-tuning run, in one documented dataclass (TRL's config style).
+
+A job's hyperparameters and training options map onto this object; the trainer reads nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class SFTConfig:
+    base_model_dir: Path
+    """Hugging Face folder of the base model (config, safetensors, tokenizer)."""
+    output_dir: Path
+    """Where the final adapter or weights are written."""
+    checkpoint_dir: Path
+    """Where per-epoch checkpoints are written, one sub-folder per step."""
+    n_epochs: int = 3
+    batch_size: int = 1
+    """Examples per optimizer step. Split into micro-batches of `micro_batch_size`."""
+    learning_rate: float = 2e-4
+    seed: int = 42
+    use_lora: bool = True
+    """LoRA adapter (default) or full fine-tuning of every weight."""
+    init_adapter_dir: Path | None = None
+    """Continue training this LoRA adapter (fine-tuning a fine-tuned model) instead of a new one."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | str = "all-linear"
+    max_length: int = 2048
+    """Examples longer than this many tokens are truncated."""
+    micro_batch_size: int = 8
+    """Examples per forward pass; the loss is still normalized over the whole optimizer step."""
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool | None = None
+    """bf16 autocast with fp32 master weights; None picks it when the hardware has fast bf16."""
+    eval_interval: int | None = None
+    """Steps between validation-batch evaluations; None picks about 20 per run."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}

@@ -1,0 +1,205 @@
+"""Entry point of the trainer child process: `python -m tunehouse.train.runner JOB_ID`.
+
+Reads the job from the store, resolves `auto` hyperparameters, trains, and reports everything —
+events, metrics, checkpoints, the result file, the fine-tuned model, the final status — back
+through the store. Any failure is recorded on the job with a message for the user.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunehouse.config import settings
+from tunehouse.data.reader import iter_examples
+from tunehouse.errors import TunehouseError
+from tunehouse.jobs.records import add_checkpoint, add_event, get_job, update_job
+from tunehouse.jobs.service import fail_job, fine_tuned_model_name
+from tunehouse.models.catalog import base_of, delete_model, get_model, register_trained_model, weights_dir
+from tunehouse.store.files import create_file, file_path, get_file
+from tunehouse.store.schema import JobRow
+from tunehouse.train.config import SFTConfig
+from tunehouse.train.hyperparams import (
+    FULL_BASE_LEARNING_RATE,
+    LORA_BASE_LEARNING_RATE,
+    resolve_hyperparameters,
+)
+from tunehouse.train.sft import TrainResult, train_sft
+
+RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
+HEARTBEAT_SECONDS = 2.0
+
+
+class StoreReporter:
+    """Writes the trainer's reports as job events, checkpoints, heartbeat and estimated finish."""
+
+    def __init__(self, job: JobRow, model_name: str) -> None:
+        self.job = job
+        self.model_name = model_name
+        self._last_heartbeat = 0.0
+
+    def message(self, text: str, level: str = "info") -> None:
+        add_event(self.job.id, text, level=level)
+
+    def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
+        text = f"Step {step}/{total_steps}: training loss={data['train_loss']:.2f}"
+        if "valid_loss" in data:
+            text += f", validation loss={data['valid_loss']:.2f}"
+        if "full_valid_loss" in data:
+            text += f", full validation loss={data['full_valid_loss']:.2f}"
+        add_event(self.job.id, text, type="metrics", data={"step": step, "total_steps": total_steps, **data})
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
+        name = f"{self.model_name}:ckpt-step-{step}"
+        base = self.job.model
+        register_trained_model(
+            name, kind="checkpoint", path=path, base_model=base, adapter=_is_adapter(path), job_id=self.job.id
+        )
+        add_checkpoint(self.job.id, step, name, str(path), metrics)
+        add_event(self.job.id, f"Checkpoint created at step {step}: {name}")
+
+    def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None:
+        now = time.time()
+        if now - self._last_heartbeat < HEARTBEAT_SECONDS and step != total_steps:
+            return
+        self._last_heartbeat = now
+        remaining = (total_steps - step) * seconds_per_step
+        update_job(self.job.id, only_if_status={"running"}, heartbeat_at=now, estimated_finish=int(now + remaining))
+
+
+def _is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").exists()
+
+
+def result_csv(history: list[dict[str, Any]]) -> bytes:
+    """OpenAI's result file: one row per step; validation columns blank where not measured."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(RESULT_COLUMNS + ["full_valid_loss", "full_valid_mean_token_accuracy"])
+    for row in history:
+        writer.writerow(
+            [
+                row["step"],
+                row["train_loss"],
+                row["train_mean_token_accuracy"],
+                row.get("valid_loss", ""),
+                row.get("valid_mean_token_accuracy", ""),
+                row.get("full_valid_loss", ""),
+                row.get("full_valid_mean_token_accuracy", ""),
+            ]
+        )
+    return out.getvalue().encode()
+
+
+def _read_examples(file_id: str) -> list[dict[str, Any]]:
+    return [example for _, example in iter_examples(file_path(get_file(file_id)))]
+
+
+def build_config(job: JobRow, n_examples: int) -> SFTConfig:
+    """Map the job (its resolved hyperparameters and training options) onto the trainer's config."""
+    method_type = job.method.get("type", "supervised")
+    requested = job.method[method_type]["hyperparameters"]
+    resolved = resolve_hyperparameters(requested, n_examples, method_type)
+    options = job.training_options or {}
+    use_lora = options.get("adapter", "lora") == "lora"
+    start = get_model(job.model)
+    base = base_of(start)
+    base_dir = start.path if (start.kind != "base" and not start.adapter) else weights_dir(base)
+    base_rate = LORA_BASE_LEARNING_RATE if use_lora else FULL_BASE_LEARNING_RATE
+    home = settings()
+    config = SFTConfig(
+        base_model_dir=Path(base_dir),
+        output_dir=home.models_dir / "ft" / job.id,
+        checkpoint_dir=home.jobs_dir / job.id / "checkpoints",
+        n_epochs=resolved.n_epochs,
+        batch_size=resolved.batch_size,
+        learning_rate=base_rate * resolved.learning_rate_multiplier,
+        seed=job.seed,
+        use_lora=use_lora,
+        init_adapter_dir=start.path if start.adapter else None,
+        lora_r=int(options.get("lora_r", 16)),
+        lora_alpha=int(options.get("lora_alpha", 32)),
+        max_length=int(options.get("max_length", 2048)),
+    )
+    method = dict(job.method)
+    method[method_type] = {**method[method_type], "hyperparameters": resolved.as_dict()}
+    update_job(job.id, hyperparameters={k: v for k, v in resolved.as_dict().items() if k != "beta"}, method=method)
+    return config
+
+
+def run_job(job_id: str) -> None:
+    job = get_job(job_id)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    add_event(job_id, "Fine-tuning job started")
+    train_examples = _read_examples(job.training_file)
+    valid_examples = _read_examples(job.validation_file) if job.validation_file else None
+    config = build_config(job, len(train_examples))
+    model_name = fine_tuned_model_name(job)
+    result: TrainResult = train_sft(config, train_examples, valid_examples, StoreReporter(job, model_name))
+    results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_csv(result.history)], internal=True)
+    register_trained_model(
+        model_name,
+        kind="fine-tuned",
+        path=config.output_dir,
+        base_model=job.model,
+        adapter=config.use_lora,
+        job_id=job.id,
+    )
+    finished = update_job(
+        job_id,
+        only_if_status={"running"},
+        status="succeeded",
+        fine_tuned_model=model_name,
+        finished_at=int(time.time()),
+        estimated_finish=None,
+        trained_tokens=result.trained_tokens,
+        result_files=[results.id],
+    )
+    if not finished:  # cancelled while saving: the model must not outlive its job
+        delete_model(model_name)
+        shutil.rmtree(config.output_dir, ignore_errors=True)
+        return
+    add_event(
+        job_id,
+        f"Trained {result.trained_tokens:,} tokens in {result.wall_seconds:.0f} s "
+        f"({result.tokens_per_second:.0f} tokens/s, {'bf16' if result.bf16 else 'fp32'}).",
+    )
+    add_event(job_id, f"New fine-tuned model created: {model_name}")
+    add_event(job_id, "The job has successfully completed")
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    job_id = argv[1]
+    try:
+        run_job(job_id)
+    except TunehouseError as exc:
+        fail_job(job_id, exc.code or "training_failed", exc.message, exc.param)
+        return 1
+    except (MemoryError, torch.OutOfMemoryError):
+        traceback.print_exc()
+        fail_job(
+            job_id,
+            "out_of_memory",
+            "Training ran out of memory. Lower batch_size or "
+            "training.max_length, or use LoRA instead of full fine-tuning.",
+        )
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        fail_job(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
