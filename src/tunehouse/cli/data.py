@@ -161,7 +161,9 @@ def stats(
         f"examples: {result.n_examples}   tokens per example: min {result.min}, median {result.median}, "
         f"p95 {result.p95}, max {result.max}",
         f"over the training max length {result.max_length}: {result.n_truncated} (truncated)"
-        + (f"; {result.n_without_trained_tokens} left with nothing to train" if result.n_without_trained_tokens else ""),
+        + (
+            f"; {result.n_without_trained_tokens} left with nothing to train" if result.n_without_trained_tokens else ""
+        ),
         f"tokens per epoch: {result.epoch_tokens:,} (of which trained assistant tokens: {result.assistant_tokens:,})",
         f"auto n_epochs: {result.n_epochs} -> trained_tokens {result.trained_tokens:,}",
     ]
