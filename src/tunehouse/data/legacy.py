@@ -181,7 +181,12 @@ def _line_problems(number: int, example: dict[str, Any], facts: LegacyFacts, pla
         fix = f"Use a separator found in no prompt, e.g. {plan.separator!r} (`--fix OUT` switches to it)."
         detail = f"separator {facts.prompt_suffix!r} also appears inside the prompt"
         yield make_problem(number, "separator_in_prompt", detail, field="prompt", fix=fix)
-    elif plan.separator and facts.prompt_endings and not prompt.endswith(plan.separator):
+    elif (
+        not plan.separator_in_prompts
+        and plan.separator
+        and facts.prompt_endings
+        and not prompt.endswith(plan.separator)
+    ):
         detail = f"does not end with the separator {plan.separator!r} the other prompts end with"
         yield make_problem(number, "missing_separator", detail, field="prompt", fix=f"Append {plan.separator!r}.")
     if not completion[:1].isspace():
