@@ -174,9 +174,9 @@ def _legacy_markers(path: Path) -> tuple[str, str]:
     for _, row, _ in read_rows(path):
         if row and isinstance(row.get("prompt"), str) and isinstance(row.get("completion"), str):
             facts.add(row["prompt"], row["completion"])
-    separator = facts.prompt_suffix if facts.n > 1 and facts.prompts_differ else ""
-    stop = facts.completion_suffix if facts.n > 1 and facts.completions_differ else ""
-    return separator or "", stop or ""
+    separator = facts.common_separator if facts.n > 1 and facts.prompts_differ else ""
+    stop = facts.common_stop if facts.n > 1 and facts.completions_differ else ""
+    return separator, stop
 
 
 @dataclass(frozen=True)

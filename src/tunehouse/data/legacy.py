@@ -38,6 +38,12 @@ def _common_suffix(a: str | None, b: str) -> str:
     return a[len(a) - n :] if n else ""
 
 
+def _marker(common: str, candidates: tuple[str, ...]) -> str:
+    """The longest known candidate `common` ends with (" END" rather than "! END"), else `common`."""
+    known = [c for c in candidates if common.endswith(c)]
+    return max(known, key=len) if known else common
+
+
 @dataclass
 class LegacyFacts:
     n: int = 0
@@ -77,6 +83,16 @@ class LegacyFacts:
                 self.used_stops.add(stop)
         if len(self.distinct_completions) < DISTINCT_LIMIT:
             self.distinct_completions.add(content_hash(completion.strip().encode(errors="replace")))
+
+    @property
+    def common_separator(self) -> str:
+        """What every prompt ends with: a known separator when the common ending ends with one."""
+        return _marker(self.prompt_suffix or "", SEPARATORS)
+
+    @property
+    def common_stop(self) -> str:
+        """What every completion ends with: a known stop sequence when the common ending ends with one."""
+        return _marker(self.completion_suffix or "", STOP_SEQUENCES)
 
     @property
     def classification(self) -> bool:
@@ -139,7 +155,7 @@ def plan_fixes(facts: LegacyFacts, path: Path) -> LegacyPlan:
     separator: str | None = None
     exists = inside = False
     if not facts.all_prompts_empty:
-        common = facts.prompt_suffix or ""
+        common = facts.common_separator
         separator = common or _dominant(facts.prompt_endings, facts.n)
         exists = bool(common)
         if separator:
@@ -151,8 +167,8 @@ def plan_fixes(facts: LegacyFacts, path: Path) -> LegacyPlan:
     stop: str | None = None
     stop_exists = False
     if not facts.classification and not facts.all_prompts_empty:
-        stop = facts.completion_suffix or _dominant(facts.completion_endings, facts.n)
-        stop_exists = bool(facts.completion_suffix)
+        stop = facts.common_stop or _dominant(facts.completion_endings, facts.n)
+        stop_exists = bool(facts.common_stop)
         if not stop:
             stop = _unused(STOP_SEQUENCES, facts.used_stops) or FALLBACK_STOP
     return LegacyPlan(separator, exists, inside, stop, stop_exists)
@@ -177,9 +193,9 @@ def _file_problems(facts: LegacyFacts, plan: LegacyPlan) -> Iterator[Problem]:
 
 def _line_problems(number: int, example: dict[str, Any], facts: LegacyFacts, plan: LegacyPlan) -> Iterator[Problem]:
     prompt, completion = example["prompt"], example["completion"]
-    if plan.separator_in_prompts and facts.prompt_suffix and _separator_inside(prompt, facts.prompt_suffix):
+    if plan.separator_in_prompts and _separator_inside(prompt, facts.common_separator):
         fix = f"Use a separator found in no prompt, e.g. {plan.separator!r} (`--fix OUT` switches to it)."
-        detail = f"separator {facts.prompt_suffix!r} also appears inside the prompt"
+        detail = f"separator {facts.common_separator!r} also appears inside the prompt"
         yield make_problem(number, "separator_in_prompt", detail, field="prompt", fix=fix)
     elif (
         not plan.separator_in_prompts
@@ -216,7 +232,7 @@ def fix_example(example: dict[str, Any], facts: LegacyFacts, plan: LegacyPlan, c
     """The example with the plan applied; `changes` counts what was changed, by description."""
     prompt, completion = example["prompt"], example["completion"]
     if plan.separator and not plan.separator_exists:
-        old = facts.prompt_suffix if plan.separator_in_prompts else _dominant(facts.prompt_endings, facts.n)
+        old = facts.common_separator if plan.separator_in_prompts else _dominant(facts.prompt_endings, facts.n)
         stripped = prompt[: -len(old)] if old and prompt.endswith(old) else prompt
         if stripped + plan.separator != prompt:
             prompt = stripped + plan.separator
