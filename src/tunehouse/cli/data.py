@@ -24,8 +24,8 @@ from tunehouse.config import DEFAULT_BASE_MODEL
 from tunehouse.errors import InvalidRequest, TunehouseError
 
 data_app = typer.Typer(help="Validate, count, convert and split training files.", no_args_is_help=True)
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 PROGRESS_MIN_BYTES = 16 << 20
 
 
