@@ -27,6 +27,7 @@ from tunehouse.jobs.service import fail_job, fine_tuned_model_name
 from tunehouse.models.catalog import base_of, delete_model, get_model, register_trained_model, weights_dir
 from tunehouse.store.files import create_file, file_path, get_file
 from tunehouse.store.schema import JobRow
+from tunehouse.tracking import attach_trackers
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.hyperparams import (
     FULL_BASE_LEARNING_RATE,
@@ -144,8 +145,10 @@ def run_job(job_id: str) -> None:
     valid_examples = _read_examples(job.validation_file) if job.validation_file else None
     config = build_config(job, len(train_examples))
     model_name = fine_tuned_model_name(job)
-    result: TrainResult = train_sft(config, train_examples, valid_examples, StoreReporter(job, model_name))
+    reporter = attach_trackers(StoreReporter(job, model_name), job, config)  # + W&B / MLflow, if asked
+    result: TrainResult = train_sft(config, train_examples, valid_examples, reporter)
     results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_csv(result.history)], internal=True)
+    reporter.finish(result_csv(result.history), config.output_dir, model_name)
     register_trained_model(
         model_name,
         kind="fine-tuned",

@@ -1,0 +1,187 @@
+"""The tracker interface, the reporter that fans out to trackers, and which trackers a job gets."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunehouse.jobs.records import add_event, get_job
+from tunehouse.store.schema import JobRow
+from tunehouse.train.reporting import Reporter
+
+MLFLOW_URI_ENV = "TUNEHOUSE_MLFLOW_TRACKING_URI"
+
+
+@dataclass
+class JobContext:
+    """What a tracker needs to know about the job: ids for naming, and the config to log."""
+
+    job_id: str
+    base_model: str
+    n_epochs: int
+    config: dict[str, Any]
+    tags: list[str] = field(default_factory=list)
+
+    def epoch(self, step: int, total_steps: int) -> float:
+        """Fractional epoch at `step` (1.0 = the end of the first epoch)."""
+        return step / max(total_steps / max(self.n_epochs, 1), 1e-9)
+
+
+class Tracker:
+    """One experiment tracker's run for one job. Any method may raise; the caller handles it."""
+
+    label = "tracker"
+
+    def start(self, context: JobContext) -> None:
+        raise NotImplementedError
+
+    def metrics(self, step: int, data: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def checkpoint(self, step: int, name: str, metrics: dict[str, Any]) -> None:
+        """A checkpoint was saved; most trackers only note it."""
+
+    def finish(self, result_csv: bytes, model_dir: Path, fine_tuned_model: str) -> None:
+        """Training succeeded: log the result file and the adapter, then close the run."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Training ended without success (or the tracker was turned off): close the run as failed."""
+
+
+def numeric_metrics(data: dict[str, Any]) -> dict[str, float]:
+    """The values a tracker can chart: finite numbers, without the step counters."""
+    return {
+        k: float(v)
+        for k, v in data.items()
+        if k not in ("step", "total_steps")
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(v)
+    }
+
+
+class TrackedReporter:
+    """A `Reporter` that forwards to the job's reporter first, then to each live tracker."""
+
+    def __init__(self, inner: Reporter, context: JobContext, trackers: list[Tracker]) -> None:
+        self.inner = inner
+        self.context = context
+        self.trackers: list[Tracker] = []
+        self._closed = False
+        for tracker in trackers:
+            if self._guard(tracker, "start", tracker.start, context, appended=False):
+                self.trackers.append(tracker)
+        if self.trackers:
+            atexit.register(self.abort)  # a crash or a cancel still closes the runs, as failed
+
+    def _guard(self, tracker: Tracker, what: str, call: Any, *args: Any, appended: bool = True) -> bool:
+        try:
+            call(*args)
+            return True
+        except Exception as exc:  # a tracker must never take training down with it
+            add_event(
+                self.context.job_id,
+                f"{tracker.label} tracking failed ({what}: {type(exc).__name__}: {exc}); "
+                f"it is turned off for this job, training continues.",
+                level="warn",
+            )
+            if appended and tracker in self.trackers:
+                self.trackers.remove(tracker)
+            with contextlib.suppress(Exception):
+                tracker.abort()
+            return False
+
+    # Reporter protocol -------------------------------------------------------------------------
+    def message(self, text: str, level: str = "info") -> None:
+        self.inner.message(text, level)
+
+    def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
+        self.inner.metrics(step, total_steps, data)
+        values = numeric_metrics(data)
+        values["epoch"] = self.context.epoch(step, total_steps)
+        for tracker in list(self.trackers):
+            self._guard(tracker, "metrics", tracker.metrics, step, values)
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
+        self.inner.checkpoint(step, path, metrics)
+        for tracker in list(self.trackers):
+            self._guard(tracker, "checkpoint", tracker.checkpoint, step, str(path), metrics)
+
+    def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None:
+        self.inner.progress(step, total_steps, seconds_per_step)
+
+    # End of training ---------------------------------------------------------------------------
+    def finish(self, result_csv: bytes, model_dir: Path, fine_tuned_model: str) -> None:
+        for tracker in list(self.trackers):
+            self._guard(tracker, "finish", tracker.finish, result_csv, Path(model_dir), fine_tuned_model)
+        self.trackers = []
+        self._closed = True
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for tracker in self.trackers:
+            with contextlib.suppress(Exception):
+                tracker.abort()
+        self.trackers = []
+
+
+def job_context(job: JobRow, trainer_config: Any = None) -> JobContext:
+    """Config to log: the job as the API shows it (resolved hyperparameters) plus the trainer's knobs."""
+    hyperparameters = dict(job.hyperparameters or {})
+    config: dict[str, Any] = {
+        "job_id": job.id,
+        "model": job.model,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "hyperparameters": hyperparameters,
+        "method": job.method,
+        "seed": job.seed,
+        "suffix": job.suffix,
+        "training": job.training_options or {},
+        "metadata": job.job_metadata or {},
+    }
+    if trainer_config is not None and dataclasses.is_dataclass(trainer_config):
+        config["trainer"] = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(trainer_config).items()
+        }
+    n_epochs = hyperparameters.get("n_epochs")
+    return JobContext(
+        job_id=job.id,
+        base_model=job.model,
+        n_epochs=n_epochs if isinstance(n_epochs, int) else 1,
+        config=config,
+        tags=["tunehouse/finetune", f"tunehouse/{job.model}", f"tunehouse/{job.id}"],
+    )
+
+
+def trackers_for(job: JobRow) -> list[Tracker]:
+    """W&B for each `wandb` integration; MLflow for an `mlflow` integration or when the server sets
+    TUNEHOUSE_MLFLOW_TRACKING_URI (then every job is logged there)."""
+    trackers: list[Tracker] = []
+    integrations = job.integrations or []
+    for integration in integrations:
+        if integration.get("type") == "wandb":
+            from tunehouse.tracking.wandb_run import WandbTracker
+
+            trackers.append(WandbTracker(integration.get("wandb") or {}))
+    mlflow_entries = [i.get("mlflow") or {} for i in integrations if i.get("type") == "mlflow"]
+    if mlflow_entries or os.environ.get(MLFLOW_URI_ENV):
+        from tunehouse.tracking.mlflow_run import MlflowTracker
+
+        trackers.append(MlflowTracker(mlflow_entries[0] if mlflow_entries else {}))
+    return trackers
+
+
+def attach_trackers(reporter: Reporter, job: JobRow, trainer_config: Any = None) -> TrackedReporter:
+    """Wrap the job's reporter with the trackers it asked for (none: a plain pass-through)."""
+    fresh = get_job(job.id)  # hyperparameters were resolved after `job` was read
+    return TrackedReporter(reporter, job_context(fresh, trainer_config), trackers_for(fresh))
