@@ -1,0 +1,42 @@
+"""The model catalog through the API and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import SHIPPED_ID, TINY_ID, Server
+
+
+def test_list_has_the_shipped_and_registered_base_models(client: OpenAI) -> None:
+    models = {m.id: m for m in client.models.list()}
+    assert models[SHIPPED_ID].owned_by == "HuggingFaceTB"
+    assert TINY_ID in models
+
+
+def test_ids_with_a_slash_work_on_every_model_route(client: OpenAI) -> None:
+    assert client.models.retrieve(SHIPPED_ID).id == SHIPPED_ID
+    with pytest.raises(openai.BadRequestError) as err:
+        client.models.delete(SHIPPED_ID)
+    assert "base model" in err.value.message
+
+
+def test_unknown_model_is_404(client: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("org/does-not-exist")
+    with pytest.raises(openai.NotFoundError):
+        client.models.delete("ft:nothing:here::x")
+
+
+def test_models_add_rejects_bad_folders_and_duplicates(server: Server, tmp_path: Path, tiny_model_dir: Path) -> None:
+    empty = server.cli("models", "add", "empty", str(tmp_path))
+    assert empty.returncode == 1
+    assert "config.json" in empty.stderr and "Traceback" not in empty.stderr
+    duplicate = server.cli("models", "add", TINY_ID, str(tiny_model_dir))
+    assert duplicate.returncode == 1 and "already registered" in duplicate.stderr
+    added = server.cli("models", "add", "team/tiny-copy", str(tiny_model_dir))
+    assert added.returncode == 0, added.stderr
+    assert "team/tiny-copy" in server.cli("models", "list").stdout
