@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-from itertools import islice
 from typing import Any
 
 # A space preceded by a non-whitespace character: a pre-token boundary (Python's \s covers every
@@ -56,52 +55,48 @@ def piece_counting_applies(backend: Any) -> bool:
     )
 
 
+class _PieceCounts(dict):
+    """piece -> token count of `prefix + piece`; a missing piece is counted by the tokenizer on lookup.
+
+    Counting on lookup (`__missing__`) keeps the hot path a single `sum(map(...))` in C: no
+    exception, no second pass, and the tokenizer only ever sees pieces it has not seen before.
+    """
+
+    def __init__(self, backend: Any, prefix: str) -> None:
+        super().__init__()
+        self.backend = backend
+        self.prefix = prefix
+
+    def __missing__(self, piece: str) -> int:
+        if len(self) >= CACHE_LIMIT:
+            self.clear()
+        count = len(self.backend.encode(self.prefix + piece, add_special_tokens=False).ids)
+        self[piece] = count
+        return count
+
+
 class PieceCounter:
     """Token counts of texts, as `len(tokenizer(text, add_special_tokens=False).input_ids)`."""
 
     def __init__(self, backend: Any, use_pieces: bool | None = None) -> None:
         self.backend = backend
         self.use_pieces = piece_counting_applies(backend) if use_pieces is None else use_pieces
-        self._first: dict[str, int] = {}  # count of a piece at the start of a text
-        self._spaced: dict[str, int] = {}  # count of " " + piece
+        self._first = _PieceCounts(backend, "")  # a piece at the start of a text
+        self._spaced = _PieceCounts(backend, " ")  # a piece after a boundary space
 
     def _encode_counts(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
-
-    @staticmethod
-    def _pieces(text: str) -> list[str]:
-        return _BOUNDARY.split(text) if _UNSAFE_SPACE.search(text) else text.split(" ")
-
-    def _cached(self, pieces: list[str]) -> int:
-        spaced = self._spaced.__getitem__
-        return self._first[pieces[0]] + sum(map(spaced, islice(pieces, 1, None)))
-
-    def _learn(self, piece_lists: list[list[str]]) -> None:
-        if len(self._spaced) > CACHE_LIMIT:
-            self._spaced.clear()
-        if len(self._first) > CACHE_LIMIT:
-            self._first.clear()
-        firsts = list({p[0] for p in piece_lists} - self._first.keys())
-        spaced = list({p for pieces in piece_lists for p in islice(pieces, 1, None)} - self._spaced.keys())
-        self._first.update(zip(firsts, self._encode_counts(firsts), strict=True))
-        self._spaced.update(zip(spaced, self._encode_counts([" " + p for p in spaced]), strict=True))
 
     def count_many(self, texts: list[str]) -> list[int]:
         """Token counts of each text, in order."""
         if not self.use_pieces:
             return self._encode_counts(texts)
-        counts = [0] * len(texts)
-        missed: list[tuple[int, list[str]]] = []
-        for index, text in enumerate(texts):
+        first, spaced = self._first.__getitem__, self._spaced.__getitem__
+        counts = []
+        for text in texts:
             if not text:
+                counts.append(0)
                 continue
-            pieces = self._pieces(text)
-            try:
-                counts[index] = self._cached(pieces)
-            except KeyError:
-                missed.append((index, pieces))
-        if missed:
-            self._learn([pieces for _, pieces in missed])
-            for index, pieces in missed:
-                counts[index] = self._cached(pieces)
+            pieces = _BOUNDARY.split(text) if _UNSAFE_SPACE.search(text) else text.split(" ")
+            counts.append(first(pieces[0]) + sum(map(spaced, pieces[1:])))
         return counts
