@@ -14,13 +14,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunehouse.cli.chat import chat
 from tunehouse.cli.data import data_app
+from tunehouse.cli.files import files_app
+from tunehouse.cli.jobs import jobs_app
 from tunehouse.errors import TunehouseError
 
 app = typer.Typer(help="Self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
 models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+# Client commands: talk HTTP to a server (--base-url), like the openai SDK.
+app.add_typer(files_app, name="files")
+app.add_typer(jobs_app, name="jobs")
+app.command("chat")(chat)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -96,3 +103,7 @@ def models_list() -> None:
     for model in list_models():
         table.add_row(model.id, model.kind, model.owned_by, str(model.path))
     console.print(table)
+
+
+if __name__ == "__main__":
+    app()
