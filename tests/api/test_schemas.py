@@ -23,12 +23,18 @@ SPEC = Path(__file__).resolve().parents[1] / "spec" / "openai-openapi-subset.jso
 
 
 def _openapi_to_jsonschema(node: Any) -> Any:
-    """OpenAPI 3.0's `nullable: true` is not JSON Schema: rewrite it as `anyOf [..., null]`."""
+    """OpenAPI 3.0 → JSON Schema: `nullable: true` becomes `anyOf [..., null]`, and boolean
+    `exclusiveMinimum/Maximum` (draft 4) become the numeric bounds of current JSON Schema."""
     if isinstance(node, list):
         return [_openapi_to_jsonschema(n) for n in node]
     if not isinstance(node, dict):
         return node
     node = {k: _openapi_to_jsonschema(v) for k, v in node.items()}
+    for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if node.get(exclusive) is True:
+            node[exclusive] = node.pop(bound)
+        elif node.get(exclusive) is False:
+            node.pop(exclusive)
     if node.pop("nullable", False):
         return {"anyOf": [node, {"type": "null"}]}
     return node

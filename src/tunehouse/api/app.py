@@ -1,0 +1,46 @@
+"""The FastAPI application: routers under `/v1`, auth, error envelope, and the in-process worker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from tunehouse import __version__
+from tunehouse.api.auth import require_api_key
+from tunehouse.api.chat.router import router as chat_router
+from tunehouse.api.completions.router import router as completions_router
+from tunehouse.api.errors import install_error_handlers
+from tunehouse.api.files.router import router as files_router
+from tunehouse.api.fine_tuning.router import router as fine_tuning_router
+from tunehouse.api.models.router import router as models_router
+from tunehouse.store.db import engine
+
+
+def create_app(run_worker: bool = False) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        engine()  # create the schema before the first request
+        stop = None
+        if run_worker:
+            from tunehouse.jobs.worker import start_worker_thread
+
+            thread, stop = start_worker_thread()
+        yield
+        if stop is not None:
+            stop.set()
+            thread.join(timeout=10)
+
+    app = FastAPI(title="tunehouse", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    for router in (files_router, fine_tuning_router, models_router, chat_router, completions_router):
+        v1.include_router(router)
+    app.include_router(v1)
+
+    @app.get("/health", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,122 @@
+"""Chat completions: render messages with the model's own chat template, generate, shape the reply."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tunehouse.api.chat.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ResponseMessage,
+    Usage,
+)
+from tunehouse.api.sampling import sampling_params
+from tunehouse.errors import InvalidRequest
+from tunehouse.ids import new_id
+from tunehouse.models.template import render_chat_prompt
+from tunehouse.serve.engine import Generation, get_engine
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+DEFAULT_MAX_TOKENS = 512
+FINGERPRINT = "fp_tunehouse"
+
+
+def _check_messages(messages: list[dict[str, Any]]) -> None:
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"Invalid value for messages[{index}].role: {role!r}. Expected one of {', '.join(sorted(ROLES))}.",
+                param=f"messages[{index}].role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise InvalidRequest(
+                f"messages[{index}].content must be a string or a list of parts.", param=f"messages[{index}].content"
+            )
+
+
+def _prepare(request: ChatCompletionRequest) -> tuple[str, Any]:
+    _check_messages(request.messages)
+    engine = get_engine()
+    tokenizer = engine.tokenizer_for(request.model)  # resolves the model now: unknown ids fail as 404
+    prompt = render_chat_prompt(tokenizer, request.messages)
+    params = sampling_params(
+        max_tokens=request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stop=request.stop,
+        seed=request.seed,
+    )
+    return prompt, params
+
+
+def create_chat_completion(request: ChatCompletionRequest) -> dict[str, Any]:
+    prompt, params = _prepare(request)
+    engine = get_engine()
+    choices, usage = [], Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    for index in range(request.n):
+        result = engine.generate(request.model, prompt, params)
+        if index == 0 and params.seed is not None:
+            params.seed = None  # later choices continue the seeded RNG, so they differ but reproduce
+        choices.append(
+            Choice(index=index, message=ResponseMessage(content=result.text), finish_reason=result.finish_reason)
+        )
+        usage.prompt_tokens = result.prompt_tokens
+        usage.completion_tokens += result.completion_tokens
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+    return ChatCompletion(
+        id=new_id("chatcmpl-"),
+        created=int(time.time()),
+        model=request.model,
+        choices=choices,
+        usage=usage,
+        system_fingerprint=FINGERPRINT,
+    ).model_dump()
+
+
+def stream_chat_completion(request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+    """Chunks: a role delta, content deltas, a finish chunk per choice, then usage if asked."""
+    prompt, params = _prepare(request)
+    engine = get_engine()
+    base = {
+        "id": new_id("chatcmpl-"),
+        "created": int(time.time()),
+        "model": request.model,
+        "system_fingerprint": FINGERPRINT,
+    }
+    include_usage = bool((request.stream_options or {}).get("include_usage"))
+
+    def generate() -> Iterator[dict[str, Any]]:
+        prompt_tokens, completion_tokens = 0, 0
+        for index in range(request.n):
+            yield ChatCompletionChunk(
+                **base, choices=[ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]
+            ).to_wire()
+            for item in engine.stream(request.model, prompt, params):
+                if isinstance(item, Generation):
+                    prompt_tokens = item.prompt_tokens
+                    completion_tokens += item.completion_tokens
+                    yield ChatCompletionChunk(
+                        **base, choices=[ChunkChoice(index=index, delta=Delta(), finish_reason=item.finish_reason)]
+                    ).to_wire()
+                elif item:
+                    yield ChatCompletionChunk(
+                        **base, choices=[ChunkChoice(index=index, delta=Delta(content=item))]
+                    ).to_wire()
+            params.seed = None
+        if include_usage:
+            usage = Usage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+            yield ChatCompletionChunk(**base, choices=[], usage=usage).to_wire()
+
+    return generate()
