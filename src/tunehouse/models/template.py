@@ -59,9 +59,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 def render_chat_prompt(tokenizer: Any, messages: list[dict[str, Any]]) -> str:
     """The prompt text for generating the next assistant turn."""
-    return tokenizer.apply_chat_template(
-        normalize_messages(messages), add_generation_prompt=True, tokenize=False
-    )
+    return tokenizer.apply_chat_template(normalize_messages(messages), add_generation_prompt=True, tokenize=False)
 
 
 def _encode_text(tokenizer: Any, text: str) -> list[int]:
@@ -84,6 +82,11 @@ def encode_chat_example(
     for index, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
+        if index == 0:
+            raise DataValidationError(
+                "The conversation starts with an assistant message; put a user (or system) message first.",
+                param="messages",
+            )
         prompt = tokenizer.apply_chat_template(normalized[:index], add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(normalized[: index + 1], tokenize=False)
         if not prompt.startswith(rendered) or not full.startswith(prompt):
