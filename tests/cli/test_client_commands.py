@@ -16,7 +16,9 @@ from tests.support import chat_rows, write_jsonl
 from tunehouse.cli.follow import Snapshot, epoch_at
 
 
-def tunehouse(server: Server, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+def tunehouse(
+    server: Server, *args: str, stdin: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "TUNEHOUSE_BASE_URL": server.base_url, "COLUMNS": "200", **env}
     for name in ("TUNEHOUSE_API_KEY", "OPENAI_API_KEY"):
         if name not in env:
@@ -88,7 +90,16 @@ def test_files_upload_and_list(server: Server, data_dir: Path) -> None:
 
 def test_create_reuses_an_identical_upload(server: Server, data_dir: Path, job_id: str) -> None:
     created = tunehouse(
-        server, "jobs", "create", "-m", TINY_ID, "-t", str(data_dir / "train.jsonl"), "--n-epochs", "1", "--json"
+        server,
+        "jobs",
+        "create",
+        "-m",
+        TINY_ID,
+        "-t",
+        str(data_dir / "train.jsonl"),
+        "--n-epochs",
+        "1",
+        "--json",
     )
     assert created.returncode == 0, created.stderr
     assert "Reusing training file train.jsonl: file-" in created.stderr
@@ -117,7 +128,9 @@ def test_list_get_events_results(server: Server, job_id: str) -> None:
     assert len(csv_text.splitlines()) == 11
 
 
-def test_plot_writes_a_png_with_train_and_validation_curves(server: Server, job_id: str, tmp_path: Path) -> None:
+def test_plot_writes_a_png_with_train_and_validation_curves(
+    server: Server, job_id: str, tmp_path: Path
+) -> None:
     output = tmp_path / "loss.png"
     result = tunehouse(server, "jobs", "plot", job_id, "-o", str(output))
     assert result.returncode == 0, result.stderr
@@ -131,7 +144,9 @@ def test_plot_writes_a_png_with_train_and_validation_curves(server: Server, job_
 
 
 def test_follow_exits_non_zero_when_the_job_fails(server: Server, data_dir: Path) -> None:
-    created = tunehouse(server, "jobs", "create", "-m", TINY_ID, "-t", str(data_dir / "too_few.jsonl"), "--json")
+    created = tunehouse(
+        server, "jobs", "create", "-m", TINY_ID, "-t", str(data_dir / "too_few.jsonl"), "--json"
+    )
     job = json.loads(created.stdout)
     followed = tunehouse(server, "jobs", "follow", job["id"], "--interval", "0.3")
     assert followed.returncode == 1
@@ -146,7 +161,9 @@ def test_follow_a_finished_job_exits_at_once(server: Server, job_id: str) -> Non
 
 def test_chat_streams_replies_from_piped_input(server: Server, job_id: str) -> None:
     model = json.loads(tunehouse(server, "jobs", "get", job_id).stdout)["fine_tuned_model"]
-    result = tunehouse(server, "chat", model, "--max-tokens", "4", stdin="What is the colour of item 1?\n/reset\nhi\n")
+    result = tunehouse(
+        server, "chat", model, "--max-tokens", "4", stdin="What is the colour of item 1?\n/reset\nhi\n"
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "(conversation reset)" in lines and len(lines) == 3

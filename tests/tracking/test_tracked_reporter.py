@@ -55,7 +55,9 @@ class FakeTracker(Tracker):
 @pytest.fixture
 def warnings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     seen: list[tuple[str, str]] = []
-    monkeypatch.setattr(base, "add_event", lambda job_id, message, level="info": seen.append((level, message)))
+    monkeypatch.setattr(
+        base, "add_event", lambda job_id, message, level="info": seen.append((level, message))
+    )
     return seen
 
 
@@ -107,7 +109,9 @@ def test_abort_closes_runs_left_open_by_a_crash(warnings: list) -> None:
     assert tracker.aborted and not tracker.finished
 
 
-def test_mlflow_params_are_flat_and_local_stores_come_only_from_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mlflow_params_are_flat_and_local_stores_come_only_from_the_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     assert flatten({"hyperparameters": {"n_epochs": 3, "lr": "auto"}, "suffix": None}) == {
         "hyperparameters.n_epochs": "3",
         "hyperparameters.lr": "auto",

@@ -82,7 +82,12 @@ def test_wandb_offline_run_holds_config_and_every_step(
     assert run.name == finished_job.id  # no name given: the job id, as OpenAI does
     assert run.project == "colours"
     assert run.job_type == "fine-tune"
-    assert set(run.tags) == {"tunehouse/finetune", f"tunehouse/{TINY_ID}", f"tunehouse/{finished_job.id}", "seed-000"}
+    assert set(run.tags) == {
+        "tunehouse/finetune",
+        f"tunehouse/{TINY_ID}",
+        f"tunehouse/{finished_job.id}",
+        "seed-000",
+    }
     assert run.config["model"] == TINY_ID
     assert run.config["training_file"] == finished_job.training_file
     assert run.config["hyperparameters"]["n_epochs"] == 1
@@ -129,7 +134,9 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(
 
     artifacts = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
     assert f"{finished_job.id}_results.csv" in artifacts
-    assert "adapter/adapter_config.json" in {a.path for a in mlflow.list_artifacts(run.info.run_id, "adapter")}
+    assert "adapter/adapter_config.json" in {
+        a.path for a in mlflow.list_artifacts(run.info.run_id, "adapter")
+    }
 
 
 def test_failing_tracker_warns_and_training_still_succeeds(tracked_client: OpenAI, tmp_path: Path) -> None:

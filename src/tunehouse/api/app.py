@@ -16,6 +16,7 @@ from tunehouse.api.files.router import router as files_router
 from tunehouse.api.fine_tuning.router import router as fine_tuning_router
 from tunehouse.api.models.router import router as models_router
 from tunehouse.store.db import engine
+from tunehouse.web import mount_dashboard
 
 
 def create_app(run_worker: bool = False) -> FastAPI:
@@ -43,4 +44,5 @@ def create_app(run_worker: bool = False) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    mount_dashboard(app)  # the web dashboard at `/`; it reads `/v1` with the user's key
     return app

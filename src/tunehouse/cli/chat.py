@@ -12,7 +12,15 @@ from typing import Annotated, Any
 import openai
 import typer
 
-from tunehouse.cli.client import DEFAULT_BASE_URL, ApiKey, BaseUrl, api_errors, error_message, fail, make_client
+from tunehouse.cli.client import (
+    DEFAULT_BASE_URL,
+    ApiKey,
+    BaseUrl,
+    api_errors,
+    error_message,
+    fail,
+    make_client,
+)
 
 HELP = "Commands: /reset forgets the conversation, /exit leaves."
 
@@ -73,7 +81,9 @@ def chat(
         messages.append({"role": "assistant", "content": reply})
 
 
-def _complete(client: Any, model: str, messages: list[dict[str, Any]], stream: bool, options: dict[str, Any]) -> str:
+def _complete(
+    client: Any, model: str, messages: list[dict[str, Any]], stream: bool, options: dict[str, Any]
+) -> str:
     if not stream:
         response = client.chat.completions.create(model=model, messages=messages, **options)
         reply = response.choices[0].message.content or ""

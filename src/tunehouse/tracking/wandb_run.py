@@ -68,7 +68,9 @@ class WandbTracker(Tracker):
             self.run.log_artifact(artifact)
             if (model_dir / "adapter_config.json").exists():  # full weights are too big to copy by default
                 adapter = wandb.Artifact(
-                    _artifact_name(f"{job_id}-adapter"), type="model", metadata={"fine_tuned_model": fine_tuned_model}
+                    _artifact_name(f"{job_id}-adapter"),
+                    type="model",
+                    metadata={"fine_tuned_model": fine_tuned_model},
                 )
                 adapter.add_dir(str(model_dir))
                 self.run.log_artifact(adapter, aliases=["latest", job_id])
