@@ -19,6 +19,7 @@ class Settings:
     database_url: str
     api_key: str | None
     organization: str
+    max_file_bytes: int
 
     @property
     def blobs_dir(self) -> Path:
@@ -42,4 +43,5 @@ def settings() -> Settings:
         database_url=database_url,
         api_key=os.environ.get("TUNEHOUSE_API_KEY") or None,
         organization=os.environ.get("TUNEHOUSE_ORGANIZATION", "tunehouse"),
+        max_file_bytes=int(os.environ.get("TUNEHOUSE_MAX_FILE_BYTES", 512 * 1024 * 1024)),
     )

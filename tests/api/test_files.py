@@ -8,6 +8,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from tests.conftest import MAX_FILE_BYTES, Server
 from tests.support import chat_rows, write_jsonl
 
 
@@ -69,3 +70,15 @@ def test_unknown_file_id_is_404(client: OpenAI) -> None:
     for call in (client.files.retrieve, client.files.delete, client.files.content):
         with pytest.raises(openai.NotFoundError):
             call("file-doesnotexist")
+
+
+def test_oversized_upload_is_413_and_leaves_nothing_behind(client: OpenAI, server: Server, tmp_path: Path) -> None:
+    before = sorted(p.name for p in (server.home / "blobs" / "files").iterdir())
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b'{"prompt": "x", "completion": "y"}\n' * (MAX_FILE_BYTES // 30))
+    with open(path, "rb") as f, pytest.raises(openai.APIStatusError) as err:
+        client.files.create(file=f, purpose="fine-tune")
+    assert err.value.status_code == 413
+    assert err.value.param == "file"
+    assert sorted(p.name for p in (server.home / "blobs" / "files").iterdir()) == before
+    assert "big.jsonl" not in [f.filename for f in client.files.list()]

@@ -30,7 +30,7 @@ def write_blob(key: str, chunks: Iterable[bytes], max_bytes: int | None = None) 
                 size += len(chunk)
                 if max_bytes is not None and size > max_bytes:
                     raise PayloadTooLarge(
-                        f"File is larger than the {max_bytes // (1024 * 1024)} MB limit.", param="file"
+                        f"File is larger than the {max_bytes:,}-byte limit (TUNEHOUSE_MAX_FILE_BYTES).", param="file"
                     )
                 out.write(chunk)
             out.flush()

@@ -56,6 +56,7 @@ class JobRow(Base):
     trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(nullable=True)
 
