@@ -73,9 +73,7 @@ def get_model(model_id: str, *, param: str = "model") -> ModelInfo:
     with session() as s:
         row = s.get(ModelRow, model_id)
         if row is None:
-            raise ModelNotFound(
-                f"The model '{model_id}' does not exist or you do not have access to it.", param=param
-            )
+            raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param=param)
         return _from_row(row)
 
 
@@ -119,9 +117,7 @@ def register_base_model(model_id: str, path: Path, owned_by: str = "user") -> Mo
     with session() as s:
         if model_id == SHIPPED_MODEL_ID or s.get(ModelRow, model_id) is not None:
             raise Conflict(f"A model named '{model_id}' is already registered.", param="id")
-        row = ModelRow(
-            id=model_id, kind="base", created=int(time.time()), owned_by=owned_by, path=str(path)
-        )
+        row = ModelRow(id=model_id, kind="base", created=int(time.time()), owned_by=owned_by, path=str(path))
         s.add(row)
         return _from_row(row)
 
