@@ -26,6 +26,7 @@ def ask(client: OpenAI, model: str, question: str):  # type: ignore[no-untyped-d
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_fine_tuned_model_learns_facts_and_answers_unseen_phrasings(client: OpenAI, tmp_path: Path) -> None:
     path = write_training_file(tmp_path / "jonny.jsonl")
     with open(path, "rb") as f:
