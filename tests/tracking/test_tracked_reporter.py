@@ -9,7 +9,7 @@ import pytest
 
 from tunehouse.tracking import base
 from tunehouse.tracking.base import JobContext, TrackedReporter, Tracker
-from tunehouse.tracking.mlflow_run import flatten, tracking_uri
+from tunehouse.tracking.mlflow_run import flatten, local_artifact_location, tracking_uri
 
 
 class Recorder:
@@ -121,3 +121,5 @@ def test_mlflow_params_are_flat_and_local_stores_come_only_from_the_server(
         tracking_uri({"tracking_uri": "file:///etc"})
     monkeypatch.setenv("TUNEHOUSE_MLFLOW_TRACKING_URI", "sqlite:////tmp/x.db")
     assert tracking_uri({}) == "sqlite:////tmp/x.db"
+    assert local_artifact_location("sqlite:////tmp/x.db") == "file:///tmp/x-artifacts"
+    assert local_artifact_location("http://mlflow.internal:5000") is None

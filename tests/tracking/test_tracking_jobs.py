@@ -132,6 +132,9 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(
     assert all(by_step[int(r["step"])] == pytest.approx(float(r["train_loss"])) for r in rows)
     assert mlflow.get_metric_history(run.info.run_id, "valid_loss")
 
+    assert run.info.artifact_uri.startswith(
+        (Path(tracked_server.env["WANDB_DIR"]).parent / "mlflow-artifacts").as_uri()
+    )
     artifacts = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
     assert f"{finished_job.id}_results.csv" in artifacts
     assert "adapter/adapter_config.json" in {

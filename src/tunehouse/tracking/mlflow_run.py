@@ -49,6 +49,15 @@ def tracking_uri(options: dict[str, Any]) -> str:
     return uri
 
 
+def local_artifact_location(uri: str) -> str | None:
+    """Artifacts of a local SQLite store go beside the database; MLflow's own default is `./mlruns`
+    under whatever directory the trainer runs in. Remote servers keep their own default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///")).expanduser().resolve()
+    return (database.parent / f"{database.stem}-artifacts").as_uri()
+
+
 class MlflowTracker(Tracker):
     label = "MLflow"
 
@@ -65,10 +74,15 @@ class MlflowTracker(Tracker):
         from mlflow.tracking import MlflowClient
 
         self.context = context
-        self.client = MlflowClient(tracking_uri=tracking_uri(self.options))
+        uri = tracking_uri(self.options)
+        self.client = MlflowClient(tracking_uri=uri)
         name = self.options.get("experiment_name") or "tunehouse"
         experiment = self.client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(name, artifact_location=local_artifact_location(uri))
+        )
         tags = {tag: "true" for tag in context.tags}
         user_tags = self.options.get("tags") or {}
         if isinstance(user_tags, list):
