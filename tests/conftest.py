@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -130,15 +131,26 @@ class Server:
         return OpenAI(base_url=self.base_url, api_key=api_key or self.api_key or "sk-local", max_retries=0)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path, tiny_model_dir: Path) -> Iterator[Server]:
-    home = make_home(tmp_path_factory.mktemp("home"), shipped_model_dir)
-    srv = Server(home)
+@contextmanager
+def running_server(
+    home: Path, tiny_model_dir: Path, *, api_key: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """A started server on `home` with the tiny model registered; stopped when the block ends."""
+    srv = Server(home, api_key=api_key)
+    srv.env.update(env or {})
     added = srv.cli("models", "add", TINY_ID, str(tiny_model_dir))
     assert added.returncode == 0, added.stderr
     srv.start()
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path, tiny_model_dir: Path) -> Iterator[Server]:
+    with running_server(make_home(tmp_path_factory.mktemp("home"), shipped_model_dir), tiny_model_dir) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="session")

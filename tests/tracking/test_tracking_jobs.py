@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.conftest import TINY_ID, Server, make_home
+from tests.conftest import TINY_ID, Server, make_home, running_server
 from tests.support import chat_rows, upload_rows, wait_for_job
 from tests.tracking.wandb_records import read_offline_run
 
@@ -26,22 +26,16 @@ def tracked_server(
     tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path, tiny_model_dir: Path
 ) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("tracked")
-    srv = Server(make_home(root / "home", shipped_model_dir))
-    srv.env.update(
-        {
-            "WANDB_MODE": "offline",
-            "WANDB_DIR": str(root / "wandb"),
-            "WANDB_SILENT": "true",
-            "TUNEHOUSE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
-        }
-    )
-    added = srv.cli("models", "add", TINY_ID, str(tiny_model_dir))
-    assert added.returncode == 0, added.stderr
-    srv.start()
-    yield srv
-    srv.stop()
+    env = {
+        "WANDB_MODE": "offline",
+        "WANDB_DIR": str(root / "wandb"),
+        "WANDB_SILENT": "true",
+        "TUNEHOUSE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+    }
+    with running_server(make_home(root / "home", shipped_model_dir), tiny_model_dir, env=env) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +131,7 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(
     )
     artifacts = {a.path for a in mlflow.list_artifacts(run.info.run_id)}
     assert f"{finished_job.id}_results.csv" in artifacts
-    assert "adapter/adapter_config.json" in {
-        a.path for a in mlflow.list_artifacts(run.info.run_id, "adapter")
-    }
+    assert "adapter/adapter_config.json" in {a.path for a in mlflow.list_artifacts(run.info.run_id, "adapter")}
 
 
 def test_failing_tracker_warns_and_training_still_succeeds(tracked_client: OpenAI, tmp_path: Path) -> None:

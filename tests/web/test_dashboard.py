@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from tests.conftest import REPO, TINY_ID, Server, make_home
+from tests.conftest import REPO, TINY_ID, Server, make_home, running_server
 from tests.support import chat_rows, upload_rows, wait_for_job
 
 CHROMIUM = Path(os.environ.get("TUNEHOUSE_CHROMIUM", "/usr/bin/chromium"))
@@ -38,9 +38,7 @@ CHROMIUM_ARGS = [
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: run `make chromium` (apt-get install -y chromium) as root")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="the playwright Python package is not installed"
-    )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -51,12 +49,9 @@ def browser() -> Iterator[object]:
 def web_server(
     tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path, tiny_model_dir: Path
 ) -> Iterator[Server]:
-    srv = Server(make_home(tmp_path_factory.mktemp("web"), shipped_model_dir), api_key=API_KEY)
-    added = srv.cli("models", "add", TINY_ID, str(tiny_model_dir))
-    assert added.returncode == 0, added.stderr
-    srv.start()
-    yield srv
-    srv.stop()
+    home = make_home(tmp_path_factory.mktemp("web"), shipped_model_dir)
+    with running_server(home, tiny_model_dir, api_key=API_KEY) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")
@@ -173,9 +168,7 @@ def test_the_page_asks_for_the_key_the_server_requires(browser, web_server: Serv
         page.wait_for_selector("#key-dialog[open]")
         page.fill("#key-input", "sk-wrong-key-0000")
         page.click("#key-save")
-        page.wait_for_function(
-            "document.querySelector('#key-reason').textContent.includes('Incorrect API key')"
-        )
+        page.wait_for_function("document.querySelector('#key-reason').textContent.includes('Incorrect API key')")
         page.fill("#key-input", API_KEY)
         page.click("#key-save")
         page.wait_for_selector("h1:has-text('Fine-tuning jobs')")
