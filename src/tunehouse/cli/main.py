@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tunehouse.cli.bench import bench_app
 from tunehouse.cli.chat import chat
 from tunehouse.cli.data import data_app
 from tunehouse.cli.files import files_app
@@ -24,6 +25,7 @@ app = typer.Typer(help="Self-hosted, OpenAI-compatible fine-tuning.", no_args_is
 models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 # Client commands: talk HTTP to a server (--base-url), like the openai SDK.
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")

@@ -17,7 +17,17 @@ from tunehouse.store.schema import JobRow
 from tunehouse.train.hyperparams import check_hyperparameters
 
 METHOD_TYPES = {"supervised", "dpo"}
-TRAINING_OPTION_KEYS = {"adapter", "lora_r", "lora_alpha", "max_length"}
+TRAINING_OPTION_KEYS = {
+    "adapter",
+    "lora_r",
+    "lora_alpha",
+    "max_length",
+    "checkpoint_interval",
+    "gradient_checkpointing",
+    "packing",
+    "bf16",
+}
+"""tunehouse's own `training` options (see `train/config.py`); the booleans default to automatic."""
 
 
 @dataclass
@@ -107,6 +117,14 @@ def _check_request(request: JobRequest) -> None:
         raise InvalidRequest(f"Unknown training options: {', '.join(sorted(unknown))}.", param="training")
     if request.training.get("adapter", "lora") not in ("lora", "full"):
         raise InvalidValue("training.adapter must be 'lora' or 'full'.", param="training.adapter")
+    for key in ("gradient_checkpointing", "packing", "bf16"):
+        if key in request.training and not isinstance(request.training[key], bool | None):
+            raise InvalidValue(f"training.{key} must be true, false or null (automatic).", param=f"training.{key}")
+    interval = request.training.get("checkpoint_interval")
+    if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval < 1):
+        raise InvalidValue(
+            "training.checkpoint_interval must be a positive number of steps.", param="training.checkpoint_interval"
+        )
 
 
 def create_job(request: JobRequest) -> JobRow:

@@ -73,7 +73,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 def requeue_orphaned_jobs() -> None:
-    """Jobs left `running` by a worker that died go back to the queue (they restart from the top)."""
+    """Jobs left `running` by a worker that died go back to the queue.
+
+    The trainer resumes a re-queued job from its newest complete checkpoint (weights, optimizer,
+    scheduler, RNG and data position), so it ends as if it had never stopped (PITFALLS 1).
+    """
     host = socket.gethostname()
     with session() as s:
         running = list(s.scalars(select(JobRow).where(JobRow.status == "running")).all())
@@ -82,7 +86,11 @@ def requeue_orphaned_jobs() -> None:
         dead_here = job.worker_host == host and job.worker_pid is not None and not _pid_alive(job.worker_pid)
         stale = job.heartbeat_at is None or now - job.heartbeat_at > STALE_HEARTBEAT_SECONDS
         if (dead_here or stale) and update_job(job.id, only_if_status={"running"}, status="queued"):
-            add_event(job.id, "The worker running this job stopped; the job was re-queued.", level="warn")
+            add_event(
+                job.id,
+                "The worker running this job stopped; the job was re-queued and will resume from its last checkpoint.",
+                level="warn",
+            )
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:
@@ -114,7 +122,11 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
     if code != 0 and get_job(job_id).status == "running":
         if stop is not None and stop.is_set():
             update_job(job_id, only_if_status={"running"}, status="queued")
-            add_event(job_id, "The server stopped during training; the job was re-queued.", level="warn")
+            add_event(
+                job_id,
+                "The server stopped during training; the job was re-queued and will resume from its last checkpoint.",
+                level="warn",
+            )
             return
         fail_job(
             job_id,

@@ -48,3 +48,64 @@ def collate(examples: list[EncodedExample], pad_token_id: int) -> dict[str, torc
         labels[row, :n] = torch.tensor(example.labels)
         attention_mask[row, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def token_budget_micro_batches(indices: list[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Split one optimizer step's examples into forward passes of at most `max_tokens` tokens each.
+
+    Longest first, so each pass packs examples of similar length; an example longer than the budget
+    gets a pass of its own. The split changes no numbers: the step's loss is normalized once over all
+    its trained tokens (see `loss.py`).
+    """
+    passes: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i in sorted(indices, key=lambda i: lengths[i], reverse=True):
+        if current and used + lengths[i] > max_tokens:
+            passes.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += lengths[i]
+    if current:
+        passes.append(current)
+    return passes
+
+
+def pack_examples(examples: list[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Sequence packing: several examples per row, none attending to another, with no loss change.
+
+    Rows are as wide as the longest example; the others fill them first-fit by decreasing length, so
+    the padding that a padded batch spends on short examples is spent on more examples instead.
+    Position ids restart at 0 for every example (and for a row's padding tail): transformers reads
+    those restarts as sequence boundaries and gives attention a block-diagonal causal mask (its
+    `find_packed_sequence_indices`, the path `DataCollatorWithFlattening` uses), so tokens see only
+    their own example at the positions they would have unpacked. The first token of every example
+    is unlabelled, so no example is trained to predict the start of the next one.
+    """
+    width = max(len(e.input_ids) for e in examples)
+    rows: list[list[EncodedExample]] = []
+    free: list[int] = []
+    for example in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
+        n = len(example.input_ids)
+        for r, space in enumerate(free):
+            if n <= space:
+                rows[r].append(example)
+                free[r] -= n
+                break
+        else:
+            rows.append([example])
+            free.append(width - n)
+    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        start = 0
+        for example in row:
+            n = len(example.input_ids)
+            input_ids[r, start : start + n] = torch.tensor(example.input_ids)
+            labels[r, start : start + n] = torch.tensor(example.labels)
+            labels[r, start] = IGNORE_INDEX
+            position_ids[r, start : start + n] = torch.arange(n)
+            start += n
+        position_ids[r, start:] = torch.arange(width - start)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}

@@ -33,8 +33,19 @@ class SFTConfig:
     lora_target_modules: list[str] | str = "all-linear"
     max_length: int = 2048
     """Examples longer than this many tokens are truncated."""
-    micro_batch_size: int = 8
-    """Examples per forward pass; the loss is still normalized over the whole optimizer step."""
+    pass_tokens: int | None = None
+    """Tokens per forward pass (a step's examples are split into passes of about this many tokens;
+    the loss is still normalized over the whole optimizer step). None: chosen from free memory."""
+    packing: bool = True
+    """Pack several examples per row (no cross-attention, same loss) instead of padding each."""
+    chunked_loss: bool = True
+    """Cross-entropy a chunk of trained positions at a time, never holding vocabulary-wide logits."""
+    gradient_checkpointing: bool | None = None
+    """Recompute activations in backward; None turns it on only when memory needs it."""
+    checkpoint_interval: int | None = None
+    """Steps between checkpoints; None writes one at the end of every epoch."""
+    resume_from: Path | None = None
+    """A checkpoint folder with `trainer_state.pt`: continue that run exactly where it stopped."""
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

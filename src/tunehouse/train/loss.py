@@ -7,6 +7,7 @@ differ from batch 8 (PITFALLS 4); summing and dividing once per optimizer step d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,3 +32,84 @@ def masked_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> LossSums:
     loss_sum = F.cross_entropy(selected_logits, selected_labels, reduction="sum")
     correct = int((selected_logits.argmax(dim=-1) == selected_labels).sum())
     return LossSums(loss_sum=loss_sum, correct=correct, tokens=int(mask.sum()))
+
+
+def trained_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states that predict a trained token, and those tokens: only they need logits."""
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != IGNORE_INDEX
+    return hidden[:, :-1][mask], shift_labels[mask]
+
+
+class _LinearCrossEntropySum(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T`, computed a chunk of rows at a time.
+
+    The forward pass also computes the gradients (softmax minus one-hot is all backward needs), so
+    neither the full logits nor their fp32 copy are ever held: peak memory is one chunk of logits
+    instead of tokens × vocabulary × (2 + 4 + 4) bytes. Backward only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        labels: torch.Tensor,
+        chunk_size: int,
+        compute_dtype: torch.dtype,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        w = weight.to(compute_dtype)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight_grad else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            h = hidden[start : start + chunk_size].to(compute_dtype)
+            y = labels[start : start + chunk_size]
+            logits = (h @ w.t()).float()
+            log_norm = torch.logsumexp(logits, dim=-1)
+            loss += (log_norm - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            correct += (logits.argmax(dim=-1) == y).sum()
+            if need_hidden_grad or need_weight_grad:
+                probs = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
+                probs[torch.arange(len(y), device=y.device), y] -= 1.0
+                d_logits = probs.to(compute_dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start : start + chunk_size] = (d_logits @ w).to(hidden.dtype)
+                if grad_weight is not None:
+                    grad_weight += (d_logits.t() @ h).float()
+        ctx.save_for_backward(
+            grad_hidden if grad_hidden is not None else torch.empty(0),
+            grad_weight if grad_weight is not None else torch.empty(0),
+        )
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_correct: Any) -> tuple[Any, ...]:  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        d_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
+        d_weight = (grad_weight * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
+        return d_hidden, d_weight, None, None, None
+
+
+def chunked_lm_loss_sum(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    compute_dtype: torch.dtype = torch.float32,
+    chunk_size: int = 1024,
+) -> LossSums:
+    """`masked_lm_loss_sum` from hidden states, without materializing the vocabulary-wide logits.
+
+    Only the positions that predict a trained token get logits at all, a chunk of rows at a time, in
+    `compute_dtype` (bf16 matmul like autocast would do) with the softmax in fp32.
+    """
+    selected_hidden, selected_labels = trained_positions(hidden, labels)
+    with torch.autocast(hidden.device.type, enabled=False):
+        loss_sum, correct = _LinearCrossEntropySum.apply(
+            selected_hidden, weight, selected_labels, chunk_size, compute_dtype
+        )
+    return LossSums(loss_sum=loss_sum, correct=int(correct), tokens=int(selected_labels.numel()))

@@ -22,7 +22,7 @@ import torch
 from tunehouse.config import settings
 from tunehouse.data.reader import iter_examples
 from tunehouse.errors import TunehouseError
-from tunehouse.jobs.records import add_checkpoint, add_event, get_job, update_job
+from tunehouse.jobs.records import add_checkpoint, add_event, all_events, get_job, list_checkpoints, update_job
 from tunehouse.jobs.service import fail_job, fine_tuned_model_name
 from tunehouse.models.catalog import base_of, delete_model, get_model, register_trained_model, weights_dir
 from tunehouse.store.files import create_file, file_path, get_file
@@ -34,7 +34,7 @@ from tunehouse.train.hyperparams import (
     LORA_BASE_LEARNING_RATE,
     resolve_hyperparameters,
 )
-from tunehouse.train.sft import TrainResult, train_sft
+from tunehouse.train.sft import TrainResult, latest_checkpoint, train_sft
 
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 HEARTBEAT_SECONDS = 2.0
@@ -47,11 +47,17 @@ class StoreReporter:
         self.job = job
         self.model_name = model_name
         self._last_heartbeat = 0.0
+        # A resumed job repeats the steps after its last checkpoint with the same numbers; their
+        # metrics events (and any checkpoint) are already in the store and are not added twice.
+        self._reported_steps = {e.data["step"] for e in all_events(job.id) if e.type == "metrics" and e.data}
+        self._checkpoint_steps = {c.step_number for c in list_checkpoints(job.id, None, 10_000).items}
 
     def message(self, text: str, level: str = "info") -> None:
         add_event(self.job.id, text, level=level)
 
     def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
+        if step in self._reported_steps:
+            return
         text = f"Step {step}/{total_steps}: training loss={data['train_loss']:.2f}"
         if "valid_loss" in data:
             text += f", validation loss={data['valid_loss']:.2f}"
@@ -60,6 +66,9 @@ class StoreReporter:
         add_event(self.job.id, text, type="metrics", data={"step": step, "total_steps": total_steps, **data})
 
     def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
+        if step in self._checkpoint_steps:
+            return
+        self._checkpoint_steps.add(step)
         name = f"{self.model_name}:ckpt-step-{step}"
         base = self.job.model
         register_trained_model(
@@ -130,7 +139,12 @@ def build_config(job: JobRow, n_examples: int) -> SFTConfig:
         lora_r=int(options.get("lora_r", 16)),
         lora_alpha=int(options.get("lora_alpha", 32)),
         max_length=int(options.get("max_length", 2048)),
+        checkpoint_interval=options.get("checkpoint_interval"),
+        gradient_checkpointing=options.get("gradient_checkpointing"),
+        packing=bool(options.get("packing", True)),
+        bf16=options.get("bf16"),
     )
+    config.resume_from = latest_checkpoint(config.checkpoint_dir)
     method = dict(job.method)
     method[method_type] = {**method[method_type], "hyperparameters": resolved.as_dict()}
     update_job(job.id, hyperparameters={k: v for k, v in resolved.as_dict().items() if k != "beta"}, method=method)

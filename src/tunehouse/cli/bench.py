@@ -1,0 +1,84 @@
+"""`tunehouse bench` — measure the trainer against the tool users would otherwise run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+console = Console(width=160)
+
+
+def _model_dir(model: str) -> Path:
+    as_path = Path(model)
+    if as_path.is_dir():
+        return as_path
+    from tunehouse.models.catalog import base_of, get_model, weights_dir
+
+    return Path(weights_dir(base_of(get_model(model))))
+
+
+@bench_app.command("train")
+def bench_train(
+    data: Path = typer.Argument(..., exists=True, dir_okay=False, help="A chat JSONL file."),
+    model: str = typer.Option("HuggingFaceTB/SmolLM2-135M-Instruct", help="Model id or Hugging Face folder."),
+    limit: int = typer.Option(64, help="Use the first N examples (0: all)."),
+    batch_size: int = typer.Option(8),
+    epochs: int = typer.Option(1),
+    learning_rate: float = typer.Option(2e-4),
+    seed: int = typer.Option(42),
+    lora_r: int = typer.Option(16),
+    lora_alpha: int = typer.Option(32),
+    ours_only: bool = typer.Option(False, "--ours-only", help="Skip the TRL run."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the full results here."),
+) -> None:
+    """Train on DATA with tunehouse and with TRL's SFTTrainer (LoRA on all linear layers, same
+    batch, epochs, learning rate and seed) and compare tokens/s, wall time, peak RSS, loss and MFU."""
+    import json
+
+    from tunehouse.train.bench import BenchSettings, compare
+
+    settings = BenchSettings(
+        data=data,
+        model_dir=_model_dir(model),
+        limit=limit,
+        batch_size=batch_size,
+        n_epochs=epochs,
+        learning_rate=learning_rate,
+        seed=seed,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+    )
+    summary = compare(settings, ("ours",) if ours_only else ("ours", "trl"))
+    table = Table(
+        "engine", "tokens", "tokens/s", "wall s", "peak RSS", "final loss*", "reported loss", "MFU", "precision"
+    )
+    for side, r in summary["results"].items():
+        table.add_row(
+            "tunehouse" if side == "ours" else "TRL SFTTrainer",
+            f"{r['tokens']:,}",
+            f"{r['tokens_per_second']:.1f}",
+            f"{r['train_seconds']:.1f}",
+            f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
+            f"{r['final_assistant_loss']:.4f}",
+            f"{r['reported_train_loss']:.4f}",
+            f"{100 * r['mfu']:.1f} %",
+            r["precision"],
+        )
+    console.print(table)
+    peak = summary["peak_matmul_flops"]
+    console.print(
+        f"{summary['examples']} examples. Peak matmul: {peak['bf16'] / 1e9:.0f} GFLOP/s bf16, "
+        f"{peak['fp32'] / 1e9:.0f} GFLOP/s fp32. *final loss: mean loss on the assistant tokens of the "
+        "training examples after training, measured the same way for both."
+    )
+    if "speedup" in summary:
+        console.print(
+            f"tunehouse is [bold]{summary['speedup']:.2f}×[/bold] TRL's tokens/s, at "
+            f"{summary['rss_ratio']:.2f}× its peak RSS."
+        )
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=1))

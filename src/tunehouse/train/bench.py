@@ -1,0 +1,276 @@
+"""`tunehouse bench train`: our trainer against TRL's SFTTrainer on the same examples and settings.
+
+Each side runs in its own child process (`python -m tunehouse.train.bench SIDE ...`), so peak RSS
+is that side's alone, and prints one JSON line. Both train the same model with LoRA on all linear
+layers, the same batch size, epochs, learning rate and seed; TRL keeps its other defaults (that is
+what users would run). Both final models are then scored by the same code — the mean loss on the
+assistant tokens of the training examples — because the two report different training losses
+(TRL's default trains on every token of a conversation, we train assistant turns only).
+
+MFU is model FLOPs per second over the machine's measured peak matmul FLOP/s (bf16 or fp32, the
+faster), with model FLOPs per token = 2·N (forward) + 2·N (input gradients) + 4·N_trainable (weight
+gradients) + attention, N being the linear-layer weights including the output layer.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SIDES = ("ours", "trl")
+
+
+@dataclass
+class BenchSettings:
+    data: Path
+    model_dir: Path
+    limit: int = 64
+    batch_size: int = 8
+    n_epochs: int = 1
+    learning_rate: float = 2e-4
+    seed: int = 42
+    lora_r: int = 16
+    lora_alpha: int = 32
+    max_length: int = 2048
+
+
+def read_examples(settings: BenchSettings) -> list[dict[str, Any]]:
+    with open(settings.data) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return rows[: settings.limit] if settings.limit else rows
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure_peak_matmul_flops(size: int = 2048, seconds: float = 2.0) -> dict[str, float]:
+    """FLOP/s of a square matmul in fp32 and bf16 on the training device (the MFU denominator)."""
+    from tunehouse.train.precision import training_device
+
+    device = training_device()
+    result = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size, dtype=dtype, device=device)
+        b = torch.randn(size, size, dtype=dtype, device=device)
+        for _ in range(2):
+            a @ b
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            a @ b
+            runs += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        result[name] = 2 * size**3 * runs / (time.perf_counter() - started)
+    return result
+
+
+def model_flops_per_token(model_dir: Path, lora_r: int, mean_length: float) -> float:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(model_dir))
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv = config.num_key_value_heads * head_dim
+    intermediate = config.intermediate_size
+    per_layer = hidden * (heads * head_dim) * 2 + hidden * kv * 2 + 3 * hidden * intermediate
+    linear = layers * per_layer + hidden * config.vocab_size
+    lora_per_layer = lora_r * (hidden + heads * head_dim) * 2 + lora_r * (hidden + kv) * 2
+    lora_per_layer += lora_r * (hidden + intermediate) * 3
+    trainable = layers * lora_per_layer
+    attention = layers * 4 * mean_length / 2 * (heads * head_dim) * 3  # causal: half of QK^T and AV, ×3 fwd+bwd
+    return 4 * linear + 6 * trainable + attention
+
+
+def assistant_token_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> float:
+    """Mean loss on the trained (assistant) tokens, the same measurement for both sides (under bf16
+    autocast where the hardware has it, as both train)."""
+    from tunehouse.train.loss import masked_lm_loss_sum
+    from tunehouse.train.precision import bf16_supported
+    from tunehouse.train.sft import encode_all
+
+    model.eval()
+    total, tokens = 0.0, 0
+    device_type = next(model.parameters()).device.type
+    bf16 = bf16_supported(next(model.parameters()).device)
+    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        for example in encode_all(tokenizer, examples, max_length):
+            device = next(model.parameters()).device
+            ids = torch.tensor([example.input_ids], device=device)
+            logits = model(input_ids=ids).logits.float()
+            sums = masked_lm_loss_sum(logits, torch.tensor([example.labels], device=device))
+            total += float(sums.loss_sum)
+            tokens += sums.tokens
+    return total / max(1, tokens)
+
+
+class _Quiet:
+    def message(self, text: str, level: str = "info") -> None:
+        print(f"[ours] {text}", file=sys.stderr)
+
+    def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
+        pass
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
+        pass
+
+    def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None:
+        pass
+
+
+def run_ours(settings: BenchSettings) -> dict[str, Any]:
+    from tunehouse.train.config import SFTConfig
+    from tunehouse.train.sft import SFTTrainer
+
+    examples = read_examples(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = SFTConfig(
+            base_model_dir=settings.model_dir,
+            output_dir=Path(tmp) / "out",
+            checkpoint_dir=Path(tmp) / "checkpoints",
+            n_epochs=settings.n_epochs,
+            batch_size=settings.batch_size,
+            learning_rate=settings.learning_rate,
+            seed=settings.seed,
+            lora_r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            max_length=settings.max_length,
+            checkpoint_interval=10**9,  # like the TRL side: no checkpoints inside the timed loop
+        )
+        trainer = SFTTrainer(config, _Quiet())
+        trainer.setup(examples, None)
+        trainer.save_checkpoint = lambda step, metrics: None  # type: ignore[method-assign]
+        result = trainer.run()
+        final_loss = assistant_token_loss(trainer.model, trainer.tokenizer, examples, settings.max_length)
+    return {
+        "side": "ours",
+        "tokens": result.trained_tokens,
+        "train_seconds": result.wall_seconds,
+        "tokens_per_second": result.tokens_per_second,
+        "reported_train_loss": result.final_train_loss,
+        "final_assistant_loss": final_loss,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "precision": "bf16 autocast" if result.bf16 else "fp32",
+        "gradient_checkpointing": trainer.checkpointing,
+        "pass_tokens": trainer.pass_tokens,
+    }
+
+
+def run_trl(settings: BenchSettings) -> dict[str, Any]:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer as TRLTrainer
+
+    examples = read_examples(settings)
+    tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(settings.model_dir), dtype=torch.float32)
+    dataset = Dataset.from_list([{"messages": e["messages"]} for e in examples])
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TRLConfig(
+            output_dir=tmp,
+            per_device_train_batch_size=settings.batch_size,
+            num_train_epochs=settings.n_epochs,
+            learning_rate=settings.learning_rate,
+            seed=settings.seed,
+            max_length=settings.max_length,
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+        )
+        lora = LoraConfig(
+            r=settings.lora_r, lora_alpha=settings.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+        trainer = TRLTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora
+        )
+        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * settings.n_epochs
+        started = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - started
+        final_loss = assistant_token_loss(trainer.model, tokenizer, examples, settings.max_length)
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    return {
+        "side": "trl",
+        "tokens": tokens,
+        "train_seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "reported_train_loss": losses[-1] if losses else output.training_loss,
+        "final_assistant_loss": final_loss,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "precision": "bf16 autocast" if args.bf16 else "fp32",
+    }
+
+
+def run_side_in_child(side: str, settings: BenchSettings) -> dict[str, Any]:
+    values = {k: str(v) for k, v in asdict(settings).items()}
+    process = subprocess.run(
+        [sys.executable, "-m", "tunehouse.train.bench", side, json.dumps(values)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    if process.returncode != 0:
+        raise RuntimeError(f"the {side} side of the benchmark failed (exit {process.returncode})")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def compare(settings: BenchSettings, sides: tuple[str, ...] = SIDES) -> dict[str, Any]:
+    """Run the sides back to back, then add the speed ratio and MFU."""
+    peak = measure_peak_matmul_flops()
+    examples = read_examples(settings)
+    results = {side: run_side_in_child(side, settings) for side in sides}
+    ours = results.get("ours")
+    mean_length = 0.0
+    if ours:
+        from transformers import AutoTokenizer
+
+        from tunehouse.train.sft import encode_all
+
+        tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
+        lengths = [len(e.input_ids) for e in encode_all(tokenizer, examples, settings.max_length)]
+        mean_length = sum(lengths) / max(1, len(lengths))
+    flops_per_token = model_flops_per_token(settings.model_dir, settings.lora_r, mean_length)
+    for result in results.values():
+        result["model_flops_per_token"] = flops_per_token
+        result["mfu"] = result["tokens_per_second"] * flops_per_token / max(peak.values())
+    summary: dict[str, Any] = {
+        "settings": {k: str(v) for k, v in asdict(settings).items()},
+        "examples": len(examples),
+        "peak_matmul_flops": peak,
+        "results": results,
+    }
+    if "ours" in results and "trl" in results:
+        summary["speedup"] = results["ours"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
+        summary["rss_ratio"] = results["ours"]["peak_rss_bytes"] / results["trl"]["peak_rss_bytes"]
+    return summary
+
+
+def _settings_from_json(text: str) -> BenchSettings:
+    values = json.loads(text)
+    types = {"data": Path, "model_dir": Path, "learning_rate": float}
+    return BenchSettings(**{k: types.get(k, int)(v) for k, v in values.items()})
+
+
+def main(argv: list[str]) -> int:
+    side, settings = argv[1], _settings_from_json(argv[2])
+    torch.manual_seed(settings.seed)
+    result = run_ours(settings) if side == "ours" else run_trl(settings)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,89 @@
+"""Memory estimate before training (PITFALLS 9): choose the forward-pass size and whether gradient
+checkpointing is needed, or fail early saying what to lower.
+
+Per token, a decoder layer keeps about `(16·hidden + 6·intermediate)` activation values for backward
+(attention projections, norms, MLP gates; SDPA keeps no score matrix). With gradient checkpointing it
+keeps only the layer's input (`hidden` values) and recomputes the rest, for about a third more compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import torch
+
+from tunehouse.errors import OutOfMemoryRisk
+
+CPU_PASS_TOKENS = 4096
+"""Tokens per forward pass on CPU: matmuls are already at full speed here and memory stays small."""
+CUDA_PASS_TOKENS = 32768
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    pass_tokens: int
+    gradient_checkpointing: bool
+    estimated_bytes: int
+    available_bytes: int
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return int(psutil.virtual_memory().available)
+
+
+def activation_bytes_per_token(model_config: Any, bf16: bool, checkpointing: bool) -> int:
+    hidden = int(model_config.hidden_size)
+    intermediate = int(getattr(model_config, "intermediate_size", 4 * hidden))
+    layers = int(model_config.num_hidden_layers)
+    value_bytes = 2 if bf16 else 4
+    per_layer = hidden * 4 if checkpointing else (16 * hidden + 6 * intermediate) * value_bytes
+    return layers * per_layer + hidden * 4 * 4  # plus embeddings, final norm and loss inputs
+
+
+def model_state_bytes(model: torch.nn.Module) -> int:
+    """Weights, plus gradients and AdamW's two moments (fp32) for the trainable ones."""
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return weights + trainable * 4 * 3
+
+
+def plan_memory(
+    model: torch.nn.Module,
+    device: torch.device,
+    bf16: bool,
+    longest_example: int,
+    requested_checkpointing: bool | None = None,
+    requested_pass_tokens: int | None = None,
+    budget_fraction: float = 0.6,
+) -> MemoryPlan:
+    """Fit the model, optimizer state and one forward pass's activations in `budget_fraction` of
+    the free memory; turn gradient checkpointing on only if they do not fit without it."""
+    fixed = model_state_bytes(model)
+    available = available_memory(device)
+    budget = int(available * budget_fraction) - fixed
+    pass_tokens = requested_pass_tokens or (CUDA_PASS_TOKENS if device.type == "cuda" else CPU_PASS_TOKENS)
+    pass_tokens = max(pass_tokens, longest_example)
+    config = model.config
+    options = [requested_checkpointing] if requested_checkpointing is not None else [False, True]
+    for checkpointing in options:
+        per_token = activation_bytes_per_token(config, bf16, checkpointing)
+        tokens = pass_tokens
+        while tokens > longest_example and tokens * per_token > budget:
+            tokens //= 2
+        tokens = max(tokens, longest_example)
+        if tokens * per_token <= budget or checkpointing is options[-1]:
+            estimate = fixed + tokens * per_token
+            if estimate > available * budget_fraction and not requested_pass_tokens:
+                raise OutOfMemoryRisk(
+                    f"Training needs about {estimate / 2**30:.1f} GiB but only {available / 2**30:.1f} GiB "
+                    f"is free. Lower training.max_length (longest example: {longest_example} tokens), use "
+                    "LoRA instead of full fine-tuning, or free memory."
+                )
+            return MemoryPlan(tokens, checkpointing, estimate, available)
+    raise AssertionError("unreachable")

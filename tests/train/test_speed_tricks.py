@@ -1,0 +1,165 @@
+"""Each speed trick changes no number it should not (STYLE: readable training)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tunehouse.errors import OutOfMemoryRisk
+from tunehouse.models.template import IGNORE_INDEX, EncodedExample
+from tunehouse.train import memory
+from tunehouse.train.batching import pack_examples, token_budget_micro_batches
+from tunehouse.train.loss import chunked_lm_loss_sum, masked_lm_loss_sum
+from tunehouse.train.precision import cast_frozen_linear_weights
+from tunehouse.train.sft import SFTTrainer
+
+from .conftest import varied_chat_rows
+
+
+def gradients(trainer: SFTTrainer, indices: list[int]) -> dict[str, torch.Tensor]:
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.accumulate_gradients(indices)
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def assert_same_gradients(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=tol, atol=tol, msg=name)
+
+
+def test_packed_rows_restart_positions_and_never_train_across_examples() -> None:
+    examples = [
+        EncodedExample(input_ids=[1, 2, 3, 4, 5, 6], labels=[-100, -100, 3, 4, 5, 6]),
+        EncodedExample(input_ids=[7, 8, 9], labels=[7, 8, 9]),
+        EncodedExample(input_ids=[10, 11], labels=[-100, 11]),
+    ]
+    batch = pack_examples(examples, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 0]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 0]]
+    # Each example's first token is unlabelled: nothing learns to predict the next example's start.
+    assert batch["labels"].tolist() == [[-100, -100, 3, 4, 5, 6], [-100, 8, 9, -100, 11, -100]]
+
+
+def test_packing_gives_the_unpacked_loss_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+    rows = varied_chat_rows(12)
+    rows[0]["messages"][0]["content"] += " A long preamble." * 40  # so short examples share rows
+    packed = make_trainer(rows, packing=True)
+    padded = make_trainer(rows, packing=False)
+    indices = list(range(8))
+    examples = [packed.train[i] for i in indices]
+    assert len(pack_examples(examples, packed.pad_id)["input_ids"]) < len(examples)  # it did pack
+    packed_sums = packed._forward_sums(examples)
+    padded_sums = padded._forward_sums(examples)
+    assert packed_sums.tokens == padded_sums.tokens == sum(e.trained_tokens for e in examples)
+    torch.testing.assert_close(packed_sums.loss_sum, padded_sums.loss_sum, rtol=1e-5, atol=1e-4)
+    assert_same_gradients(gradients(packed, indices), gradients(padded, indices))
+
+
+def test_chunked_cross_entropy_equals_plain_cross_entropy() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 11, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    labels = torch.randint(0, 50, (3, 11))
+    labels[0, :4] = IGNORE_INDEX
+    labels[2, 7:] = IGNORE_INDEX
+    plain = masked_lm_loss_sum(hidden @ weight.t(), labels)
+    plain_grads = torch.autograd.grad(plain.loss_sum, [hidden, weight])
+    chunked = chunked_lm_loss_sum(hidden, labels, weight, chunk_size=5)  # several chunks
+    chunked_grads = torch.autograd.grad(chunked.loss_sum, [hidden, weight])
+    torch.testing.assert_close(chunked.loss_sum, plain.loss_sum)
+    assert (chunked.correct, chunked.tokens) == (plain.correct, plain.tokens)
+    for got, want in zip(chunked_grads, plain_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_chunked_loss_in_the_trainer_matches_full_logits(make_trainer: Callable[..., SFTTrainer]) -> None:
+    chunked = make_trainer(chunked_loss=True)
+    full = make_trainer(chunked_loss=False)
+    assert chunked.decoder is not None and full.decoder is None
+    assert_same_gradients(gradients(chunked, [0, 1, 2, 3]), gradients(full, [0, 1, 2, 3]))
+
+
+def test_gradient_accumulation_one_by_eight_equals_batch_eight(make_trainer: Callable[..., SFTTrainer]) -> None:
+    whole = make_trainer(pass_tokens=100_000)
+    one_at_a_time = make_trainer(pass_tokens=1)  # every example its own forward pass
+    indices = list(range(8))
+    assert len(token_budget_micro_batches(indices, one_at_a_time.lengths, 1)) == 8
+    assert len(token_budget_micro_batches(indices, whole.lengths, 100_000)) == 1
+    assert_same_gradients(gradients(whole, indices), gradients(one_at_a_time, indices))
+
+
+def test_bf16_frozen_weights_change_no_logits_under_autocast(make_trainer: Callable[..., SFTTrainer]) -> None:
+    trainer = make_trainer()
+    model = trainer.model
+    ids = torch.tensor([trainer.train[0].input_ids])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        before = model(input_ids=ids).logits
+        cast = cast_frozen_linear_weights(model.get_base_model(), torch.bfloat16)
+        after = model(input_ids=ids).logits
+    assert cast == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers; lm_head kept
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_gradient_checkpointing_changes_no_gradient(make_trainer: Callable[..., SFTTrainer]) -> None:
+    plain = make_trainer(gradient_checkpointing=False)
+    checkpointed = make_trainer(gradient_checkpointing=True)
+    assert checkpointed.checkpointing and not plain.checkpointing
+    assert_same_gradients(gradients(plain, [0, 1, 2]), gradients(checkpointed, [0, 1, 2]))
+
+
+def test_weight_zero_turns_contribute_no_loss(make_trainer: Callable[..., SFTTrainer]) -> None:
+    messages = [
+        {"role": "user", "content": "Say a colour."},
+        {"role": "assistant", "content": "Purple, obviously, the best of all colours.", "weight": 0},
+        {"role": "user", "content": "Another?"},
+        {"role": "assistant", "content": "Green."},
+    ]
+    trainer = make_trainer([{"messages": messages}] * 2)
+    with_weight = [dict(m, weight=1) if m["role"] == "assistant" else m for m in messages]
+    [both] = trainer.encode([{"messages": with_weight}])
+    [second_only] = trainer.encode([{"messages": messages}])
+    assert both.input_ids == second_only.input_ids
+    assert 0 < second_only.trained_tokens < both.trained_tokens
+    first_turn = [i for i, (a, b) in enumerate(zip(both.labels, second_only.labels, strict=True)) if a != b]
+    assert all(second_only.labels[i] == IGNORE_INDEX for i in first_turn)
+    # The loss is exactly the cross-entropy of the second turn's tokens: the first adds nothing.
+    sums = trainer._forward_sums([second_only])
+    with torch.no_grad():
+        logits = trainer.model(input_ids=torch.tensor([second_only.input_ids])).logits[0, :-1]
+    targets = torch.tensor(second_only.labels[1:])
+    keep = targets != IGNORE_INDEX
+    expected = F.cross_entropy(logits[keep], targets[keep], reduction="sum")
+    torch.testing.assert_close(sums.loss_sum.detach(), expected, rtol=1e-5, atol=1e-5)
+    assert sums.tokens == second_only.trained_tokens
+
+
+def test_same_seed_same_run_and_another_seed_another(make_trainer: Callable[..., SFTTrainer]) -> None:
+    def curve(seed: int) -> list[float]:
+        trainer = make_trainer(seed=seed, n_epochs=2, batch_size=3)
+        return [round(h["train_loss"], 12) for h in trainer.run().history]
+
+    first = curve(5)
+    assert first == curve(5)
+    assert first != curve(6)
+
+
+def test_memory_plan_turns_on_checkpointing_then_refuses(
+    make_trainer: Callable[..., SFTTrainer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = make_trainer()
+    model, device = trainer.model, torch.device("cpu")
+    roomy = memory.plan_memory(model, device, bf16=False, longest_example=200)
+    assert not roomy.gradient_checkpointing and roomy.pass_tokens == memory.CPU_PASS_TOKENS
+    fixed = memory.model_state_bytes(model)
+    per_token = memory.activation_bytes_per_token(model.config, bf16=False, checkpointing=False)
+    monkeypatch.setattr(memory, "available_memory", lambda _: int((fixed + 100 * per_token) / 0.6))
+    tight = memory.plan_memory(model, device, bf16=False, longest_example=200)
+    assert tight.gradient_checkpointing and tight.pass_tokens >= 200
+    monkeypatch.setattr(memory, "available_memory", lambda _: fixed)
+    with pytest.raises(OutOfMemoryRisk, match="Lower training.max_length"):
+        memory.plan_memory(model, device, bf16=False, longest_example=200)
