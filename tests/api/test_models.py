@@ -31,7 +31,9 @@ def test_unknown_model_is_404(client: OpenAI) -> None:
         client.models.delete("ft:nothing:here::x")
 
 
-def test_models_add_rejects_bad_folders_and_duplicates(server: Server, tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_models_add_rejects_bad_folders_and_duplicates(
+    server: Server, client: OpenAI, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     empty = server.cli("models", "add", "empty", str(tmp_path))
     assert empty.returncode == 1
     assert "config.json" in empty.stderr and "Traceback" not in empty.stderr
@@ -40,3 +42,8 @@ def test_models_add_rejects_bad_folders_and_duplicates(server: Server, tmp_path:
     added = server.cli("models", "add", "team/tiny-copy", str(tiny_model_dir))
     assert added.returncode == 0, added.stderr
     assert "team/tiny-copy" in server.cli("models", "list").stdout
+    assert client.models.retrieve("team/tiny-copy").owned_by == "user"
+    reply = client.chat.completions.create(
+        model="team/tiny-copy", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert reply.model == "team/tiny-copy"
