@@ -113,3 +113,10 @@ def test_bad_parameters_are_400_naming_the_field(client: OpenAI, kwargs: dict, p
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(**request)
     assert err.value.param == param
+
+
+def test_prompt_over_the_context_length_is_a_400(client: OpenAI) -> None:
+    too_long = "word " * 1100  # the tiny model's context is 1024 positions
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=TINY_ID, messages=[{"role": "user", "content": too_long}], max_tokens=2)
+    assert err.value.code == "context_length_exceeded"

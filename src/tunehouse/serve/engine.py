@@ -12,12 +12,13 @@ import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
+from tunehouse.errors import InvalidRequest
 from tunehouse.models.catalog import ModelInfo, base_of, get_model, weights_dir
 from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
 from tunehouse.train.precision import training_device
@@ -170,6 +171,14 @@ class Engine:
         tokenizer = loaded.tokenizer
         encoded = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         prompt_len = encoded["input_ids"].shape[1]
+        context = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
+        if prompt_len >= context:
+            raise InvalidRequest(
+                f"This model's maximum context length is {context} tokens; the prompt has {prompt_len}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        params = replace(params, max_tokens=min(params.max_tokens, context - prompt_len))
         stopper = _StopCriteria(tokenizer, prompt_len, params.stop, cancelled)
         if params.seed is not None:
             torch.manual_seed(params.seed)
