@@ -76,6 +76,7 @@ def pack_examples(examples: list[EncodedExample], pad_token_id: int) -> dict[str
 
     Rows are as wide as the longest example; the others fill them first-fit by decreasing length, so
     the padding that a padded batch spends on short examples is spent on more examples instead.
+    `segment_ids` says which of `examples` each token belongs to (-1 for padding).
     Position ids restart at 0 for every example (and for a row's padding tail): transformers reads
     those restarts as sequence boundaries and gives attention a block-diagonal causal mask (its
     `find_packed_sequence_indices`, the path `DataCollatorWithFlattening` uses), so tokens see only
@@ -83,29 +84,32 @@ def pack_examples(examples: list[EncodedExample], pad_token_id: int) -> dict[str
     is unlabelled, so no example is trained to predict the start of the next one.
     """
     width = max(len(e.input_ids) for e in examples)
-    rows: list[list[EncodedExample]] = []
     free: list[int] = []
-    for example in sorted(examples, key=lambda e: len(e.input_ids), reverse=True):
-        n = len(example.input_ids)
+    rows: list[list[int]] = []
+    for index in sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True):
+        n = len(examples[index].input_ids)
         for r, space in enumerate(free):
             if n <= space:
-                rows[r].append(example)
+                rows[r].append(index)
                 free[r] -= n
                 break
         else:
-            rows.append([example])
+            rows.append([index])
             free.append(width - n)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+    segment_ids = torch.full((len(rows), width), -1, dtype=torch.long)
     for r, row in enumerate(rows):
         start = 0
-        for example in row:
+        for index in row:
+            example = examples[index]
             n = len(example.input_ids)
+            segment_ids[r, start : start + n] = index
             input_ids[r, start : start + n] = torch.tensor(example.input_ids)
             labels[r, start : start + n] = torch.tensor(example.labels)
             labels[r, start] = IGNORE_INDEX
             position_ids[r, start : start + n] = torch.arange(n)
             start += n
         position_ids[r, start:] = torch.arange(width - start)
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_ids": segment_ids}

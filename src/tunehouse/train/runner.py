@@ -29,6 +29,7 @@ from tunehouse.store.files import create_file, file_path, get_file
 from tunehouse.store.schema import JobRow
 from tunehouse.tracking import attach_trackers
 from tunehouse.train.config import SFTConfig
+from tunehouse.train.dpo import DPOConfig, train_dpo
 from tunehouse.train.hyperparams import (
     FULL_BASE_LEARNING_RATE,
     LORA_BASE_LEARNING_RATE,
@@ -126,7 +127,8 @@ def build_config(job: JobRow, n_examples: int) -> SFTConfig:
     base_dir = start.path if (start.kind != "base" and not start.adapter) else weights_dir(base)
     base_rate = LORA_BASE_LEARNING_RATE if use_lora else FULL_BASE_LEARNING_RATE
     home = settings()
-    config = SFTConfig(
+    config_type = DPOConfig if method_type == "dpo" else SFTConfig
+    config = config_type(
         base_model_dir=Path(base_dir),
         output_dir=home.models_dir / "ft" / job.id,
         checkpoint_dir=home.jobs_dir / job.id / "checkpoints",
@@ -144,6 +146,8 @@ def build_config(job: JobRow, n_examples: int) -> SFTConfig:
         packing=bool(options.get("packing", True)),
         bf16=options.get("bf16"),
     )
+    if isinstance(config, DPOConfig) and resolved.beta is not None:
+        config.beta = resolved.beta
     config.resume_from = latest_checkpoint(config.checkpoint_dir)
     method = dict(job.method)
     method[method_type] = {**method[method_type], "hyperparameters": resolved.as_dict()}
@@ -154,13 +158,21 @@ def build_config(job: JobRow, n_examples: int) -> SFTConfig:
 def run_job(job_id: str) -> None:
     job = get_job(job_id)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    add_event(job_id, "Fine-tuning job started")
     train_examples = _read_examples(job.training_file)
     valid_examples = _read_examples(job.validation_file) if job.validation_file else None
     config = build_config(job, len(train_examples))
+    if config.resume_from is None:
+        add_event(job_id, "Fine-tuning job started")
+    else:
+        add_event(job_id, f"Fine-tuning job resuming from its checkpoint {config.resume_from.name}")
     model_name = fine_tuned_model_name(job)
-    reporter = attach_trackers(StoreReporter(job, model_name), job, config)  # + W&B / MLflow, if asked
-    result: TrainResult = train_sft(config, train_examples, valid_examples, reporter)
+    store_reporter = StoreReporter(job, model_name)
+    if config.resume_from is not None:  # killed after writing the checkpoint, before recording it
+        step = int(config.resume_from.name.removeprefix("step-"))
+        store_reporter.checkpoint(step, config.resume_from, {"step": step})
+    reporter = attach_trackers(store_reporter, job, config)  # + W&B / MLflow, if asked
+    train = train_dpo if isinstance(config, DPOConfig) else train_sft
+    result: TrainResult = train(config, train_examples, valid_examples, reporter)  # type: ignore[arg-type]
     results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_csv(result.history)], internal=True)
     reporter.finish(result_csv(result.history), config.output_dir, model_name)
     register_trained_model(
