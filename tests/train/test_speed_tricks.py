@@ -154,7 +154,7 @@ def test_memory_plan_turns_on_checkpointing_then_refuses(
     trainer = make_trainer()
     model, device = trainer.model, torch.device("cpu")
     roomy = memory.plan_memory(model, device, bf16=False, longest_example=200)
-    assert not roomy.gradient_checkpointing and roomy.pass_tokens == memory.CPU_PASS_TOKENS
+    assert not roomy.gradient_checkpointing and 200 <= roomy.pass_tokens <= memory.CPU_PASS_TOKENS
     fixed = memory.model_state_bytes(model)
     per_token = memory.activation_bytes_per_token(model.config, bf16=False, checkpointing=False)
     monkeypatch.setattr(memory, "available_memory", lambda _: int((fixed + 100 * per_token) / 0.6))

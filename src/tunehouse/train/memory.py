@@ -17,7 +17,10 @@ import torch
 from tunehouse.errors import OutOfMemoryRisk
 
 CPU_PASS_TOKENS = 4096
-"""Tokens per forward pass on CPU: matmuls are already at full speed here and memory stays small."""
+"""Most tokens per forward pass on CPU: matmuls of a few hundred rows already run at full speed."""
+CPU_ACTIVATION_BYTES = 2**30
+"""Activation memory one CPU forward pass may use (before the free-memory check): larger passes buy
+no speed on CPU, only resident memory."""
 CUDA_PASS_TOKENS = 32768
 
 
@@ -68,15 +71,16 @@ def plan_memory(
     available = available_memory(device)
     budget = int(available * budget_fraction) - fixed
     pass_tokens = requested_pass_tokens or (CUDA_PASS_TOKENS if device.type == "cuda" else CPU_PASS_TOKENS)
-    pass_tokens = max(pass_tokens, longest_example)
     config = model.config
     options = [requested_checkpointing] if requested_checkpointing is not None else [False, True]
     for checkpointing in options:
         per_token = activation_bytes_per_token(config, bf16, checkpointing)
         tokens = pass_tokens
+        if device.type == "cpu" and not requested_pass_tokens:
+            tokens = min(tokens, max(256, CPU_ACTIVATION_BYTES // per_token))
         while tokens > longest_example and tokens * per_token > budget:
             tokens //= 2
-        tokens = max(tokens, longest_example)
+        tokens = max(tokens, longest_example)  # an example is never split across passes
         if tokens * per_token <= budget or checkpointing is options[-1]:
             estimate = fixed + tokens * per_token
             if estimate > available * budget_fraction and not requested_pass_tokens:
