@@ -42,8 +42,9 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], message: str) -
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cli-data")
-    write_jsonl(folder / "train.jsonl", chat_rows(10))
-    write_jsonl(folder / "valid.jsonl", chat_rows(3, topic="shade"))
+    # Content no other test uploads, so `jobs create` uploads it rather than reusing an identical file.
+    write_jsonl(folder / "train.jsonl", chat_rows(10, topic="cli colour"))
+    write_jsonl(folder / "valid.jsonl", chat_rows(3, topic="cli shade"))
     write_jsonl(folder / "too_few.jsonl", chat_rows(3))
     return folder
 
