@@ -55,9 +55,7 @@ class FakeTracker(Tracker):
 @pytest.fixture
 def warnings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     seen: list[tuple[str, str]] = []
-    monkeypatch.setattr(
-        base, "add_event", lambda job_id, message, level="info": seen.append((level, message))
-    )
+    monkeypatch.setattr(base, "add_event", lambda job_id, message, level="info": seen.append((level, message)))
     return seen
 
 
