@@ -13,6 +13,7 @@ from tunehouse.api.chat.router import router as chat_router
 from tunehouse.api.completions.router import router as completions_router
 from tunehouse.api.errors import install_error_handlers
 from tunehouse.api.files.router import router as files_router
+from tunehouse.api.fine_tunes.router import router as fine_tunes_router
 from tunehouse.api.fine_tuning.router import router as fine_tuning_router
 from tunehouse.api.models.router import router as models_router
 from tunehouse.store.db import engine
@@ -36,7 +37,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     app = FastAPI(title="tunehouse", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
-    for router in (files_router, fine_tuning_router, models_router, chat_router, completions_router):
+    for router in (files_router, fine_tuning_router, fine_tunes_router, models_router, chat_router, completions_router):
         v1.include_router(router)
     app.include_router(v1)
 
