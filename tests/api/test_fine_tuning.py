@@ -249,3 +249,22 @@ def test_unknown_job_is_404(client: OpenAI) -> None:
     for call in (client.fine_tuning.jobs.retrieve, client.fine_tuning.jobs.cancel, client.fine_tuning.jobs.list_events):
         with pytest.raises(openai.NotFoundError):
             call("ftjob-nope")
+
+
+def test_full_fine_tuning_job_serves_its_own_weights(client: OpenAI, tmp_path: Path) -> None:
+    job = client.fine_tuning.jobs.create(
+        model=TINY_ID,
+        training_file=upload_rows(client, tmp_path, chat_rows(10)),
+        hyperparameters={"n_epochs": 1},
+        extra_body={"training": {"adapter": "full"}},
+    )
+    done = wait_for_job(client, job.id)
+    assert done.status == "succeeded", done.error
+    reply = client.chat.completions.create(
+        model=done.fine_tuned_model,
+        messages=[{"role": "user", "content": "What is the colour of item 1?"}],
+        max_tokens=4,
+    )
+    assert reply.choices[0].message.content is not None
+    events = [e.message for e in all_events(client, job.id)]
+    assert any("full fine-tuning" in m for m in events)
