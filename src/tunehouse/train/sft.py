@@ -26,7 +26,6 @@ from tunehouse.train.batching import collate, epoch_batches, pack_examples, toke
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.memory import plan_memory
-from tunehouse.train.packed_attention import standard_attention, use_packed_attention
 from tunehouse.train.precision import bf16_supported, cast_frozen_linear_weights, training_device
 from tunehouse.train.reporting import Reporter
 
@@ -197,8 +196,6 @@ class SFTTrainer:
             config.pass_tokens,
         )
         self.pass_tokens, self.checkpointing = plan.pass_tokens, plan.gradient_checkpointing
-        if config.packing:
-            use_packed_attention(causal_lm)
         if self.checkpointing:
             causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # The chunked loss takes the decoder's hidden states and the output layer's weight directly.
@@ -308,8 +305,7 @@ class SFTTrainer:
     def save(self, path: Path) -> None:
         """The adapter (or full weights) plus the tokenizer, so the folder serves on its own."""
         path.mkdir(parents=True, exist_ok=True)
-        with standard_attention(self.model):  # saved configs must load without tunehouse's training kernel
-            self.model.save_pretrained(str(path))
+        self.model.save_pretrained(str(path))
         self.tokenizer.save_pretrained(str(path))
 
     def save_checkpoint(self, step: int, metrics: dict[str, Any]) -> None:
