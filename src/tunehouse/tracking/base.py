@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import math
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,25 +34,25 @@ class JobContext:
         return step / max(total_steps / max(self.n_epochs, 1), 1e-9)
 
 
-class Tracker:
+class Tracker(ABC):
     """One experiment tracker's run for one job. Any method may raise; the caller handles it."""
 
     label = "tracker"
 
-    def start(self, context: JobContext) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self, context: JobContext) -> None: ...
 
-    def metrics(self, step: int, data: dict[str, float]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def metrics(self, step: int, data: dict[str, float]) -> None: ...
 
-    def checkpoint(self, step: int, name: str, metrics: dict[str, Any]) -> None:
+    def checkpoint(self, step: int, name: str, metrics: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """A checkpoint was saved; most trackers only note it."""
 
+    @abstractmethod
     def finish(self, result_csv: bytes, model_dir: Path, fine_tuned_model: str) -> None:
         """Training succeeded: log the result file and the adapter, then close the run."""
-        raise NotImplementedError
 
-    def abort(self) -> None:
+    def abort(self) -> None:  # noqa: B027 - optional hook
         """Training ended without success (or the tracker was turned off): close the run as failed."""
 
 
@@ -124,7 +125,7 @@ class TrackedReporter:
         self.trackers = []
         self._closed = True
 
-    def abort(self) -> None:
+    def abort(self) -> None:  # noqa: B027 - optional hook
         if self._closed:
             return
         self._closed = True
