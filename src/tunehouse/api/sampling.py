@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from tunehouse.errors import InvalidRequest
+from tunehouse.ids import new_id
 from tunehouse.serve.engine import SamplingParams
+
+FINGERPRINT = "fp_tunehouse"
+
+
+def response_header(id_prefix: str, model: str) -> dict[str, Any]:
+    """The fields every completion response and each of its stream chunks share."""
+    return {"id": new_id(id_prefix), "created": int(time.time()), "model": model, "system_fingerprint": FINGERPRINT}
 
 
 def stop_list(stop: str | list[str] | None) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,15 +15,13 @@ from tunehouse.api.chat.protocol import (
     ResponseMessage,
     Usage,
 )
-from tunehouse.api.sampling import sampling_params
+from tunehouse.api.sampling import response_header, sampling_params
 from tunehouse.errors import InvalidRequest
-from tunehouse.ids import new_id
 from tunehouse.models.template import render_chat_prompt
 from tunehouse.serve.engine import Generation, get_engine
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 DEFAULT_MAX_TOKENS = 512
-FINGERPRINT = "fp_tunehouse"
 
 
 def _check_messages(messages: list[dict[str, Any]]) -> None:
@@ -72,12 +69,9 @@ def create_chat_completion(request: ChatCompletionRequest) -> dict[str, Any]:
         usage.completion_tokens += result.completion_tokens
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
     return ChatCompletion(
-        id=new_id("chatcmpl-"),
-        created=int(time.time()),
-        model=request.model,
+        **response_header("chatcmpl-", request.model),
         choices=choices,
         usage=usage,
-        system_fingerprint=FINGERPRINT,
     ).model_dump()
 
 
@@ -85,12 +79,7 @@ def stream_chat_completion(request: ChatCompletionRequest) -> Iterator[dict[str,
     """Chunks: a role delta, content deltas, a finish chunk per choice, then usage if asked."""
     prompt, params = _prepare(request)
     engine = get_engine()
-    base = {
-        "id": new_id("chatcmpl-"),
-        "created": int(time.time()),
-        "model": request.model,
-        "system_fingerprint": FINGERPRINT,
-    }
+    base = response_header("chatcmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
     def generate() -> Iterator[dict[str, Any]]:

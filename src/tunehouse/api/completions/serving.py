@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from tunehouse.api.chat.protocol import Usage
 from tunehouse.api.completions.protocol import Completion, CompletionChoice, CompletionRequest
-from tunehouse.api.sampling import sampling_params
+from tunehouse.api.sampling import response_header, sampling_params
 from tunehouse.errors import InvalidRequest
-from tunehouse.ids import new_id
 from tunehouse.serve.engine import Generation, SamplingParams, get_engine
-
-FINGERPRINT = "fp_tunehouse"
 
 
 def _prompts(request: CompletionRequest, tokenizer: Any) -> list[str]:
@@ -62,24 +58,16 @@ def create_completion(request: CompletionRequest) -> dict[str, Any]:
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
     )
     return Completion(
-        id=new_id("cmpl-"),
-        created=int(time.time()),
-        model=request.model,
+        **response_header("cmpl-", request.model),
         choices=choices,
         usage=usage,
-        system_fingerprint=FINGERPRINT,
     ).model_dump()
 
 
 def stream_completion(request: CompletionRequest) -> Iterator[dict[str, Any]]:
     prompts, params = _prepare(request)
     engine = get_engine()
-    base = {
-        "id": new_id("cmpl-"),
-        "created": int(time.time()),
-        "model": request.model,
-        "system_fingerprint": FINGERPRINT,
-    }
+    base = response_header("cmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
     def chunk(index: int, text: str, finish: str | None) -> dict[str, Any]:
