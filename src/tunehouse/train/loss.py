@@ -67,14 +67,15 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size].to(compute_dtype)
             y = labels[start : start + chunk_size]
-            logits = (h @ w.t()).float()
-            log_norm = torch.logsumexp(logits, dim=-1)
-            loss += (log_norm - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            logits = h @ w.t()
+            # Fused row-wise kernels: a chunk's logits are read a few times and never copied to fp32.
+            log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
+            picked = log_probs.gather(1, y[:, None]).squeeze(1)
+            loss -= picked.sum()
             correct += (logits.argmax(dim=-1) == y).sum()
             if need_hidden_grad or need_weight_grad:
-                probs = logits.sub_(log_norm[:, None]).exp_()  # softmax, in place of the logits
-                probs[torch.arange(len(y), device=y.device), y] -= 1.0
-                d_logits = probs.to(compute_dtype)
+                d_logits = torch.softmax(logits, dim=-1)  # softmax minus one-hot, in the compute dtype
+                d_logits[torch.arange(len(y), device=y.device), y] = (picked.exp() - 1.0).to(d_logits.dtype)
                 if grad_hidden is not None:
                     grad_hidden[start : start + chunk_size] = (d_logits @ w).to(hidden.dtype)
                 if grad_weight is not None:
@@ -100,7 +101,7 @@ def chunked_lm_loss_sum(
     labels: torch.Tensor,
     weight: torch.Tensor,
     compute_dtype: torch.dtype = torch.float32,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> LossSums:
     """`masked_lm_loss_sum` from hidden states, without materializing the vocabulary-wide logits.
 

@@ -28,21 +28,30 @@ def bf16_supported(device: torch.device) -> bool:
     return cpu_has_fast_bf16()
 
 
-def cast_frozen_linear_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
-    """Store the frozen weights of linear layers in `dtype` (bf16) instead of fp32.
+def frozen_weights_dtype(bf16: bool, use_lora: bool) -> torch.dtype:
+    """bf16 for the frozen base of a LoRA run under bf16 autocast, else fp32.
 
-    Under bf16 autocast a linear layer casts its fp32 weight to bf16 on every call anyway, so this
-    changes no number; it saves that cast per forward pass and half of the frozen weights' memory.
-    Trainable parameters (LoRA adapters, or every weight in full fine-tuning) stay fp32 master
-    weights, and so do embeddings and norms, which keep the residual stream in fp32. The output
-    layer is skipped: it is often tied to the input embeddings. Returns how many weights it cast.
+    Autocast would cast every fp32 weight to bf16 on every call anyway; storing the frozen base in
+    bf16 saves those casts, half the weights' memory, and keeps the residual stream in bf16 so no
+    activation is copied between dtypes around each linear layer. The trainable LoRA weights stay
+    fp32 master weights (PEFT keeps adapters fp32 on a bf16 base). Full fine-tuning keeps every
+    weight fp32: they are its master weights.
     """
-    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    cast = 0
+    return torch.bfloat16 if (bf16 and use_lora) else torch.float32
+
+
+def keep_adapter_inputs_as_is(model: torch.nn.Module) -> int:
+    """Stop PEFT copying each activation to the adapter's fp32 dtype before the LoRA matmuls.
+
+    Under bf16 autocast that copy is undone at once (autocast casts it back to bf16 for the
+    matmul), so it costs two full-size copies per adapted layer and changes nothing. Returns how
+    many adapted layers were switched.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    switched = 0
     for module in model.modules():
-        if type(module) is torch.nn.Linear and module is not output and not module.weight.requires_grad:
-            module.weight.data = module.weight.data.to(dtype)
-            if module.bias is not None and not module.bias.requires_grad:
-                module.bias.data = module.bias.data.to(dtype)
-            cast += 1
-    return cast
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+            switched += 1
+    return switched

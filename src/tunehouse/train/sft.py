@@ -4,8 +4,9 @@ A step is: batch → forward (bf16 autocast where it pays) → masked loss summe
 divide by the step's trained tokens → backward → clip → optimizer step → metrics → maybe checkpoint.
 
 The speed tricks are named functions, each tested to change no number it should not:
-`pack_examples` (batching.py), `chunked_lm_loss_sum` (loss.py), `cast_frozen_linear_weights`
-(precision.py), `plan_memory` (memory.py: pass size and gradient checkpointing only when needed).
+`pack_examples` (batching.py), `chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
+`keep_adapter_inputs_as_is` (precision.py), `plan_memory` (memory.py: pass size and gradient
+checkpointing only when needed).
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from tunehouse.train.batching import collate, epoch_batches, pack_examples, toke
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.memory import plan_memory
-from tunehouse.train.precision import bf16_supported, cast_frozen_linear_weights, training_device
+from tunehouse.train.precision import (
+    bf16_supported,
+    frozen_weights_dtype,
+    keep_adapter_inputs_as_is,
+    training_device,
+)
 from tunehouse.train.reporting import Reporter
 
 TRAINER_STATE = "trainer_state.pt"
@@ -88,13 +94,14 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.removeprefix("step-")), default=None)
 
 
-def load_model(config: SFTConfig, device: torch.device) -> tuple[Any, Any]:
-    """Base model plus a new LoRA adapter, a given one, or the checkpoint being resumed."""
+def load_model(config: SFTConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """Base model (its weights in `dtype`) plus a new LoRA adapter, a given one, or the checkpoint
+    being resumed. Adapters are always fp32: PEFT upcasts them on a bf16 base."""
     resume = config.resume_from
     weights_dir = resume if (resume is not None and not config.use_lora) else config.base_model_dir
     adapter_dir = resume if (resume is not None and config.use_lora) else config.init_adapter_dir
     tokenizer = AutoTokenizer.from_pretrained(str(config.base_model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=dtype)
     model.config.use_cache = False
     if adapter_dir is not None:
         from peft import PeftModel
@@ -139,7 +146,8 @@ class SFTTrainer:
     def setup(self, train_examples: list[dict[str, Any]], valid_examples: list[dict[str, Any]] | None) -> None:
         config = self.config
         seed_everything(config.seed)
-        self.tokenizer, self.model = load_model(config, self.device)
+        dtype = frozen_weights_dtype(self.use_bf16, config.use_lora)
+        self.tokenizer, self.model = load_model(config, self.device, dtype)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -182,11 +190,11 @@ class SFTTrainer:
         return len(example.input_ids)
 
     def _setup_speed(self) -> None:
-        """bf16 frozen weights, the forward-pass size and gradient checkpointing, from the hardware."""
+        """Adapter inputs, the forward-pass size and gradient checkpointing, from the hardware."""
         config = self.config
         causal_lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         if self.use_bf16 and config.use_lora:
-            cast_frozen_linear_weights(causal_lm, torch.bfloat16)
+            keep_adapter_inputs_as_is(self.model)
         plan = plan_memory(
             self.model,
             self.device,
