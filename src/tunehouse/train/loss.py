@@ -68,14 +68,16 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             h = hidden[start : start + chunk_size].to(compute_dtype)
             y = labels[start : start + chunk_size]
             logits = h @ w.t()
-            # Fused row-wise kernels: a chunk's logits are read a few times and never copied to fp32.
-            log_probs = torch.log_softmax(logits, dim=-1, dtype=torch.float32)
-            picked = log_probs.gather(1, y[:, None]).squeeze(1)
-            loss -= picked.sum()
-            correct += (logits.argmax(dim=-1) == y).sum()
+            # Fused row-wise kernels in the compute dtype (a bf16 log-softmax still sums in fp32 and
+            # only rounds its output); asking for fp32 output instead costs a full fp32 copy.
+            log_probs = torch.log_softmax(logits, dim=-1)
+            label_log_probs = log_probs.gather(1, y[:, None]).squeeze(1)
+            loss -= label_log_probs.float().sum()
+            # the label scores at least as high as every other token (an argmax that counts ties)
+            correct += (label_log_probs >= log_probs.amax(dim=-1)).sum()
             if need_hidden_grad or need_weight_grad:
                 d_logits = torch.softmax(logits, dim=-1)  # softmax minus one-hot, in the compute dtype
-                d_logits[torch.arange(len(y), device=y.device), y] = (picked.exp() - 1.0).to(d_logits.dtype)
+                d_logits[torch.arange(len(y), device=y.device), y] -= 1.0
                 if grad_hidden is not None:
                     grad_hidden[start : start + chunk_size] = (d_logits @ w).to(hidden.dtype)
                 if grad_weight is not None:
