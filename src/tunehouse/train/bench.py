@@ -94,23 +94,26 @@ def model_flops_per_token(model_dir: Path, lora_r: int, mean_length: float) -> f
 
 def assistant_token_loss(model: Any, tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> float:
     """Mean loss on the trained (assistant) tokens, the same measurement for both sides (under bf16
-    autocast where the hardware has it, as both train)."""
-    from tunehouse.train.loss import masked_lm_loss_sum
+    autocast where the hardware has it, as both train). Logits are computed only at the positions
+    that predict a trained token, so the measurement adds no vocabulary-wide tensor to either
+    side's peak memory."""
+    import torch.nn.functional as F
+
+    from tunehouse.models.template import IGNORE_INDEX
     from tunehouse.train.precision import bf16_supported
     from tunehouse.train.sft import encode_all
 
     model.eval()
     total, tokens = 0.0, 0
-    device_type = next(model.parameters()).device.type
-    bf16 = bf16_supported(next(model.parameters()).device)
-    with torch.no_grad(), torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+    device = next(model.parameters()).device
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_supported(device)):
         for example in encode_all(tokenizer, examples, max_length):
-            device = next(model.parameters()).device
+            targets = torch.tensor(example.labels[1:], device=device)
+            keep = (targets != IGNORE_INDEX).nonzero().flatten()
             ids = torch.tensor([example.input_ids], device=device)
-            logits = model(input_ids=ids).logits.float()
-            sums = masked_lm_loss_sum(logits, torch.tensor([example.labels], device=device))
-            total += float(sums.loss_sum)
-            tokens += sums.tokens
+            logits = model(input_ids=ids, logits_to_keep=keep).logits[0].float()
+            total += float(F.cross_entropy(logits, targets[keep], reduction="sum"))
+            tokens += int(keep.numel())
     return total / max(1, tokens)
 
 
