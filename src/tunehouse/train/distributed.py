@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -180,12 +179,3 @@ def from_environment() -> SingleProcess:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return AcceleratedProcesses()
     return SingleProcess()
-
-
-@contextlib.contextmanager
-def closing(processes: SingleProcess) -> Iterator[SingleProcess]:
-    """Leave the process group when the process is done training (however it ends)."""
-    try:
-        yield processes
-    finally:
-        processes.close()
