@@ -137,8 +137,6 @@ class AcceleratedProcesses(SingleProcess):
 
         plugin = None
         if shard_weights:
-            if self.device.type != "cuda":
-                raise RuntimeError("FSDP needs CUDA GPUs; use DDP (LoRA) on CPU")
             from accelerate import FullyShardedDataParallelPlugin
 
             plugin = FullyShardedDataParallelPlugin(
