@@ -20,6 +20,8 @@ class Settings:
     api_key: str | None
     organization: str
     max_file_bytes: int
+    train_processes: int | None
+    """Trainer processes per job (None: one per visible CUDA GPU, one on CPU); `training.processes` overrides."""
 
     @property
     def blobs_dir(self) -> Path:
@@ -44,4 +46,5 @@ def settings() -> Settings:
         api_key=os.environ.get("TUNEHOUSE_API_KEY") or None,
         organization=os.environ.get("TUNEHOUSE_ORGANIZATION", "tunehouse"),
         max_file_bytes=int(os.environ.get("TUNEHOUSE_MAX_FILE_BYTES", 512 * 1024 * 1024)),
+        train_processes=int(os.environ.get("TUNEHOUSE_TRAIN_PROCESSES") or 0) or None,
     )

@@ -26,6 +26,7 @@ TRAINING_OPTION_KEYS = {
     "gradient_checkpointing",
     "packing",
     "bf16",
+    "processes",
 }
 """tunehouse's own `training` options (see `train/config.py`); the booleans default to automatic."""
 
@@ -120,6 +121,12 @@ def _check_request(request: JobRequest) -> None:
     for key in ("gradient_checkpointing", "packing", "bf16"):
         if key in request.training and not isinstance(request.training[key], bool | None):
             raise InvalidValue(f"training.{key} must be true, false or null (automatic).", param=f"training.{key}")
+    processes = request.training.get("processes")
+    if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
+        raise InvalidValue(
+            "training.processes must be a positive number of trainer processes (null: one per GPU).",
+            param="training.processes",
+        )
     interval = request.training.get("checkpoint_interval")
     if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval < 1):
         raise InvalidValue(

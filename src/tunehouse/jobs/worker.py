@@ -2,27 +2,32 @@
 
 A child process means a crash (or an out-of-memory kill) fails one job, not the server, and a cancel
 can stop training at once by terminating the process. The store is the only channel between them.
+With several GPUs (or `training.processes`) the child is `accelerate launch`, which starts one
+trainer process per GPU (`train/launch.py`); a cancel stops all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+import psutil
 from sqlalchemy import select
 
 from tunehouse.config import settings
+from tunehouse.errors import TunehouseError
 from tunehouse.jobs.records import add_event, get_job, update_job
 from tunehouse.jobs.service import fail_job, validate_job_files
 from tunehouse.store.db import session
 from tunehouse.store.schema import JobRow
+from tunehouse.train.launch import launch_environment, process_count, trainer_command
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +107,17 @@ def _log_tail(path: Path, lines: int = 8) -> str:
 
 def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
     """Run the trainer child for a claimed job and watch it until it ends or the job is cancelled."""
+    try:
+        processes = process_count((get_job(job_id).training_options or {}).get("processes"))
+    except TunehouseError as exc:
+        fail_job(job_id, exc.code or "training_failed", exc.message, exc.param)
+        return
     log_path = settings().jobs_dir / job_id / "train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
-            [sys.executable, "-m", "tunehouse.train.runner", job_id],
+            trainer_command(job_id, processes),
+            env=launch_environment(processes),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -136,13 +147,30 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
 
 
 def _terminate(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the trainer's process group and every process below it, then SIGKILL what is left.
+
+    torchrun (under `accelerate launch`) starts each trainer process in a session of its own, so
+    the launcher's group does not hold them: they are found as its descendants before it goes.
+    """
     try:
-        os.killpg(child.pid, signal.SIGTERM)
+        below = psutil.Process(child.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    _signal_all(child.pid, below, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         child.wait(timeout=TERMINATE_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    _, alive = psutil.wait_procs(below, timeout=1)
+    if child.poll() is None or alive:
+        _signal_all(child.pid, alive, signal.SIGKILL)
+        child.wait()
+
+
+def _signal_all(group: int, processes: list[psutil.Process], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
 
 
 def work_once(stop: threading.Event | None = None) -> bool:

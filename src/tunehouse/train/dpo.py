@@ -5,8 +5,9 @@ OpenAI's preference format — `input.messages`, one `preferred_output` and one 
 their outputs. A step is: pairs → one packed forward of policy and one of the reference (the base
 model: LoRA disabled, or a frozen copy for full fine-tuning) → summed log-probabilities of each
 output → DPO loss `-log σ(β·((π_c − ref_c) − (π_r − ref_r)))` averaged over the step's pairs →
-backward → clip → optimizer step. Everything else (setup, schedule, checkpoints, exact resume,
-metrics) is the SFT recipe's.
+backward → clip → optimizer step. Only the pass's loss and what it is averaged over differ from
+the SFT recipe; the step loop (passes, processes), setup, schedule, checkpoints, exact resume and
+metrics are its.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.models.template import EncodedExample, encode_chat_example
-from tunehouse.train.batching import pack_examples, token_budget_micro_batches
+from tunehouse.train.batching import pack_examples
 from tunehouse.train.config import SFTConfig
+from tunehouse.train.distributed import SingleProcess
+from tunehouse.train.loss import LossSums
 from tunehouse.train.reporting import Reporter
 from tunehouse.train.sft import SFTTrainer, TrainResult
 
@@ -77,6 +80,11 @@ def dpo_loss(
 class DPOTrainer(SFTTrainer):
     config: DPOConfig
 
+    def __init__(self, config: DPOConfig, reporter: Reporter, processes: SingleProcess | None = None) -> None:
+        super().__init__(config, reporter, processes)
+        # The frozen reference of full fine-tuning is a whole copy in each process anyway: DDP, not FSDP.
+        self.shard_weights = False
+
     def encode(self, examples: list[dict[str, Any]]) -> list[Any]:
         pairs = [encode_preference_example(self.tokenizer, e, self.config.max_length) for e in examples]
         return [p for p in pairs if p.chosen.trained_tokens and p.rejected.trained_tokens]
@@ -110,30 +118,17 @@ class DPOTrainer(SFTTrainer):
     def _pass_losses(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad(), self._reference_model() as reference:
             reference_chosen, reference_rejected = self._pair_logprobs(reference, pairs)
-        policy_chosen, policy_rejected = self._pair_logprobs(self.model, pairs)
+        policy_chosen, policy_rejected = self._pair_logprobs(self.forward, pairs)
         return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.config.beta)
 
-    def accumulate_gradients(self, indices: list[int]) -> dict[str, float]:
-        """Mean DPO loss over the step's pairs, however the step is split into passes."""
-        loss_total, wins = 0.0, 0
-        for one_pass in token_budget_micro_batches(indices, self.lengths, self.pass_tokens):
-            losses, won = self._pass_losses([self.train[i] for i in one_pass])
-            (losses.sum() / len(indices)).backward()
-            loss_total += float(losses.detach().sum())
-            wins += int(won.sum())
-        return {"train_loss": loss_total / len(indices), "train_mean_token_accuracy": wins / len(indices)}
+    def _forward_sums(self, examples: list[PreferencePair]) -> LossSums:  # type: ignore[override]
+        """Summed DPO loss of the pairs, how many the chosen output wins, and how many pairs."""
+        losses, won = self._pass_losses(examples)
+        return LossSums(loss_sum=losses.sum(), correct=int(won.sum()), tokens=len(examples))
 
-    @torch.no_grad()
-    def evaluate(self, examples: list[Any]) -> tuple[float, float]:
-        """Validation DPO loss and preference accuracy (the chosen output's reward is higher)."""
-        self.model.eval()
-        loss_total, wins = 0.0, 0
-        lengths = [self.example_length(e) for e in examples]
-        for one_pass in token_budget_micro_batches(list(range(len(examples))), lengths, self.pass_tokens):
-            losses, won = self._pass_losses([examples[i] for i in one_pass])
-            loss_total += float(losses.sum())
-            wins += int(won.sum())
-        return loss_total / max(1, len(examples)), wins / max(1, len(examples))
+    def loss_normalizer(self, indices: list[int]) -> int:
+        """The mean DPO loss over the step's pairs, however the step is split into passes."""
+        return len(indices)
 
 
 def train_dpo(
@@ -141,7 +136,8 @@ def train_dpo(
     train_examples: list[dict[str, Any]],
     valid_examples: list[dict[str, Any]] | None,
     reporter: Reporter,
+    processes: SingleProcess | None = None,
 ) -> TrainResult:
-    trainer = DPOTrainer(config, reporter)
+    trainer = DPOTrainer(config, reporter, processes)
     trainer.setup(train_examples, valid_examples)
     return trainer.run()

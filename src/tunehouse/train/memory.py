@@ -64,10 +64,12 @@ def plan_memory(
     requested_checkpointing: bool | None = None,
     requested_pass_tokens: int | None = None,
     budget_fraction: float = 0.6,
+    model_shards: int = 1,
 ) -> MemoryPlan:
     """Fit the model, optimizer state and one forward pass's activations in `budget_fraction` of
-    the free memory; turn gradient checkpointing on only if they do not fit without it."""
-    fixed = model_state_bytes(model)
+    the free memory; turn gradient checkpointing on only if they do not fit without it.
+    `model_shards`: over how many GPUs FSDP splits the weights, gradients and optimizer state."""
+    fixed = model_state_bytes(model) // model_shards
     available = available_memory(device)
     budget = int(available * budget_fraction) - fixed
     pass_tokens = requested_pass_tokens or (CUDA_PASS_TOKENS if device.type == "cuda" else CPU_PASS_TOKENS)

@@ -30,3 +30,19 @@ class PrintReporter:
 
     def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None:
         pass
+
+
+class SilentReporter:
+    """Reports nothing: for the trainer processes besides the main one, whose reports would repeat it."""
+
+    def message(self, text: str, level: str = "info") -> None:
+        pass
+
+    def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
+        pass
+
+    def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
+        pass
+
+    def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None:
+        pass

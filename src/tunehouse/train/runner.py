@@ -3,6 +3,9 @@
 Reads the job from the store, resolves `auto` hyperparameters, trains, and reports everything —
 events, metrics, checkpoints, the result file, the fine-tuned model, the final status — back
 through the store. Any failure is recorded on the job with a message for the user.
+
+Under `accelerate launch` every process runs this module; each trains its share, and only the main
+process reports and records anything.
 """
 
 from __future__ import annotations
@@ -29,12 +32,15 @@ from tunehouse.store.files import create_file, file_path, get_file
 from tunehouse.store.schema import JobRow
 from tunehouse.tracking import attach_trackers
 from tunehouse.train.config import SFTConfig
+from tunehouse.train.distributed import SingleProcess, from_environment
 from tunehouse.train.dpo import DPOConfig, train_dpo
 from tunehouse.train.hyperparams import (
     FULL_BASE_LEARNING_RATE,
     LORA_BASE_LEARNING_RATE,
+    ResolvedHyperparameters,
     resolve_hyperparameters,
 )
+from tunehouse.train.reporting import SilentReporter
 from tunehouse.train.sft import TrainResult, latest_checkpoint, train_sft
 
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
@@ -115,7 +121,7 @@ def _read_examples(file_id: str) -> list[dict[str, Any]]:
     return [example for _, example in iter_examples(file_path(get_file(file_id)))]
 
 
-def build_config(job: JobRow, n_examples: int) -> SFTConfig:
+def build_config(job: JobRow, n_examples: int) -> tuple[SFTConfig, ResolvedHyperparameters]:
     """Map the job (its resolved hyperparameters and training options) onto the trainer's config."""
     method_type = job.method.get("type", "supervised")
     requested = job.method[method_type]["hyperparameters"]
@@ -149,18 +155,28 @@ def build_config(job: JobRow, n_examples: int) -> SFTConfig:
     if isinstance(config, DPOConfig) and resolved.beta is not None:
         config.beta = resolved.beta
     config.resume_from = latest_checkpoint(config.checkpoint_dir)
+    return config, resolved
+
+
+def record_resolved_hyperparameters(job: JobRow, resolved: ResolvedHyperparameters) -> None:
+    """Write the `auto` values the job resolved to back onto it, where the API shows them."""
+    method_type = job.method.get("type", "supervised")
     method = dict(job.method)
     method[method_type] = {**method[method_type], "hyperparameters": resolved.as_dict()}
     update_job(job.id, hyperparameters={k: v for k, v in resolved.as_dict().items() if k != "beta"}, method=method)
-    return config
 
 
-def run_job(job_id: str) -> None:
+def run_job(job_id: str, processes: SingleProcess) -> None:
     job = get_job(job_id)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train_examples = _read_examples(job.training_file)
     valid_examples = _read_examples(job.validation_file) if job.validation_file else None
-    config = build_config(job, len(train_examples))
+    config, resolved = build_config(job, len(train_examples))
+    train = train_dpo if isinstance(config, DPOConfig) else train_sft
+    if not processes.is_main:  # trains its share of every step; the main process records the job
+        train(config, train_examples, valid_examples, SilentReporter(), processes)  # type: ignore[arg-type]
+        return
+    record_resolved_hyperparameters(job, resolved)
     if config.resume_from is None:
         add_event(job_id, "Fine-tuning job started")
     else:
@@ -171,8 +187,7 @@ def run_job(job_id: str) -> None:
         step = int(config.resume_from.name.removeprefix("step-"))
         store_reporter.checkpoint(step, config.resume_from, {"step": step})
     reporter = attach_trackers(store_reporter, job, config)  # + W&B / MLflow, if asked
-    train = train_dpo if isinstance(config, DPOConfig) else train_sft
-    result: TrainResult = train(config, train_examples, valid_examples, reporter)  # type: ignore[arg-type]
+    result: TrainResult = train(config, train_examples, valid_examples, reporter, processes)  # type: ignore[arg-type]
     results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_csv(result.history)], internal=True)
     reporter.finish(result_csv(result.history), config.output_dir, model_name)
     register_trained_model(
@@ -209,8 +224,10 @@ def run_job(job_id: str) -> None:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     job_id = argv[1]
+    processes = SingleProcess()
     try:
-        run_job(job_id)
+        processes = from_environment()
+        run_job(job_id, processes)
     except TunehouseError as exc:
         fail_job(job_id, exc.code or "training_failed", exc.message, exc.param)
         return 1
@@ -227,6 +244,8 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         fail_job(job_id, "training_failed", f"Training failed: {type(exc).__name__}: {exc}")
         return 1
+    finally:
+        processes.close()
     return 0
 
 

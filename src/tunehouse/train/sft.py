@@ -7,6 +7,10 @@ The speed tricks are named functions, each tested to change no number it should 
 `pack_examples` (batching.py), `chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
 `keep_adapter_inputs_as_is` (precision.py), `plan_memory` (memory.py: pass size and gradient
 checkpointing only when needed).
+
+Several processes (`distributed.py`) run the same recipe: each trains its shard of every step's
+examples, the loss is still normalized over the whole step, and the gradients and metrics are those
+of one process (up to float summation order). Only the main process reports and writes.
 """
 
 from __future__ import annotations
@@ -25,13 +29,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunehouse.models.template import EncodedExample, encode_example
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
+from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
 from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.memory import plan_memory
 from tunehouse.train.precision import (
     bf16_supported,
     frozen_weights_dtype,
     keep_adapter_inputs_as_is,
-    training_device,
 )
 from tunehouse.train.reporting import Reporter
 
@@ -136,18 +140,23 @@ def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) 
 
 
 class SFTTrainer:
-    def __init__(self, config: SFTConfig, reporter: Reporter) -> None:
+    def __init__(self, config: SFTConfig, reporter: Reporter, processes: SingleProcess | None = None) -> None:
         self.config = config
         self.reporter = reporter
-        self.device = training_device()
+        self.processes = processes or from_environment()
+        self.device = self.processes.device
         self.use_bf16 = bf16_supported(self.device) if config.bf16 is None else config.bf16
+        # Full fine-tuning over several GPUs shards weights, gradients and optimizer state (FSDP).
+        self.shard_weights = self.processes.world_size > 1 and self.device.type == "cuda" and not config.use_lora
 
     # --- setup -----------------------------------------------------------------------------------
     def setup(self, train_examples: list[dict[str, Any]], valid_examples: list[dict[str, Any]] | None) -> None:
         config = self.config
         seed_everything(config.seed)
         dtype = frozen_weights_dtype(self.use_bf16, config.use_lora)
-        self.tokenizer, self.model = load_model(config, self.device, dtype)
+        # Under FSDP the whole model stays on the CPU; each GPU receives its shard when wrapped.
+        load_device = torch.device("cpu") if self.shard_weights else self.device
+        self.tokenizer, self.model = load_model(config, load_device, dtype)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id or 0
@@ -155,9 +164,10 @@ class SFTTrainer:
         self.valid = self.encode(valid_examples or [])
         self.lengths = [self.example_length(e) for e in self.train]
         self._setup_speed()
+        self.forward = self.processes.prepare(ForwardPass(self.model, self.decoder is not None), self.shard_weights)
         self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.n_epochs
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for p in self.forward.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         warmup = int(self.total_steps * config.warmup_ratio)
         self.scheduler = _linear_schedule(self.optimizer, warmup, self.total_steps)
@@ -178,7 +188,8 @@ class SFTTrainer:
             f"{'LoRA r=' + str(config.lora_r) if config.use_lora else 'full fine-tuning'}, "
             f"{n_trainable:,} trainable parameters, {'bf16 autocast' if self.use_bf16 else 'fp32'}"
             f"{', packing' if config.packing else ''}, passes of ≤{self.pass_tokens} tokens"
-            f"{', gradient checkpointing' if self.checkpointing else ''} on {self.device.type})"
+            f"{', gradient checkpointing' if self.checkpointing else ''} on {self.device.type}"
+            f"{self.processes.describe(self.shard_weights)})"
         )
         if config.resume_from is not None:
             self.restore(config.resume_from)
@@ -192,7 +203,7 @@ class SFTTrainer:
     def _setup_speed(self) -> None:
         """Adapter inputs, the forward-pass size and gradient checkpointing, from the hardware."""
         config = self.config
-        causal_lm = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        base = causal_lm(self.model)
         if self.use_bf16 and config.use_lora:
             keep_adapter_inputs_as_is(self.model)
         plan = plan_memory(
@@ -202,13 +213,15 @@ class SFTTrainer:
             max(self.lengths, default=1),
             config.gradient_checkpointing,
             config.pass_tokens,
+            model_shards=self.processes.world_size if self.shard_weights else 1,
         )
         self.pass_tokens, self.checkpointing = plan.pass_tokens, plan.gradient_checkpointing
         if self.checkpointing:
-            causal_lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # The chunked loss takes the decoder's hidden states and the output layer's weight directly.
-        head = causal_lm.get_output_embeddings()
-        self.decoder = causal_lm.get_decoder() if config.chunked_loss else None
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # The chunked loss takes the decoder's hidden states and the output layer's weight directly
+        # (not under FSDP, where that weight is a shard outside the wrapped forward).
+        head = base.get_output_embeddings()
+        self.decoder = base.get_decoder() if (config.chunked_loss and not self.shard_weights) else None
         self.head_weight = head.weight if (type(head) is torch.nn.Linear and head.bias is None) else None
         if self.head_weight is None:
             self.decoder = None
@@ -224,34 +237,53 @@ class SFTTrainer:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         labels = batch["labels"].to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
-            if self.decoder is not None:
-                hidden = self.decoder(**inputs).last_hidden_state
-            else:
-                logits = self.model(**inputs).logits
+            output = self.forward(**inputs)
         if self.decoder is not None:
             dtype = torch.bfloat16 if self.use_bf16 else torch.float32
-            return chunked_lm_loss_sum(hidden, labels, self.head_weight, dtype)
-        return masked_lm_loss_sum(logits, labels)
+            return chunked_lm_loss_sum(output.last_hidden_state, labels, self.head_weight, dtype)
+        return masked_lm_loss_sum(output.logits, labels)
 
     def step_loss_tokens(self, indices: list[int]) -> int:
         return sum(self.train[i].trained_tokens for i in indices)
 
+    def loss_normalizer(self, indices: list[int]) -> int:
+        """What a step's summed loss is divided by: its trained tokens (a token-weighted mean)."""
+        return self.step_loss_tokens(indices)
+
+    def process_passes(self, indices: list[int], lengths: list[int]) -> list[tuple[list[int], bool]]:
+        """This process's forward passes over its shard of `indices`, each with whether it counts.
+
+        Every process runs as many passes as the busiest one (FSDP gathers weights in each forward
+        and DDP syncs buffers; a process with no examples must still join the gradient all-reduce):
+        the extra passes repeat the step's first example and are weighted zero.
+        """
+        passes = token_budget_micro_batches(self.processes.shard(indices), lengths, self.pass_tokens)
+        fillers = [indices[:1]] * (self.processes.most(len(passes)) - len(passes))
+        return [(p, True) for p in passes] + [(p, False) for p in fillers]
+
     def accumulate_gradients(self, indices: list[int]) -> dict[str, float]:
-        """Forward and backward over one step's examples, a pass at a time, normalized by the step's
-        trained tokens — so how the step is split into passes changes no gradient (PITFALLS 4)."""
-        step_tokens = self.step_loss_tokens(indices)
+        """Forward and backward over one step's examples, a pass at a time, normalized by the whole
+        step's trained tokens — so how the step is split into passes, or over processes, changes no
+        gradient (PITFALLS 4). DDP averages the processes' gradients; multiplying each process's
+        loss by their number makes that average the one-process sum."""
+        normalizer = self.loss_normalizer(indices)
+        passes = self.process_passes(indices, self.lengths)
         loss_total, correct_total = 0.0, 0
-        for one_pass in token_budget_micro_batches(indices, self.lengths, self.pass_tokens):
-            sums = self._forward_sums([self.train[i] for i in one_pass])
-            (sums.loss_sum / step_tokens).backward()
-            loss_total += float(sums.loss_sum.detach())
-            correct_total += sums.correct
-        return {"train_loss": loss_total / step_tokens, "train_mean_token_accuracy": correct_total / step_tokens}
+        for number, (one_pass, counts) in enumerate(passes):
+            with self.processes.no_sync(self.forward, sync=number == len(passes) - 1):
+                sums = self._forward_sums([self.train[i] for i in one_pass])
+                weight = self.processes.world_size if counts else 0.0
+                (sums.loss_sum * weight / normalizer).backward()
+            if counts:
+                loss_total += float(sums.loss_sum.detach())
+                correct_total += sums.correct
+        loss_total, correct_total = self.processes.sum([loss_total, correct_total])
+        return {"train_loss": loss_total / normalizer, "train_mean_token_accuracy": correct_total / normalizer}
 
     def train_step(self, indices: list[int]) -> dict[str, float]:
-        self.model.train()
+        self.forward.train()
         metrics = self.accumulate_gradients(indices)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.processes.clip_grad_norm(self.forward, self.config.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -259,15 +291,18 @@ class SFTTrainer:
 
     @torch.no_grad()
     def evaluate(self, examples: list[Any]) -> tuple[float, float]:
-        self.model.eval()
-        loss_total, correct_total, tokens_total = 0.0, 0, 0
-        lengths = [len(e.input_ids) for e in examples]
-        for one_pass in token_budget_micro_batches(list(range(len(examples))), lengths, self.pass_tokens):
+        """Mean loss and accuracy over `examples`, each process evaluating its shard of them."""
+        self.forward.eval()
+        loss_total, correct_total, count_total = 0.0, 0, 0
+        lengths = [self.example_length(e) for e in examples]
+        for one_pass, counts in self.process_passes(list(range(len(examples))), lengths):
             sums = self._forward_sums([examples[i] for i in one_pass])
-            loss_total += float(sums.loss_sum)
-            correct_total += sums.correct
-            tokens_total += sums.tokens
-        return loss_total / max(1, tokens_total), correct_total / max(1, tokens_total)
+            if counts:
+                loss_total += float(sums.loss_sum)
+                correct_total += sums.correct
+                count_total += sums.tokens
+        loss_total, correct_total, count_total = self.processes.sum([loss_total, correct_total, count_total])
+        return loss_total / max(1, count_total), correct_total / max(1, count_total)
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -311,35 +346,60 @@ class SFTTrainer:
 
     # --- saving and resuming -----------------------------------------------------------------------
     def save(self, path: Path) -> None:
-        """The adapter (or full weights) plus the tokenizer, so the folder serves on its own."""
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(path))
-        self.tokenizer.save_pretrained(str(path))
+        """The adapter (or full weights) plus the tokenizer, so the folder serves on its own.
+
+        Every process calls it (FSDP gathers the weights from all of them); the main one writes and
+        the others wait for it, so no process runs ahead of a save.
+        """
+        state_dict = self.processes.full_state_dict(self.forward)
+        if self.processes.is_main:
+            path.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(str(path), **({} if state_dict is None else {"state_dict": state_dict}))
+            self.tokenizer.save_pretrained(str(path))
+        self.processes.barrier()
 
     def save_checkpoint(self, step: int, metrics: dict[str, Any]) -> None:
         """Weights or adapter, then optimizer, scheduler, RNG and data position, written last and
-        atomically, so a folder with `trainer_state.pt` is always a complete checkpoint."""
+        atomically, so a folder with `trainer_state.pt` is always a complete checkpoint.
+
+        Several processes hold the same optimizer state under DDP (the main one saves it); under
+        FSDP each holds a shard, saved per process first. RNG states are the main process's: with
+        the default zero dropout, training draws no random numbers after setup.
+        """
         path = self.config.checkpoint_dir / f"step-{step}"
         self.save(path)
-        trainer_state = {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_states(),
-            "state": self.state,
-            "seed": self.config.seed,
-            "total_steps": self.total_steps,
-        }
-        partial = path / (TRAINER_STATE + ".partial")
-        torch.save(trainer_state, partial)
-        os.replace(partial, path / TRAINER_STATE)
-        self.reporter.checkpoint(step, path, {"step": step, **metrics})
+        if self.shard_weights:
+            torch.save(self.optimizer.state_dict(), path / f"optimizer-{self.processes.rank}.pt")
+            self.processes.barrier()
+        if self.processes.is_main:
+            trainer_state = {
+                "optimizer": None if self.shard_weights else self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_states(),
+                "state": self.state,
+                "seed": self.config.seed,
+                "total_steps": self.total_steps,
+                "processes": self.processes.world_size,
+            }
+            partial = path / (TRAINER_STATE + ".partial")
+            torch.save(trainer_state, partial)
+            os.replace(partial, path / TRAINER_STATE)
+            self.reporter.checkpoint(step, path, {"step": step, **metrics})
+        self.processes.barrier()
 
     def restore(self, path: Path) -> None:
         """Continue from a checkpoint: its weights were loaded in `load_model`; the rest is here."""
         saved = torch.load(path / TRAINER_STATE, weights_only=False)
         if saved["total_steps"] != self.total_steps or saved["seed"] != self.config.seed:
             raise ValueError(f"checkpoint {path} belongs to a different run")
-        self.optimizer.load_state_dict(saved["optimizer"])
+        optimizer = saved["optimizer"]
+        if optimizer is None:  # sharded by FSDP: this process's shard, from as many processes
+            if saved["processes"] != self.processes.world_size:
+                raise ValueError(
+                    f"checkpoint {path} was written by {saved['processes']} processes; resume with as many"
+                )
+            optimizer = torch.load(path / f"optimizer-{self.processes.rank}.pt", weights_only=False)
+        self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(saved["scheduler"])
         restore_rng_states(saved["rng"])
         self.state = saved["state"]
@@ -351,7 +411,8 @@ def train_sft(
     train_examples: list[dict[str, Any]],
     valid_examples: list[dict[str, Any]] | None,
     reporter: Reporter,
+    processes: SingleProcess | None = None,
 ) -> TrainResult:
-    trainer = SFTTrainer(config, reporter)
+    trainer = SFTTrainer(config, reporter, processes)
     trainer.setup(train_examples, valid_examples)
     return trainer.run()

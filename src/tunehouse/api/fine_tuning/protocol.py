@@ -25,7 +25,7 @@ class CreateJobRequest(BaseModel):
     training: dict[str, Any] = Field(
         default_factory=dict,
         description="tunehouse's own options (send with extra_body): adapter 'lora'|'full', lora_r, "
-        "lora_alpha, max_length.",
+        "lora_alpha, max_length, processes (trainer processes; default one per GPU).",
     )
 
 
