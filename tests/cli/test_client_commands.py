@@ -166,8 +166,9 @@ def test_chat_streams_replies_from_piped_input(server: Server, job_id: str) -> N
         server, "chat", model, "--max-tokens", "4", stdin="What is the colour of item 1?\n/reset\nhi\n"
     )
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert "(conversation reset)" in lines and len(lines) == 3
+    # One streamed reply before the reset and one after (a random model's reply may hold newlines).
+    _, after = result.stdout.split("\n(conversation reset)\n")  # exactly one reset line
+    assert after.endswith("\n")
 
 
 def test_server_errors_are_one_line(server: Server, data_dir: Path) -> None:
