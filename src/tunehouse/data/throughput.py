@@ -19,16 +19,6 @@ MEASURED_STEPS = 2
 BATCH_EXAMPLES = 4
 
 
-class _QuietReporter:
-    def message(self, text: str, level: str = "info") -> None: ...
-
-    def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None: ...
-
-    def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None: ...
-
-    def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None: ...
-
-
 def _cache_key(model_id: str, length: int) -> str:
     import torch
 
@@ -60,6 +50,7 @@ def measure_throughput(model_id: str, length: int) -> float:
         return float(known[key])
     from tunehouse.models.catalog import base_of, get_model, weights_dir
     from tunehouse.train.config import SFTConfig
+    from tunehouse.train.reporting import SilentReporter
     from tunehouse.train.sft import SFTTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +61,7 @@ def measure_throughput(model_id: str, length: int) -> float:
             batch_size=BATCH_EXAMPLES,
             max_length=length,
         )
-        trainer = SFTTrainer(config, _QuietReporter())
+        trainer = SFTTrainer(config, SilentReporter())
         trainer.setup(_synthetic_examples(length), None)
         batches = [list(range(i * BATCH_EXAMPLES, (i + 1) * BATCH_EXAMPLES)) for i in range(MEASURED_STEPS + 1)]
         trainer.train_step(batches[0])  # warm-up: allocations and kernel selection

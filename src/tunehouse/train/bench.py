@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from tunehouse.train.reporting import SilentReporter
+
 SIDES = ("ours", "trl")
 
 
@@ -117,18 +119,11 @@ def assistant_token_loss(model: Any, tokenizer: Any, examples: list[dict[str, An
     return total / max(1, tokens)
 
 
-class _Quiet:
+class _Messages(SilentReporter):
+    """Only the trainer's messages, to stderr (stdout carries the result line)."""
+
     def message(self, text: str, level: str = "info") -> None:
         print(f"[ours] {text}", file=sys.stderr)
-
-    def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
-        pass
-
-    def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
-        pass
-
-    def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None:
-        pass
 
 
 def run_ours(settings: BenchSettings) -> dict[str, Any]:
@@ -150,7 +145,7 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
             max_length=settings.max_length,
             checkpoint_interval=10**9,  # like the TRL side: no checkpoints inside the timed loop
         )
-        trainer = SFTTrainer(config, _Quiet())
+        trainer = SFTTrainer(config, _Messages())
         trainer.setup(examples, None)
         trainer.save_checkpoint = lambda step, metrics: None  # type: ignore[method-assign]
         result = trainer.run()

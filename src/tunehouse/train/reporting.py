@@ -16,24 +16,9 @@ class Reporter(Protocol):
     def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None: ...
 
 
-class PrintReporter:
-    """Reports to stdout; used by benchmarks and ad-hoc runs outside a job."""
-
-    def message(self, text: str, level: str = "info") -> None:
-        print(f"[{level}] {text}")
-
-    def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
-        print(f"step {step}/{total_steps}: " + ", ".join(f"{k}={v:.4g}" for k, v in data.items()))
-
-    def checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
-        print(f"checkpoint at step {step}: {path}")
-
-    def progress(self, step: int, total_steps: int, seconds_per_step: float) -> None:
-        pass
-
-
 class SilentReporter:
-    """Reports nothing: for the trainer processes besides the main one, whose reports would repeat it."""
+    """Reports nothing: for the trainer processes besides the main one, whose reports would repeat it,
+    and for runs outside a job (throughput measurement, benchmarks)."""
 
     def message(self, text: str, level: str = "info") -> None:
         pass
