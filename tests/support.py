@@ -44,3 +44,13 @@ def wait_for_job(client: OpenAI, job_id: str, timeout: float = 300, until: set[s
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
+
+
+def add_broken_model(server: Any, tmp_path: Path, name: str) -> str:
+    """Register a model folder whose weights cannot load, so its trainer crashes; returns its id."""
+    broken = tmp_path / name
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')
+    (broken / "tokenizer.json").write_text("{}")
+    assert server.cli("models", "add", name, str(broken)).returncode == 0
+    return name

@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import TINY_ID, Server
-from tests.support import chat_rows, upload_rows, wait_for_job
+from tests.support import add_broken_model, chat_rows, upload_rows, wait_for_job
 
 SUPERVISED_2_EPOCHS = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}}
 
@@ -231,11 +231,7 @@ def test_list_jobs_pages_and_filters_by_metadata(client: OpenAI, tmp_path: Path)
 
 
 def test_a_trainer_crash_fails_only_that_job(server: Server, client: OpenAI, tmp_path: Path) -> None:
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "llama"}')
-    (broken / "tokenizer.json").write_text("{}")
-    assert server.cli("models", "add", "broken-model", str(broken)).returncode == 0
+    add_broken_model(server, tmp_path, "broken-model")
     job = client.fine_tuning.jobs.create(
         model="broken-model", training_file=upload_rows(client, tmp_path, chat_rows(10))
     )

@@ -14,7 +14,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import TINY_ID, Server
-from tests.support import chat_rows, upload_rows, wait_for_job
+from tests.support import add_broken_model, chat_rows, upload_rows, wait_for_job
 
 
 def metrics_by_step(client: OpenAI, job_id: str) -> dict[int, dict]:
@@ -92,11 +92,7 @@ def test_cancel_stops_every_trainer_process(client: OpenAI, tmp_path: Path) -> N
 
 
 def test_a_crash_in_the_trainer_processes_fails_the_job(server: Server, client: OpenAI, tmp_path: Path) -> None:
-    broken = tmp_path / "broken-model"
-    broken.mkdir()
-    (broken / "config.json").write_text('{"model_type": "llama"}')
-    (broken / "tokenizer.json").write_text("{}")
-    assert server.cli("models", "add", "broken-model-2p", str(broken)).returncode == 0
+    add_broken_model(server, tmp_path, "broken-model-2p")
     job = client.fine_tuning.jobs.create(
         model="broken-model-2p",
         training_file=upload_rows(client, tmp_path, chat_rows(10)),
