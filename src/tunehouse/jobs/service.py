@@ -30,6 +30,11 @@ TRAINING_OPTION_KEYS = {
 }
 """tunehouse's own `training` options (see `train/config.py`); the booleans default to automatic."""
 
+POSITIVE_COUNT_OPTIONS = {
+    "processes": "trainer processes (null: one per GPU)",
+    "checkpoint_interval": "steps",
+}
+
 
 @dataclass
 class JobRequest:
@@ -121,17 +126,10 @@ def _check_request(request: JobRequest) -> None:
     for key in ("gradient_checkpointing", "packing", "bf16"):
         if key in request.training and not isinstance(request.training[key], bool | None):
             raise InvalidValue(f"training.{key} must be true, false or null (automatic).", param=f"training.{key}")
-    processes = request.training.get("processes")
-    if processes is not None and (not isinstance(processes, int) or isinstance(processes, bool) or processes < 1):
-        raise InvalidValue(
-            "training.processes must be a positive number of trainer processes (null: one per GPU).",
-            param="training.processes",
-        )
-    interval = request.training.get("checkpoint_interval")
-    if interval is not None and (not isinstance(interval, int) or isinstance(interval, bool) or interval < 1):
-        raise InvalidValue(
-            "training.checkpoint_interval must be a positive number of steps.", param="training.checkpoint_interval"
-        )
+    for key, meaning in POSITIVE_COUNT_OPTIONS.items():
+        value = request.training.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise InvalidValue(f"training.{key} must be a positive number of {meaning}.", param=f"training.{key}")
 
 
 def create_job(request: JobRequest) -> JobRow:
