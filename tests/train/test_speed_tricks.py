@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +12,9 @@ import torch.nn.functional as F
 from tunehouse.errors import OutOfMemoryRisk
 from tunehouse.models.template import IGNORE_INDEX, EncodedExample
 from tunehouse.train import memory
+from tunehouse.train.attention import attention_forward, matmul_attention
 from tunehouse.train.batching import pack_examples, token_budget_micro_batches
+from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.precision import keep_adapter_inputs_as_is
 from tunehouse.train.sft import SFTTrainer
@@ -57,6 +60,80 @@ def test_packing_gives_the_unpacked_loss_and_gradients(make_trainer: Callable[..
     assert packed_sums.tokens == padded_sums.tokens == sum(e.trained_tokens for e in examples)
     torch.testing.assert_close(packed_sums.loss_sum, padded_sums.loss_sum, rtol=1e-5, atol=1e-4)
     assert_same_gradients(gradients(packed, indices), gradients(padded, indices))
+
+
+def block_causal_mask(segments: list[list[int]]) -> torch.Tensor:
+    """`[rows, 1, L, L]`: a token sees the earlier tokens of its own segment (a packed row's mask)."""
+    ids = torch.tensor(segments)
+    causal = torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril()
+    return ((ids[:, :, None] == ids[:, None, :]) & causal)[:, None]
+
+
+def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> None:
+    torch.manual_seed(0)
+    mask = block_causal_mask([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 0, 1, 1]])
+    q = torch.randn(2, 6, 9, 8, dtype=torch.float64, requires_grad=True)  # 6 query heads share
+    k = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)  # 2 key/value heads
+    v = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 6, 9, 8, dtype=torch.float64)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
+    got = matmul_attention(q, k, v, mask, 8**-0.5)
+    got_grads = torch.autograd.grad((got * upstream).sum(), [q, k, v])
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_attention_leaves_queries_that_see_no_key_to_sdpa() -> None:
+    """Left padding gives queries with no key to attend to; those rows keep SDPA's own rules."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    layer = torch.nn.Module()
+    layer.num_key_value_groups, layer.is_causal = 2, True
+    q, k, v = torch.randn(1, 4, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    mask = block_causal_mask([[0, 0, 1, 1, 1]])
+    mask[0, 0, :2] = False  # two padding queries on the left
+    got, _ = attention_forward(layer, q, k, v, mask)
+    want, _ = sdpa_attention_forward(layer, q, k, v, mask)
+    assert torch.equal(got, want)
+
+
+def test_matmul_attention_in_the_trainer_gives_sdpa_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+    rows = varied_chat_rows(12)
+    rows[0]["messages"][0]["content"] += " A long preamble." * 40  # so short examples share rows
+    matmul = make_trainer(rows, matmul_attention=True)
+    sdpa = make_trainer(rows, matmul_attention=False)
+    assert matmul.matmul_attention and not sdpa.matmul_attention
+    assert_same_gradients(gradients(matmul, list(range(8))), gradients(sdpa, list(range(8))))
+
+
+def test_fused_lora_forward_gives_peft_outputs_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+    trainer = make_trainer()
+    with torch.no_grad():  # B starts at zero, which would hide a wrong scaling
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    assert fuse_lora_forward(trainer.model) == 0  # the trainer fused every adapted layer already
+    fused = gradients(trainer, [0, 1, 2, 3])
+    for module in trainer.model.modules():
+        module.__dict__.pop("forward", None)  # back to PEFT's own forward
+    assert_same_gradients(fused, gradients(trainer, [0, 1, 2, 3]))
+
+
+def test_fused_lora_forward_leaves_dropout_to_peft(make_trainer: Callable[..., SFTTrainer]) -> None:
+    trainer = make_trainer(lora_dropout=0.5)
+    layer = next(m for m in trainer.model.modules() if isinstance(m.__dict__.get("forward"), functools.partial))
+    layer.train()
+    with torch.no_grad():
+        for parameter in layer.lora_B.parameters():
+            parameter.normal_(0, 0.5)
+    x = torch.randn(3, layer.in_features)
+    torch.manual_seed(1)
+    fused = layer(x)
+    torch.manual_seed(1)
+    assert torch.equal(fused, type(layer).forward(layer, x))
 
 
 def test_chunked_cross_entropy_equals_plain_cross_entropy() -> None:

@@ -40,6 +40,9 @@ class SFTConfig:
     """Pack several examples per row (no cross-attention, same loss) instead of padding each."""
     chunked_loss: bool = True
     """Cross-entropy a chunk of trained positions at a time, never holding vocabulary-wide logits."""
+    matmul_attention: bool | None = None
+    """Attention as plain batched matmuls (`attention.py`) instead of PyTorch's SDPA kernel; None
+    picks it on CPUs, where it is faster for training passes."""
     gradient_checkpointing: bool | None = None
     """Recompute activations in backward; None turns it on only when memory needs it."""
     checkpoint_interval: int | None = None

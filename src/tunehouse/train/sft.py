@@ -5,8 +5,9 @@ divide by the step's trained tokens → backward → clip → optimizer step →
 
 The speed tricks are named functions, each tested to change no number it should not:
 `pack_examples` (batching.py), `chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
-`keep_adapter_inputs_as_is` (precision.py), `plan_memory` (memory.py: pass size and gradient
-checkpointing only when needed).
+`keep_adapter_inputs_as_is` (precision.py), `fuse_lora_forward` (fused_lora.py),
+`use_matmul_attention` (attention.py: CPU attention in plain matmuls), `plan_memory` (memory.py: pass
+size and gradient checkpointing only when needed).
 
 Several processes (`distributed.py`) run the same recipe: each trains its shard of every step's
 examples, the loss is still normalized over the whole step, and the gradients and metrics are those
@@ -27,9 +28,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunehouse.models.template import EncodedExample, encode_example
+from tunehouse.train.attention import use_matmul_attention
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
+from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.memory import plan_memory
 from tunehouse.train.precision import (
@@ -188,6 +191,7 @@ class SFTTrainer:
             f"{'LoRA r=' + str(config.lora_r) if config.use_lora else 'full fine-tuning'}, "
             f"{n_trainable:,} trainable parameters, {'bf16 autocast' if self.use_bf16 else 'fp32'}"
             f"{', packing' if config.packing else ''}, passes of ≤{self.pass_tokens} tokens"
+            f"{', matmul attention' if self.matmul_attention else ''}"
             f"{', gradient checkpointing' if self.checkpointing else ''} on {self.device.type}"
             f"{self.processes.describe(self.shard_weights)})"
         )
@@ -206,6 +210,10 @@ class SFTTrainer:
         base = causal_lm(self.model)
         if self.use_bf16 and config.use_lora:
             keep_adapter_inputs_as_is(self.model)
+        if config.use_lora:
+            fuse_lora_forward(self.model)
+        use_matmul = self.device.type == "cpu" if config.matmul_attention is None else config.matmul_attention
+        self.matmul_attention = use_matmul and use_matmul_attention(base)
         plan = plan_memory(
             self.model,
             self.device,
