@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from tunehouse.models.template import IGNORE_INDEX, EncodedExample
 from tunehouse.train import memory
 from tunehouse.train.attention import attention_forward, matmul_attention
 from tunehouse.train.batching import pack_examples, token_budget_micro_batches
+from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.precision import keep_adapter_inputs_as_is
@@ -109,17 +111,61 @@ def test_matmul_attention_in_the_trainer_gives_sdpa_gradients(make_trainer: Call
     assert_same_gradients(gradients(matmul, list(range(8))), gradients(sdpa, list(range(8))))
 
 
-def test_fused_lora_forward_gives_peft_outputs_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_fused_forwards_give_the_models_own_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+    """LoRA addmm, RMSNorm and SwiGLU Functions against PEFT's and transformers' own forwards."""
     trainer = make_trainer()
     with torch.no_grad():  # B starts at zero, which would hide a wrong scaling
         for name, parameter in trainer.model.named_parameters():
             if "lora_B" in name:
                 parameter.normal_(0, 0.5)
+    layers = trainer.model.config.num_hidden_layers
     assert fuse_lora_forward(trainer.model) == 0  # the trainer fused every adapted layer already
+    assert fuse_norms_and_mlps(trainer.model) == 0
+    fresh = make_trainer()
+    for module in fresh.model.modules():
+        module.__dict__.pop("forward", None)
+    assert fuse_lora_forward(fresh.model) == 7 * layers
+    assert fuse_norms_and_mlps(fresh.model) == 3 * layers + 1  # two norms and an MLP per layer, final norm
     fused = gradients(trainer, [0, 1, 2, 3])
     for module in trainer.model.modules():
-        module.__dict__.pop("forward", None)  # back to PEFT's own forward
+        module.__dict__.pop("forward", None)  # back to PEFT's and transformers' own forwards
     assert_same_gradients(fused, gradients(trainer, [0, 1, 2, 3]))
+
+
+def test_fused_rms_norm_gives_llamas_outputs_and_gradients() -> None:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(32, eps=1e-5)
+    torch.nn.init.normal_(norm.weight, 1.0, 0.1)
+    fused = copy.deepcopy(norm)
+    assert fuse_norms_and_mlps(fused) == 1
+    x = torch.randn(3, 5, 32) * 4
+    upstream = torch.randn(3, 5, 32)
+    results = []
+    for module in (norm, fused):
+        inputs = x.clone().requires_grad_()
+        out = module(inputs)
+        (out * upstream).sum().backward()
+        results.append((out, inputs.grad, module.weight.grad))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_fused_swiglu_is_bitwise_llamas_in_bf16() -> None:
+    from transformers.models.llama.modeling_llama import LlamaConfig, LlamaMLP
+
+    torch.manual_seed(0)
+    mlp = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=96, hidden_act="silu")).to(torch.bfloat16)
+    fused = copy.deepcopy(mlp)
+    assert fuse_norms_and_mlps(fused) == 1
+    x = torch.randn(7, 32, dtype=torch.bfloat16)
+    results = []
+    for module in (mlp, fused):
+        inputs = x.clone().requires_grad_()
+        module(inputs).square().sum().backward()
+        results.append([inputs.grad] + [p.grad for p in module.parameters()])
+    assert all(torch.equal(got, want) for got, want in zip(results[1], results[0], strict=True))
 
 
 def test_fused_lora_forward_leaves_dropout_to_peft(make_trainer: Callable[..., SFTTrainer]) -> None:

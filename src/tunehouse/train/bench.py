@@ -1,7 +1,8 @@
 """`tunehouse bench train`: our trainer against TRL's SFTTrainer on the same examples and settings.
 
 Each side runs in its own child process (`python -m tunehouse.train.bench SIDE ...`), so peak RSS
-is that side's alone, and prints one JSON line. Both train the same model with LoRA on all linear
+is that side's alone (read when training ends, before the final-loss measurement below, whose
+forward passes are the benchmark's, not the trainer's), and prints one JSON line. Both train the same model with LoRA on all linear
 layers, the same batch size, epochs, learning rate and seed; TRL keeps its other defaults (that is
 what users would run). Both final models are then scored by the same code — the mean loss on the
 assistant tokens of the training examples — because the two report different training losses
@@ -149,6 +150,7 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
         trainer.setup(examples, None)
         trainer.save_checkpoint = lambda step, metrics: None  # type: ignore[method-assign]
         result = trainer.run()
+        training_peak_rss = peak_rss_bytes()
         final_loss = assistant_token_loss(trainer.model, trainer.tokenizer, examples, settings.max_length)
     return {
         "side": "ours",
@@ -157,7 +159,7 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
         "tokens_per_second": result.tokens_per_second,
         "reported_train_loss": result.final_train_loss,
         "final_assistant_loss": final_loss,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": training_peak_rss,
         "precision": "bf16 autocast" if result.bf16 else "fp32",
         "gradient_checkpointing": trainer.checkpointing,
         "pass_tokens": trainer.pass_tokens,
@@ -199,6 +201,7 @@ def run_trl(settings: BenchSettings) -> dict[str, Any]:
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
+        training_peak_rss = peak_rss_bytes()
         final_loss = assistant_token_loss(trainer.model, tokenizer, examples, settings.max_length)
         losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return {
@@ -208,7 +211,7 @@ def run_trl(settings: BenchSettings) -> dict[str, Any]:
         "tokens_per_second": tokens / seconds,
         "reported_train_loss": losses[-1] if losses else output.training_loss,
         "final_assistant_loss": final_loss,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": training_peak_rss,
         "precision": "bf16 autocast" if args.bf16 else "fp32",
     }
 

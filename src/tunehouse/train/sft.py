@@ -6,6 +6,7 @@ divide by the step's trained tokens → backward → clip → optimizer step →
 The speed tricks are named functions, each tested to change no number it should not:
 `pack_examples` (batching.py), `chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
 `keep_adapter_inputs_as_is` (precision.py), `fuse_lora_forward` (fused_lora.py),
+`fuse_norms_and_mlps` (fused_layers.py),
 `use_matmul_attention` (attention.py: CPU attention in plain matmuls), `plan_memory` (memory.py: pass
 size and gradient checkpointing only when needed).
 
@@ -32,6 +33,7 @@ from tunehouse.train.attention import use_matmul_attention
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
+from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.memory import plan_memory
@@ -212,6 +214,7 @@ class SFTTrainer:
             keep_adapter_inputs_as_is(self.model)
         if config.use_lora:
             fuse_lora_forward(self.model)
+        fuse_norms_and_mlps(base)
         use_matmul = self.device.type == "cpu" if config.matmul_attention is None else config.matmul_attention
         self.matmul_attention = use_matmul and use_matmul_attention(base)
         plan = plan_memory(

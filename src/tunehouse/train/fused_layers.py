@@ -1,0 +1,101 @@
+"""A decoder layer's RMSNorms and SwiGLU as autograd Functions that keep less for backward.
+
+Written as plain tensor code (transformers' `LlamaRMSNorm`, `LlamaMLP`), autograd keeps every
+intermediate it might need: an RMSNorm keeps an fp32 copy of its input (twice the bytes of the bf16
+residual stream) and runs eight kernels forward and ten back; `silu(gate) * up` keeps `gate`,
+`silu(gate)` and `up`, three `intermediate_size`-wide tensors per token. These Functions compute the
+same numbers from less: the norm keeps its bf16 input and one fp32 factor per token and mixes dtypes
+inside each kernel instead of copying; SwiGLU keeps `gate` and `up` and recomputes `silu(gate)` in
+backward. About a fifth fewer activation bytes per token on SmolLM2, and fewer element-wise passes.
+
+Only modules whose forward is transformers' Llama code are switched (Qwen2, Mistral and other
+models that copy it included); any other norm or MLP keeps its own forward.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class _RMSNorm(torch.autograd.Function):
+    """`weight * (x · rsqrt(mean(x²) + eps)).to(x.dtype)` with the statistics in fp32."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+        stats_dtype = torch.promote_types(x.dtype, torch.float32)
+        squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stats_dtype).square_()
+        rstd = squares.div_(x.shape[-1]).add_(eps).rsqrt_()
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (x * rstd).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, weight, rstd = ctx.saved_tensors
+        d_x = d_weight = None
+        if ctx.needs_input_grad[1]:
+            normed = (x * rstd).to(x.dtype)
+            d_weight = (grad * normed).sum_to_size(weight.shape).to(weight.dtype)
+        if ctx.needs_input_grad[0]:
+            d_normed = (grad * weight).to(x.dtype)  # the gradient autograd would round to x's dtype
+            x32 = x.to(rstd.dtype)
+            # d/dx of x·rstd(x): rstd · d − x · rstd³ · mean(d · x)
+            coefficient = (d_normed * x32).sum(-1, keepdim=True).mul_(rstd.pow(3)).div_(x.shape[-1])
+            d_x = torch.addcmul(d_normed * rstd, x32, coefficient, value=-1).to(x.dtype)
+        return d_x, d_weight, None
+
+
+class _SiluMul(torch.autograd.Function):
+    """`silu(gate) * up`, recomputing `silu(gate)` in backward instead of keeping it."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        gate, up = ctx.saved_tensors
+        d_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+        d_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        return d_gate, d_up
+
+
+def _rms_norm_forward(norm: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    return _RMSNorm.apply(hidden_states, norm.weight, norm.variance_epsilon)
+
+
+def _swiglu_forward(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    return mlp.down_proj(_SiluMul.apply(mlp.gate_proj(x), mlp.up_proj(x)))
+
+
+def _same_code(method: Any, reference: Any) -> bool:
+    """Whether two functions are the same source (the same bytecode, names and constants)."""
+    a, b = method.__code__, reference.__code__
+    return (a.co_code, a.co_names, a.co_consts) == (b.co_code, b.co_names, b.co_consts)
+
+
+def fuse_norms_and_mlps(model: torch.nn.Module) -> int:
+    """Switch every Llama-style RMSNorm and SiLU MLP of `model` to the Functions above (outputs and
+    gradients unchanged, see the tests); returns how many modules were switched."""
+    from transformers.activations import SiLUActivation
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    SILU_MODULES = (torch.nn.SiLU, SiLUActivation)
+
+    switched = 0
+    for module in model.modules():
+        if "forward" in module.__dict__:  # already switched, or wrapped by someone else
+            continue
+        forward = type(module).forward
+        if _same_code(forward, LlamaRMSNorm.forward):
+            module.forward = functools.partial(_rms_norm_forward, module)
+        elif _same_code(forward, LlamaMLP.forward) and isinstance(getattr(module, "act_fn", None), SILU_MODULES):
+            module.forward = functools.partial(_swiglu_forward, module)
+        else:
+            continue
+        switched += 1
+    return switched
