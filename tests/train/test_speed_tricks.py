@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tunehouse.errors import OutOfMemoryRisk
 from tunehouse.models.template import IGNORE_INDEX, EncodedExample
 from tunehouse.train import memory
-from tunehouse.train.attention import attention_forward, matmul_attention
+from tunehouse.train.attention import attention_forward, matmul_attention, use_matmul_attention
 from tunehouse.train.batching import pack_examples, token_budget_micro_batches
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
@@ -85,6 +85,32 @@ def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> Non
     torch.testing.assert_close(got, want)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_matmul_attention_with_a_value_head_size_of_its_own() -> None:
+    """Multi-head latent attention (DeepSeek-V2/V3) has value heads narrower than query heads."""
+    torch.manual_seed(0)
+    mask = block_causal_mask([[0, 0, 1, 1, 1, 1]])
+    q, k = torch.randn(1, 4, 6, 12, dtype=torch.float64), torch.randn(1, 4, 6, 12, dtype=torch.float64)
+    v = torch.randn(1, 4, 6, 8, dtype=torch.float64)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(matmul_attention(q, k, v, mask, 12**-0.5), want)
+
+
+def test_models_transformers_runs_without_sdpa_keep_their_attention() -> None:
+    """Gemma 2 softcaps its scores, so transformers runs it eagerly; it is not switched."""
+    from transformers import AutoModelForCausalLM, Gemma2Config
+
+    config = Gemma2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, vocab_size=64,
+    )
+    model = AutoModelForCausalLM.from_config(config)
+    implementation = model.config._attn_implementation
+    assert implementation != "sdpa"
+    assert not use_matmul_attention(model)
+    assert model.config._attn_implementation == implementation
+    model(torch.randint(0, 64, (1, 5)))
 
 
 def test_attention_leaves_queries_that_see_no_key_to_sdpa() -> None:

@@ -23,6 +23,9 @@ ATTENTION_NAME = "tunehouse_matmul"
 MAX_SCORE_ELEMENTS = 2**24
 """Largest batch × heads × length² score matrix computed at once (32 MiB in bf16); larger rows,
 where SDPA's fixed costs matter less, go to SDPA."""
+SEMANTIC_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")
+"""Attention-function arguments that change what attention computes; a call with any of them set
+goes to SDPA (which rejects what it does not support, rather than dropping it)."""
 
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor, group: int) -> torch.Tensor:
@@ -67,10 +70,14 @@ def matmul_attention(
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    q = (query * scale).reshape(batch, kv_heads, group * length, dim)
-    k, v = key.to(q.dtype), value.to(q.dtype)
+    # One dtype for forward and backward: autocast's where it is on (backward runs outside it, and
+    # fp32 inputs, e.g. after a norm with fp32 weights, would otherwise compute it in fp32).
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    q = (query.to(dtype) * scale).reshape(batch, kv_heads, group * length, dim)
+    k, v = key.to(dtype), value.to(dtype)
     out = _MatmulAttention.apply(q, k, v, allowed, group)
-    return out.view(batch, heads, length, dim)
+    return out.view(batch, heads, length, value.shape[-1])
 
 
 def attention_forward(
@@ -85,16 +92,16 @@ def attention_forward(
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function contract (see `sdpa_attention_forward`): returns
     `[batch, length, heads, head_dim]`. Anything but plain causal or masked self-attention of a
-    moderate size (dropout, a KV cache, softcapping, position biases) goes to SDPA unchanged."""
+    moderate size (dropout, a KV cache, softcapping, position biases, attention sinks) goes to SDPA
+    unchanged. A sliding window needs nothing here: it is in the mask, as for SDPA."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, length, dim = query.shape
     plain = (
         key.shape[2] == length
         and (dropout == 0.0 or not module.training)
-        and kwargs.get("softcap") is None
-        and kwargs.get("position_bias") is None
-        and kwargs.get("sliding_window") is None
+        and all(kwargs.get(name) is None for name in SEMANTIC_KWARGS)
+        and kwargs.get("is_causal", True) is not False
         and getattr(module, "is_causal", True)
         and (attention_mask is None or attention_mask.dtype == torch.bool)
         and batch * heads * length * length <= MAX_SCORE_ELEMENTS
@@ -113,13 +120,17 @@ def attention_forward(
 
 
 def use_matmul_attention(model: torch.nn.Module) -> bool:
-    """Switch a transformers model to `attention_forward` (with SDPA's mask creation). Returns
-    whether the model supports switching."""
+    """Switch a transformers model that runs SDPA to `attention_forward` (with SDPA's mask
+    creation, and SDPA itself as the fallback). Models that transformers runs with another
+    implementation (eager-only ones, such as those with softcapping or sinks) keep it. Returns
+    whether the model was switched."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     AttentionInterface.register(ATTENTION_NAME, attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+    if model.config._attn_implementation != "sdpa":
+        return False
     if not getattr(model, "_can_set_attn_implementation", lambda: False)():
         return False
     model.set_attn_implementation(ATTENTION_NAME)
