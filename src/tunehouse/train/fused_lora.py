@@ -59,7 +59,7 @@ def fuse_lora_forward(model: torch.nn.Module) -> int:
 
     switched = 0
     for module in model.modules():
-        if isinstance(module, LoraLinear) and not isinstance(module.forward, functools.partial):
+        if isinstance(module, LoraLinear) and "forward" not in module.__dict__:  # not already switched
             module.forward = functools.partial(_fused_forward, module, module.forward)
             switched += 1
     return switched
