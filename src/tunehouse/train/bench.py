@@ -3,8 +3,8 @@
 Each side runs in its own child process (`python -m tunehouse.train.bench SIDE ...`), so peak RSS
 is that side's alone (read when training ends, before the final-loss measurement below, whose
 forward passes are the benchmark's, not the trainer's), and prints one JSON line. Both train the
-same model with LoRA on all linear layers, the same batch size, epochs, learning rate and seed; TRL keeps its other defaults (that is
-what users would run). Both final models are then scored by the same code — the mean loss on the
+same model with LoRA on all linear layers, the same batch size, epochs, learning rate and seed;
+TRL keeps its other defaults (that is what users would run). Both final models are then scored by the same code — the mean loss on the
 assistant tokens of the training examples — because the two report different training losses
 (TRL's default trains on every token of a conversation, we train assistant turns only).
 
