@@ -13,7 +13,12 @@ import torch.nn.functional as F
 from tunehouse.errors import OutOfMemoryRisk
 from tunehouse.models.template import IGNORE_INDEX, EncodedExample
 from tunehouse.train import memory
-from tunehouse.train.attention import attention_forward, matmul_attention, use_matmul_attention
+from tunehouse.train.attention import (
+    attention_forward,
+    matmul_attention,
+    training_sdpa_backends,
+    use_matmul_attention,
+)
 from tunehouse.train.batching import pack_examples, token_budget_micro_batches
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
@@ -201,7 +206,7 @@ def test_fused_lora_forward_leaves_dropout_to_peft(make_trainer: Callable[..., S
     with torch.no_grad():
         for parameter in layer.lora_B.parameters():
             parameter.normal_(0, 0.5)
-    x = torch.randn(3, layer.in_features)
+    x = torch.randn(3, layer.in_features, device=trainer.device)
     torch.manual_seed(1)
     fused = layer(x)
     torch.manual_seed(1)
@@ -294,8 +299,8 @@ def test_weight_zero_turns_contribute_no_loss(make_trainer: Callable[..., SFTTra
     # The loss is exactly the cross-entropy of the second turn's tokens: the first adds nothing.
     sums = trainer._forward_sums([second_only])
     with torch.no_grad():
-        logits = trainer.model(input_ids=torch.tensor([second_only.input_ids])).logits[0, :-1]
-    targets = torch.tensor(second_only.labels[1:])
+        logits = trainer.model(input_ids=torch.tensor([second_only.input_ids], device=trainer.device)).logits[0, :-1]
+    targets = torch.tensor(second_only.labels[1:], device=trainer.device)
     keep = targets != IGNORE_INDEX
     expected = F.cross_entropy(logits[keep], targets[keep], reduction="sum")
     torch.testing.assert_close(sums.loss_sum.detach(), expected, rtol=1e-5, atol=1e-5)
@@ -327,3 +332,12 @@ def test_memory_plan_turns_on_checkpointing_then_refuses(
     monkeypatch.setattr(memory, "available_memory", lambda _: fixed)
     with pytest.raises(OutOfMemoryRisk, match="Lower training.max_length"):
         memory.plan_memory(model, device, bf16=False, longest_example=200)
+
+
+def test_training_on_cuda_leaves_cudnn_attention_out() -> None:
+    """cuDNN re-plans attention for every new sequence length; training runs flash or efficient."""
+    with training_sdpa_backends(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    with training_sdpa_backends(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled()

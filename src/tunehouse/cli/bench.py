@@ -32,37 +32,61 @@ def bench_train(
     seed: int = typer.Option(42),
     lora_r: int = typer.Option(16),
     lora_alpha: int = typer.Option(32),
+    random_init: str | None = typer.Option(
+        None,
+        "--random-init",
+        help="Train a randomly initialised Llama of this shape instead of --model's weights, with "
+        "--model's tokenizer: tiny, or llama-1b (TinyLlama-1.1B's shape).",
+    ),
     ours_only: bool = typer.Option(False, "--ours-only", help="Skip the TRL run."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the full results here."),
 ) -> None:
     """Train on DATA with tunehouse and with TRL's SFTTrainer (LoRA on all linear layers, same
     batch, epochs, learning rate and seed) and compare tokens/s, wall time, peak RSS, loss and MFU."""
     import json
+    import tempfile
 
+    from tunehouse.models.random_init import SHAPES, build_random_llama
     from tunehouse.train.bench import BenchSettings, compare
 
-    settings = BenchSettings(
-        data=data,
-        model_dir=_model_dir(model),
-        limit=limit,
-        batch_size=batch_size,
-        n_epochs=epochs,
-        learning_rate=learning_rate,
-        seed=seed,
-        lora_r=lora_r,
-        lora_alpha=lora_alpha,
-    )
-    summary = compare(settings, ("ours",) if ours_only else ("ours", "trl"))
-    table = Table(
-        "engine", "tokens", "tokens/s", "wall s", "peak RSS", "final loss*", "reported loss", "MFU", "precision"
-    )
+    if random_init is not None and random_init not in SHAPES:
+        raise typer.BadParameter(f"choose one of {', '.join(SHAPES)}", param_hint="--random-init")
+    with tempfile.TemporaryDirectory(prefix="tunehouse-bench-") as tmp:
+        model_dir = _model_dir(model)
+        if random_init is not None:
+            console.print(f"Building a random-init {random_init} Llama with {model}'s tokenizer…")
+            model_dir = build_random_llama(random_init, model_dir, Path(tmp) / random_init, seed)
+        settings = BenchSettings(
+            data=data,
+            model_dir=model_dir,
+            limit=limit,
+            batch_size=batch_size,
+            n_epochs=epochs,
+            learning_rate=learning_rate,
+            seed=seed,
+            lora_r=lora_r,
+            lora_alpha=lora_alpha,
+        )
+        summary = compare(settings, ("ours",) if ours_only else ("ours", "trl"))
+    _print_summary(summary)
+    if json_out is not None:
+        json_out.write_text(json.dumps(summary, indent=1))
+
+
+def _print_summary(summary: dict) -> None:
+    on_gpu = any(r.get("peak_gpu_bytes") is not None for r in summary["results"].values())
+    columns = ["engine", "tokens", "tokens/s", "wall s", "peak RSS"] + (["peak GPU memory"] if on_gpu else [])
+    table = Table(*columns, "final loss*", "reported loss", "MFU", "precision")
     for side, r in summary["results"].items():
+        memory = [f"{r['peak_rss_bytes'] / 1e9:.2f} GB"]
+        if on_gpu:
+            memory.append(f"{r['peak_gpu_bytes'] / 1e9:.2f} GB")
         table.add_row(
             "tunehouse" if side == "ours" else "TRL SFTTrainer",
             f"{r['tokens']:,}",
             f"{r['tokens_per_second']:.1f}",
             f"{r['train_seconds']:.1f}",
-            f"{r['peak_rss_bytes'] / 1e9:.2f} GB",
+            *memory,
             f"{r['final_assistant_loss']:.4f}",
             f"{r['reported_train_loss']:.4f}",
             f"{100 * r['mfu']:.1f} %",
@@ -71,14 +95,12 @@ def bench_train(
     console.print(table)
     peak = summary["peak_matmul_flops"]
     console.print(
-        f"{summary['examples']} examples. Peak matmul: {peak['bf16'] / 1e9:.0f} GFLOP/s bf16, "
-        f"{peak['fp32'] / 1e9:.0f} GFLOP/s fp32. *final loss: mean loss on the assistant tokens of the "
+        f"{summary['examples']} examples on {summary['device']}. Peak matmul: {peak['bf16'] / 1e9:.0f} GFLOP/s "
+        f"bf16, {peak['fp32'] / 1e9:.0f} GFLOP/s fp32. *final loss: mean loss on the assistant tokens of the "
         "training examples after training, measured the same way for both."
     )
     if "speedup" in summary:
-        console.print(
-            f"tunehouse is [bold]{summary['speedup']:.2f}×[/bold] TRL's tokens/s, at "
-            f"{summary['rss_ratio']:.2f}× its peak RSS."
-        )
-    if json_out is not None:
-        json_out.write_text(json.dumps(summary, indent=1))
+        memory_ratio = f"{summary['rss_ratio']:.2f}× its peak RSS"
+        if "gpu_memory_ratio" in summary:
+            memory_ratio += f" and {summary['gpu_memory_ratio']:.2f}× its peak GPU memory"
+        console.print(f"tunehouse is [bold]{summary['speedup']:.2f}×[/bold] TRL's tokens/s, at {memory_ratio}.")

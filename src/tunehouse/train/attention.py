@@ -1,4 +1,5 @@
-"""Training attention for CPUs: four batched matmuls instead of PyTorch's fused SDPA kernel.
+"""Training attention: on CPUs four batched matmuls instead of PyTorch's fused SDPA kernel; on CUDA,
+SDPA without its cuDNN backend.
 
 On a CPU, `scaled_dot_product_attention`'s forward+backward over a training pass's short rows
 (a few hundred tokens, 9 heads) runs at about a tenth of the machine's matmul speed: measured on
@@ -11,10 +12,16 @@ in backward with one more matmul (15.9 ms for those rows).
 Grouped-query attention needs no copies of K and V: a group's query heads are laid end to end,
 `[batch, kv_heads, group · length, head_dim]`, and multiply their shared K and V head directly.
 The rows of a long example (where the score matrix would be large) keep PyTorch's kernel.
+
+On CUDA, PyTorch 2.11 picks cuDNN's attention on Hopper GPUs; cuDNN builds an execution plan for
+each new sequence length, and packed batches have a new length almost every step: measured on an
+H100 (1B Llama, batch 8), a step over new lengths took 776 ms against 250 ms once the same lengths
+had been seen. `training_sdpa_backends` leaves cuDNN out, so flash or memory-efficient attention run.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -135,3 +142,14 @@ def use_matmul_attention(model: torch.nn.Module) -> bool:
         return False
     model.set_attn_implementation(ATTENTION_NAME)
     return model.config._attn_implementation == ATTENTION_NAME
+
+
+def training_sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Where training runs its forward passes: on CUDA, SDPA may use flash, memory-efficient or
+    math attention but not cuDNN (which re-plans for every new sequence length, see above); the
+    backward pass runs the backend its forward chose."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

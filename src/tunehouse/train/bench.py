@@ -16,6 +16,7 @@ gradients) + attention, N being the linear-layer weights including the output la
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -56,21 +57,44 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure_peak_matmul_flops(size: int = 2048, seconds: float = 2.0) -> dict[str, float]:
-    """FLOP/s of a square matmul in fp32 and bf16 on the training device (the MFU denominator)."""
+def peak_gpu_bytes() -> int | None:
+    """Most GPU memory PyTorch's allocator held for tensors during the run (None without CUDA)."""
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def measure_peak_matmul_flops(seconds: float = 2.0) -> dict[str, float]:
+    """FLOP/s of a square matmul in fp32 and bf16 on the training device (the MFU denominator).
+
+    A GPU needs an 8192-wide product to reach its peak (2048 leaves an H100 at half of it); a CPU
+    reaches its peak by 2048. GPU work is asynchronous, so the clock starts and stops only after
+    the device has finished.
+    """
     from tunehouse.train.precision import training_device
 
     device = training_device()
+    size = 8192 if device.type == "cuda" else 2048
     result = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(size, size, dtype=dtype, device=device)
         b = torch.randn(size, size, dtype=dtype, device=device)
         for _ in range(2):
             a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         runs, started = 0, time.perf_counter()
         while time.perf_counter() - started < seconds:
             a @ b
             runs += 1
+            if device.type == "cuda" and runs % 8 == 0:
+                torch.cuda.synchronize()  # keep the queue short, so the clock sees finished work
         if device.type == "cuda":
             torch.cuda.synchronize()
         result[name] = 2 * size**3 * runs / (time.perf_counter() - started)
@@ -150,7 +174,7 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
         trainer.setup(examples, None)
         trainer.save_checkpoint = lambda step, metrics: None  # type: ignore[method-assign]
         result = trainer.run()
-        training_peak_rss = peak_rss_bytes()
+        training_peak_rss, training_peak_gpu = peak_rss_bytes(), peak_gpu_bytes()
         final_loss = assistant_token_loss(trainer.model, trainer.tokenizer, examples, settings.max_length)
     return {
         "side": "ours",
@@ -160,6 +184,7 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
         "reported_train_loss": result.final_train_loss,
         "final_assistant_loss": final_loss,
         "peak_rss_bytes": training_peak_rss,
+        "peak_gpu_bytes": training_peak_gpu,
         "precision": "bf16 autocast" if result.bf16 else "fp32",
         "gradient_checkpointing": trainer.checkpointing,
         "pass_tokens": trainer.pass_tokens,
@@ -201,7 +226,7 @@ def run_trl(settings: BenchSettings) -> dict[str, Any]:
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
-        training_peak_rss = peak_rss_bytes()
+        training_peak_rss, training_peak_gpu = peak_rss_bytes(), peak_gpu_bytes()
         final_loss = assistant_token_loss(trainer.model, tokenizer, examples, settings.max_length)
         losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     return {
@@ -212,6 +237,7 @@ def run_trl(settings: BenchSettings) -> dict[str, Any]:
         "reported_train_loss": losses[-1] if losses else output.training_loss,
         "final_assistant_loss": final_loss,
         "peak_rss_bytes": training_peak_rss,
+        "peak_gpu_bytes": training_peak_gpu,
         "precision": "bf16 autocast" if args.bf16 else "fp32",
     }
 
@@ -249,6 +275,7 @@ def compare(settings: BenchSettings, sides: tuple[str, ...] = SIDES) -> dict[str
         result["mfu"] = result["tokens_per_second"] * flops_per_token / max(peak.values())
     summary: dict[str, Any] = {
         "settings": {k: str(v) for k, v in asdict(settings).items()},
+        "device": device_name(),
         "examples": len(examples),
         "peak_matmul_flops": peak,
         "results": results,
@@ -256,6 +283,8 @@ def compare(settings: BenchSettings, sides: tuple[str, ...] = SIDES) -> dict[str
     if "ours" in results and "trl" in results:
         summary["speedup"] = results["ours"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
         summary["rss_ratio"] = results["ours"]["peak_rss_bytes"] / results["trl"]["peak_rss_bytes"]
+        if results["ours"].get("peak_gpu_bytes") and results["trl"].get("peak_gpu_bytes"):
+            summary["gpu_memory_ratio"] = results["ours"]["peak_gpu_bytes"] / results["trl"]["peak_gpu_bytes"]
     return summary
 
 

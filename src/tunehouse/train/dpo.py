@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.models.template import EncodedExample, encode_chat_example
+from tunehouse.train.attention import training_sdpa_backends
 from tunehouse.train.batching import pack_examples
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import SingleProcess
@@ -110,7 +111,10 @@ class DPOTrainer(SFTTrainer):
     def _pair_logprobs(self, model: Any, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
         examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         batch = {k: v.to(self.device) for k, v in pack_examples(examples, self.pad_id).items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        with (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
+            training_sdpa_backends(self.device),
+        ):
             logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
         logprobs = sequence_logprobs(logits, batch["labels"], batch["segment_ids"], len(examples))
         return logprobs[: len(pairs)], logprobs[len(pairs) :]

@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunehouse.models.template import EncodedExample, encode_example
-from tunehouse.train.attention import use_matmul_attention
+from tunehouse.train.attention import training_sdpa_backends, use_matmul_attention
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
@@ -247,7 +247,10 @@ class SFTTrainer:
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         labels = batch["labels"].to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        with (
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
+            training_sdpa_backends(self.device),
+        ):
             output = self.forward(**inputs)
         if self.decoder is not None:
             dtype = torch.bfloat16 if self.use_bf16 else torch.float32
