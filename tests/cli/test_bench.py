@@ -1,0 +1,44 @@
+"""`tunehouse bench train` run as a user runs it: both trainers, one table, one JSON summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import chat_rows, write_jsonl
+
+
+def test_bench_train_compares_both_trainers_on_a_random_init_model(shipped_model_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
+    summary_path = tmp_path / "bench.json"
+    args = ["bench", "train", str(data), "--model", str(shipped_model_dir), "--random-init", "tiny"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tunehouse.cli.main", *args, "--limit", "8", "--batch-size", "4", "--json", str(summary_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "TRL's tokens/s" in result.stdout
+    summary = json.loads(summary_path.read_text())
+    ours, trl = summary["results"]["ours"], summary["results"]["trl"]
+    assert ours["tokens"] == trl["tokens"] > 0  # the same examples on both sides
+    for side in (ours, trl):
+        assert side["tokens_per_second"] > 0 and 0 < side["mfu"] < 1
+        assert math.isfinite(side["final_assistant_loss"]) and side["peak_rss_bytes"] > 0
+    assert summary["speedup"] == ours["tokens_per_second"] / trl["tokens_per_second"]
+
+
+def test_bench_train_names_the_shapes_it_knows(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(2))
+    result = subprocess.run(
+        [sys.executable, "-m", "tunehouse.cli.main", "bench", "train", str(data), "--random-init", "huge"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "tiny, llama-1b" in result.stderr and "Traceback" not in result.stderr
