@@ -11,6 +11,7 @@ third more compute.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ CPU_ACTIVATION_BYTES = 2**30
 """Activation memory one CPU forward pass may use (before the free-memory check): larger passes buy
 no speed on CPU, only resident memory."""
 CUDA_PASS_TOKENS = 32768
+ONEDNN_PRIMITIVE_CACHE_CAPACITY = 128
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,20 @@ class MemoryPlan:
     gradient_checkpointing: bool
     estimated_bytes: int
     available_bytes: int
+
+
+def bound_onednn_kernel_cache() -> None:
+    """Keep at most 128 of oneDNN's compiled CPU kernels (its default: 1,024), unless the user set
+    `ONEDNN_PRIMITIVE_CACHE_CAPACITY`.
+
+    oneDNN compiles a kernel ("primitive") for each matmul shape and keeps it with its buffers.
+    Packed passes have new shapes nearly every step, so the cache fills with kernels that never run
+    again: on the training bench, memory in use after each step grew by 15-47 MB, and peak RSS was
+    ~0.1 GB higher than with 128 entries, at the same speed (8 entries cost 25 % of the speed, as
+    the kernels of one pass no longer fit). oneDNN reads the variable when it creates its first
+    kernel, so this runs before the training process's first CPU matmul.
+    """
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))
 
 
 def available_memory(device: torch.device) -> int:

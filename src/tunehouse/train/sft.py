@@ -36,7 +36,7 @@ from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, f
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
-from tunehouse.train.memory import plan_memory
+from tunehouse.train.memory import bound_onednn_kernel_cache, plan_memory
 from tunehouse.train.precision import (
     bf16_supported,
     frozen_weights_dtype,
@@ -150,6 +150,8 @@ class SFTTrainer:
         self.reporter = reporter
         self.processes = processes or from_environment()
         self.device = self.processes.device
+        if self.device.type == "cpu":
+            bound_onednn_kernel_cache()
         self.use_bf16 = bf16_supported(self.device) if config.bf16 is None else config.bf16
         # Full fine-tuning over several GPUs shards weights, gradients and optimizer state (FSDP).
         self.shard_weights = self.processes.world_size > 1 and self.device.type == "cuda" and not config.use_lora
