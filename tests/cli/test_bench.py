@@ -42,3 +42,21 @@ def test_bench_train_names_the_shapes_it_knows(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "tiny, llama-1b" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_repeated_runs_report_each_sides_median(shipped_model_dir: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(4))
+    summary_path = tmp_path / "bench.json"
+    args = ["bench", "train", str(data), "--model", str(shipped_model_dir), "--random-init", "tiny", "--ours-only"]
+    result = subprocess.run(
+        [sys.executable, "-m", "tunehouse.cli.main", *args, "--repeat", "3", "--json", str(summary_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "median of 3 runs" in result.stdout
+    ours = json.loads(summary_path.read_text())["results"]["ours"]
+    speeds = sorted(run["tokens_per_second"] for run in ours["runs"])
+    memories = sorted(run["peak_rss_bytes"] for run in ours["runs"])
+    assert len(speeds) == 3 and ours["tokens_per_second"] == speeds[1] and ours["peak_rss_bytes"] == memories[1]

@@ -39,6 +39,9 @@ def bench_train(
         "--model's tokenizer: tiny, or llama-1b (TinyLlama-1.1B's shape).",
     ),
     ours_only: bool = typer.Option(False, "--ours-only", help="Skip the TRL run."),
+    repeat: int = typer.Option(
+        1, min=1, help="Run each side this many times, alternating, and report each side's median run."
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the full results here."),
 ) -> None:
     """Train on DATA with tunehouse and with TRL's SFTTrainer (LoRA on all linear layers, same
@@ -67,7 +70,7 @@ def bench_train(
             lora_r=lora_r,
             lora_alpha=lora_alpha,
         )
-        summary = compare(settings, ("ours",) if ours_only else ("ours", "trl"))
+        summary = compare(settings, ("ours",) if ours_only else ("ours", "trl"), repeat)
     _print_summary(summary)
     if json_out is not None:
         json_out.write_text(json.dumps(summary, indent=1))
@@ -93,6 +96,10 @@ def _print_summary(summary: dict) -> None:
             r["precision"],
         )
     console.print(table)
+    for side, r in summary["results"].items():
+        if len(r["runs"]) > 1:
+            each = ", ".join(f"{run['tokens_per_second']:.1f}" for run in r["runs"])
+            console.print(f"{side}: median of {len(r['runs'])} runs; tokens/s of each: {each}")
     peak = summary["peak_matmul_flops"]
     console.print(
         f"{summary['examples']} examples on {summary['device']}. Peak matmul: {peak['bf16'] / 1e9:.0f} GFLOP/s "

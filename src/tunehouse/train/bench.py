@@ -254,11 +254,29 @@ def run_side_in_child(side: str, settings: BenchSettings) -> dict[str, Any]:
     return json.loads(process.stdout.strip().splitlines()[-1])
 
 
-def compare(settings: BenchSettings, sides: tuple[str, ...] = SIDES) -> dict[str, Any]:
-    """Run the sides back to back, then add the speed ratio and MFU."""
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median tokens/s, its peak memory replaced by the median over the runs, and
+    every run's figures under `runs`."""
+    ordered = sorted(runs, key=lambda r: r["tokens_per_second"])
+    result = dict(ordered[(len(ordered) - 1) // 2])
+    for key in ("peak_rss_bytes", "peak_gpu_bytes"):
+        values = sorted(r[key] for r in runs if r.get(key) is not None)
+        if values:
+            result[key] = values[(len(values) - 1) // 2]
+    result["runs"] = [{k: r.get(k) for k in ("tokens_per_second", "peak_rss_bytes", "peak_gpu_bytes")} for r in runs]
+    return result
+
+
+def compare(settings: BenchSettings, sides: tuple[str, ...] = SIDES, repeat: int = 1) -> dict[str, Any]:
+    """Run the sides back to back (`repeat` times, alternating, keeping each side's median run),
+    then add the speed ratio and MFU."""
     peak = measure_peak_matmul_flops()
     examples = read_examples(settings)
-    results = {side: run_side_in_child(side, settings) for side in sides}
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for _ in range(repeat):
+        for side in sides:
+            runs[side].append(run_side_in_child(side, settings))
+    results = {side: _median_run(side_runs) for side, side_runs in runs.items()}
     ours = results.get("ours")
     mean_length = 0.0
     if ours:
