@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -76,7 +77,7 @@ def bench_train(
         json_out.write_text(json.dumps(summary, indent=1))
 
 
-def _print_summary(summary: dict) -> None:
+def _print_summary(summary: dict[str, Any]) -> None:
     on_gpu = any(r.get("peak_gpu_bytes") is not None for r in summary["results"].values())
     columns = ["engine", "tokens", "tokens/s", "wall s", "peak RSS"] + (["peak GPU memory"] if on_gpu else [])
     table = Table(*columns, "final loss*", "reported loss", "MFU", "precision")
