@@ -11,16 +11,17 @@ from pathlib import Path
 from tests.support import chat_rows, write_jsonl
 
 
+def run_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """`tunehouse bench train ARGS` as a user runs it."""
+    command = [sys.executable, "-m", "tunehouse.cli.main", "bench", "train", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
 def test_bench_train_compares_both_trainers_on_a_random_init_model(shipped_model_dir: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(8))
     summary_path = tmp_path / "bench.json"
-    args = ["bench", "train", str(data), "--model", str(shipped_model_dir), "--random-init", "tiny"]
-    result = subprocess.run(
-        [sys.executable, "-m", "tunehouse.cli.main", *args, "--limit", "8", "--batch-size", "4", "--json", str(summary_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    model = ["--model", str(shipped_model_dir), "--random-init", "tiny"]
+    result = run_bench(str(data), *model, "--limit", "8", "--batch-size", "4", "--json", str(summary_path))
     assert result.returncode == 0, result.stderr
     assert "TRL's tokens/s" in result.stdout
     summary = json.loads(summary_path.read_text())
@@ -34,12 +35,7 @@ def test_bench_train_compares_both_trainers_on_a_random_init_model(shipped_model
 
 def test_bench_train_names_the_shapes_it_knows(tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(2))
-    result = subprocess.run(
-        [sys.executable, "-m", "tunehouse.cli.main", "bench", "train", str(data), "--random-init", "huge"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_bench(str(data), "--random-init", "huge")
     assert result.returncode == 2
     assert "tiny, llama-1b" in result.stderr and "Traceback" not in result.stderr
 
@@ -47,13 +43,8 @@ def test_bench_train_names_the_shapes_it_knows(tmp_path: Path) -> None:
 def test_repeated_runs_report_each_sides_median(shipped_model_dir: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(4))
     summary_path = tmp_path / "bench.json"
-    args = ["bench", "train", str(data), "--model", str(shipped_model_dir), "--random-init", "tiny", "--ours-only"]
-    result = subprocess.run(
-        [sys.executable, "-m", "tunehouse.cli.main", *args, "--repeat", "3", "--json", str(summary_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    model = ["--model", str(shipped_model_dir), "--random-init", "tiny"]
+    result = run_bench(str(data), *model, "--ours-only", "--repeat", "3", "--json", str(summary_path))
     assert result.returncode == 0, result.stderr
     assert "median of 3 runs" in result.stdout
     ours = json.loads(summary_path.read_text())["results"]["ours"]
