@@ -17,6 +17,7 @@ from tunehouse.train import memory
 from tunehouse.train.attention import (
     attention_forward,
     matmul_attention,
+    packed_row_layout,
     training_sdpa_backends,
     use_matmul_attention,
 )
@@ -55,6 +56,19 @@ def test_packed_rows_restart_positions_and_never_train_across_examples() -> None
     assert batch["labels"].tolist() == [[-100, -100, 3, 4, 5, 6], [-100, 8, 9, -100, 11, -100]]
 
 
+def test_one_row_packing_lays_examples_end_to_end_without_padding() -> None:
+    examples = [
+        EncodedExample(input_ids=[1, 2, 3], labels=[1, 2, 3]),
+        EncodedExample(input_ids=[4, 5, 6, 7, 8], labels=[-100, -100, 6, 7, 8]),
+        EncodedExample(input_ids=[9, 10], labels=[9, 10]),
+    ]
+    batch = pack_examples(examples, pad_token_id=0, one_row=True)
+    assert batch["input_ids"].tolist() == [[4, 5, 6, 7, 8, 1, 2, 3, 9, 10]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1]]
+    assert batch["labels"].tolist() == [[-100, -100, 6, 7, 8, -100, 2, 3, -100, 10]]
+    assert batch["segment_ids"].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0, 2, 2]]
+
+
 def test_packing_gives_the_unpacked_loss_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
     rows = varied_chat_rows(12)
     rows[0]["messages"][0]["content"] += " A long preamble." * 40  # so short examples share rows
@@ -91,6 +105,40 @@ def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> Non
     torch.testing.assert_close(got, want)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
+    """Four examples end to end in one row: attention through rows as wide as the longest example
+    (first-fit: 5 | 3+2 | 1, so two padding slots) gives SDPA's output and gradients."""
+    torch.manual_seed(0)
+    layer = torch.nn.Module()
+    layer.num_key_value_groups, layer.is_causal = 3, True
+    mask = block_causal_mask([[0, 0, 0, 1, 1, 1, 1, 1, 2, 3, 3]])
+    layout = packed_row_layout(mask, 11)
+    assert layout is not None and layout.allowed.shape == (3, 1, 5, 5)
+    q = torch.randn(1, 6, 11, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 11, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 11, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, 11, 6, 8, dtype=torch.float64)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
+    got, _ = attention_forward(layer, q, k, v, mask)
+    got_grads = torch.autograd.grad((got * upstream).sum(), [q, k, v])
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_only_block_diagonal_causal_masks_are_read_as_packed_examples() -> None:
+    blocks = block_causal_mask([[0, 0, 1, 1, 1, 2]])
+    assert packed_row_layout(blocks, 6) is not None
+    assert packed_row_layout(block_causal_mask([[0, 0, 0, 0]]), 4) is None  # one example: nothing to gather
+    window = torch.ones(6, 6, dtype=torch.bool).tril().triu(-1)[None, None]  # a sliding window of 2
+    assert packed_row_layout(window, 6) is None
+    padded = blocks.clone()
+    padded[..., 4, 2] = False  # a query that skips one of its example's keys
+    assert packed_row_layout(padded, 6) is None
+    assert packed_row_layout(blocks.expand(2, 1, 6, 6), 6) is None  # several rows: attention's own batch
 
 
 def test_matmul_attention_with_a_value_head_size_of_its_own() -> None:

@@ -71,23 +71,12 @@ def token_budget_micro_batches(indices: list[int], lengths: Sequence[int], max_t
     return passes
 
 
-def pack_examples(examples: list[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Sequence packing: several examples per row, none attending to another, with no loss change.
-
-    Rows are as wide as the longest example; the others fill them first-fit by decreasing length, so
-    the padding that a padded batch spends on short examples is spent on more examples instead.
-    `segment_ids` says which of `examples` each token belongs to (-1 for padding).
-    Position ids restart at 0 for every example (and for a row's padding tail): transformers reads
-    those restarts as sequence boundaries and gives attention a block-diagonal causal mask (its
-    `find_packed_sequence_indices`, the path `DataCollatorWithFlattening` uses), so tokens see only
-    their own example at the positions they would have unpacked. The first token of every example
-    is unlabelled, so no example is trained to predict the start of the next one.
-    """
-    width = max(len(e.input_ids) for e in examples)
+def first_fit_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Indices of `lengths` in rows of at most `width`, first-fit by decreasing length."""
     free: list[int] = []
     rows: list[list[int]] = []
-    for index in sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True):
-        n = len(examples[index].input_ids)
+    for index in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+        n = lengths[index]
         for r, space in enumerate(free):
             if n <= space:
                 rows[r].append(index)
@@ -96,6 +85,27 @@ def pack_examples(examples: list[EncodedExample], pad_token_id: int) -> dict[str
         else:
             rows.append([index])
             free.append(width - n)
+    return rows
+
+
+def pack_examples(examples: list[EncodedExample], pad_token_id: int, one_row: bool = False) -> dict[str, torch.Tensor]:
+    """Sequence packing: several examples per row, none attending to another, with no loss change.
+
+    Rows are as wide as the longest example; the others fill them first-fit by decreasing length, so
+    the padding that a padded batch spends on short examples is spent on more examples instead.
+    `one_row`: all examples end to end in a single row with no padding at all, for an attention that
+    computes each example's block on its own (`attention.py`'s CPU attention does); with a
+    row-at-a-time attention a long row would cost its full square.
+    `segment_ids` says which of `examples` each token belongs to (-1 for padding).
+    Position ids restart at 0 for every example (and for a row's padding tail): transformers reads
+    those restarts as sequence boundaries and gives attention a block-diagonal causal mask (its
+    `find_packed_sequence_indices`, the path `DataCollatorWithFlattening` uses), so tokens see only
+    their own example at the positions they would have unpacked. The first token of every example
+    is unlabelled, so no example is trained to predict the start of the next one.
+    """
+    lengths = [len(e.input_ids) for e in examples]
+    width = sum(lengths) if one_row else max(lengths)
+    rows = first_fit_rows(lengths, width)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)

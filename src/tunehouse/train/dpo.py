@@ -110,7 +110,8 @@ class DPOTrainer(SFTTrainer):
 
     def _pair_logprobs(self, model: Any, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
         examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        batch = {k: v.to(self.device) for k, v in pack_examples(examples, self.pad_id).items()}
+        packed = pack_examples(examples, self.pad_id, one_row=self.matmul_attention)
+        batch = {k: v.to(self.device) for k, v in packed.items()}
         with (
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
             training_sdpa_backends(self.device),

@@ -242,7 +242,7 @@ class SFTTrainer:
     # --- one forward over a set of examples: summed masked loss -----------------------------------
     def _forward_sums(self, examples: list[EncodedExample]) -> LossSums:
         if self.config.packing:
-            batch = pack_examples(examples, self.pad_id)
+            batch = pack_examples(examples, self.pad_id, one_row=self.matmul_attention)
             inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
         else:
             batch = collate(examples, self.pad_id)
