@@ -21,14 +21,11 @@ import torch
 import torch.nn.functional as F
 
 
-def _fused_forward(
-    layer: Any, peft_forward: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any
-) -> torch.Tensor:
+def plain_adapter(layer: Any) -> str | None:
+    """The name of `layer`'s one active adapter if it is the plain case fused here, else None."""
     adapters = layer.active_adapters
     plain = (
-        not args
-        and not kwargs
-        and not layer.disable_adapters
+        not layer.disable_adapters
         and not layer.merged
         and len(adapters) == 1
         and adapters[0] in layer.lora_A
@@ -37,12 +34,13 @@ def _fused_forward(
         and layer.lora_B[adapters[0]].bias is None
         and type(layer.base_layer) is torch.nn.Linear
     )
-    if not plain:
-        return peft_forward(x, *args, **kwargs)
-    name = adapters[0]
+    return adapters[0] if plain else None
+
+
+def add_low_rank(layer: Any, name: str, x: torch.Tensor, low_rank: torch.Tensor) -> torch.Tensor:
+    """`base(x) + low_rank @ lora_Bᵀ · scaling`, the sum inside one `addmm`."""
     base = layer.base_layer
     result = F.linear(x, base.weight, base.bias)
-    low_rank = F.linear(x, layer.lora_A[name].weight)
     out_features = result.shape[-1]
     fused = torch.addmm(
         result.reshape(-1, out_features),
@@ -51,6 +49,15 @@ def _fused_forward(
         alpha=layer.scaling[name],
     )
     return fused.view(result.shape)
+
+
+def _fused_forward(
+    layer: Any, peft_forward: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    name = plain_adapter(layer) if not args and not kwargs else None
+    if name is None:
+        return peft_forward(x, *args, **kwargs)
+    return add_low_rank(layer, name, x, F.linear(x, layer.lora_A[name].weight))
 
 
 def fuse_lora_forward(model: torch.nn.Module) -> int:
