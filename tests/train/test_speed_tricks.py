@@ -212,6 +212,31 @@ def test_fused_forwards_give_the_models_own_gradients(make_trainer: Callable[...
     assert_same_gradients(fused, gradients(trainer, [0, 1, 2, 3]))
 
 
+def test_adapted_siblings_share_one_pass_over_their_input_and_never_a_stale_result(
+    make_trainer: Callable[..., SFTTrainer],
+) -> None:
+    """Q, K and V run together when called on one input; called on another input, K computes its own."""
+    trainer = make_trainer()
+    with torch.no_grad():
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    attention = trainer.model.get_base_model().model.layers[0].self_attn
+    x, other = torch.randn(2, 5, trainer.model.config.hidden_size), torch.randn(2, 5, trainer.model.config.hidden_size)
+    together = [attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)]
+    attention.q_proj(x)
+    group = attention.q_proj.forward.args[2]
+    assert id(attention.k_proj) in group.ahead and id(attention.v_proj) in group.ahead  # computed with Q
+    k_on_other = attention.k_proj(other)  # not the K computed ahead for x
+    alone = {}
+    for module in (attention.q_proj, attention.k_proj, attention.v_proj):
+        module.__dict__.pop("forward")  # PEFT's own forward
+        alone[module] = (module(x), module(other))
+    for got, module in zip(together, (attention.q_proj, attention.k_proj, attention.v_proj), strict=True):
+        torch.testing.assert_close(got, alone[module][0])
+    torch.testing.assert_close(k_on_other, alone[attention.k_proj][1])
+
+
 def test_fused_rms_norm_gives_llamas_outputs_and_gradients() -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 

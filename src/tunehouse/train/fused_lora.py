@@ -7,23 +7,35 @@ a CPU those element-wise passes over `tokens × out_features` cost as much as a 
 gives the same sum with no element-wise pass in either direction: the scaling rides on the
 rank-r sides of the product.
 
+Sibling layers that a decoder calls one after another on the same input (Q, K and V; gate and up)
+run together in `_SharedInputLora`: one matmul for all their adapters' A, and in backward the input's
+gradient summed inside the matmuls (`addmm_`) instead of by autograd's separate adds. The first
+sibling called computes all of them; the others, called next with the same input tensor, take
+their result. In-process A/B on the training bench:
++1.4 % and +3.7 % tokens/s in two runs; separate processes: the same speed within noise.
+
 Only the plain case is fused (one active adapter, not merged, no dropout, no DoRA or other variant,
-a `nn.Linear` base); any other call runs PEFT's own forward.
+a `nn.Linear` base with frozen weights); any other call runs PEFT's own forward.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Names of sibling layers that transformers' decoders call one after another on one input."""
+
 
 def plain_adapter(layer: Any) -> str | None:
     """The name of `layer`'s one active adapter if it is the plain case fused here, else None."""
     adapters = layer.active_adapters
+    base = layer.base_layer
     plain = (
         not layer.disable_adapters
         and not layer.merged
@@ -32,7 +44,9 @@ def plain_adapter(layer: Any) -> str | None:
         and adapters[0] not in layer.lora_variant
         and isinstance(layer.lora_dropout[adapters[0]], torch.nn.Identity)
         and layer.lora_B[adapters[0]].bias is None
-        and type(layer.base_layer) is torch.nn.Linear
+        and type(base) is torch.nn.Linear
+        and not base.weight.requires_grad
+        and (base.bias is None or not base.bias.requires_grad)
     )
     return adapters[0] if plain else None
 
@@ -51,22 +65,127 @@ def add_low_rank(layer: Any, name: str, x: torch.Tensor, low_rank: torch.Tensor)
     return fused.view(result.shape)
 
 
+class _SharedInputLora(torch.autograd.Function):
+    """`base_i(x) + (x · A_iᵀ) · B_iᵀ · scaling_i` for k adapted layers reading the same `x`, with the
+    A matrices concatenated (`a_cat`, one matmul) and the frozen bases' weights and biases passed
+    after the B matrices. Matmuls run in the autocast dtype where autocast is on, as autocast
+    would run them; backward, which runs outside autocast, uses the same dtype."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, scalings: tuple[float, ...], x: torch.Tensor, a_cat: torch.Tensor, *weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, ...]:
+        k = len(scalings)
+        lora_bs, bases, biases = weights[:k], weights[k : 2 * k], weights[2 * k :]
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x2 = x.reshape(-1, x.shape[-1]).to(dtype)
+        low = torch.mm(x2, a_cat.to(dtype).t())
+        outs, start = [], 0
+        for b, w, bias, scaling in zip(lora_bs, bases, biases, scalings, strict=True):
+            assert b is not None and w is not None
+            rank = b.shape[1]
+            base = F.linear(x2, w.to(dtype), None if bias is None else bias.to(dtype))
+            out = torch.addmm(base, low[:, start : start + rank], b.to(dtype).t(), alpha=scaling)
+            outs.append(out.view(*x.shape[:-1], -1))
+            start += rank
+        ctx.save_for_backward(x2, low, a_cat, *lora_bs, *bases)
+        ctx.scalings, ctx.x_shape, ctx.x_dtype = scalings, x.shape, x.dtype
+        return tuple(outs)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x2, low, a_cat, *weights = ctx.saved_tensors
+        k = len(ctx.scalings)
+        lora_bs, bases = weights[:k], weights[k:]
+        dtype = low.dtype
+        d_lows, d_bs = [], []
+        d_x: torch.Tensor | None = None
+        start = 0
+        for grad, b, w, scaling in zip(grads, lora_bs, bases, ctx.scalings, strict=True):
+            rank = b.shape[1]
+            g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+            d_lows.append(torch.mm(g, b.to(dtype)).mul_(scaling))
+            d_bs.append(torch.mm(g.t(), low[:, start : start + rank]).mul_(scaling).to(b.dtype))
+            d_x = torch.mm(g, w.to(dtype)) if d_x is None else d_x.addmm_(g, w.to(dtype))
+            start += rank
+        assert d_x is not None
+        d_low = torch.cat(d_lows, dim=1)
+        d_x.addmm_(d_low, a_cat.to(dtype))
+        d_a = torch.mm(d_low.t(), x2).to(a_cat.dtype)
+        return None, d_x.view(ctx.x_shape).to(ctx.x_dtype), d_a, *d_bs, *([None] * (2 * k))
+
+
+@dataclass
+class _SharedInput:
+    """Sibling adapted layers called on one input, and the results computed ahead for the later
+    ones: `id(layer) → (input, output)`."""
+
+    layers: tuple[Any, ...]
+    ahead: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def forward_all(self, x: torch.Tensor) -> torch.Tensor | None:
+        """All the layers' outputs on `x`; returns the first's and keeps the others' for their calls.
+        None if some layer is not the plain case."""
+        names = [plain_adapter(layer) for layer in self.layers]
+        if any(name is None for name in names):
+            return None
+        a_cat = torch.cat([layer.lora_A[name].weight for layer, name in zip(self.layers, names, strict=True)])
+        outs = _SharedInputLora.apply(
+            tuple(layer.scaling[name] for layer, name in zip(self.layers, names, strict=True)),
+            x,
+            a_cat,
+            *(layer.lora_B[name].weight for layer, name in zip(self.layers, names, strict=True)),
+            *(layer.base_layer.weight for layer in self.layers),
+            *(layer.base_layer.bias for layer in self.layers),
+        )
+        self.ahead = {id(layer): (x, out) for layer, out in zip(self.layers[1:], outs[1:], strict=True)}
+        return outs[0]
+
+    def take(self, layer: Any, x: torch.Tensor) -> torch.Tensor | None:
+        """`layer`'s output computed ahead on this very `x`, if there is one."""
+        ahead = self.ahead.pop(id(layer), None)
+        return ahead[1] if ahead is not None and ahead[0] is x else None
+
+
 def _fused_forward(
-    layer: Any, peft_forward: Callable[..., torch.Tensor], x: torch.Tensor, *args: Any, **kwargs: Any
+    layer: Any,
+    peft_forward: Callable[..., torch.Tensor],
+    group: _SharedInput | None,
+    x: torch.Tensor,
+    *args: Any,
+    **kwargs: Any,
 ) -> torch.Tensor:
     name = plain_adapter(layer) if not args and not kwargs else None
     if name is None:
         return peft_forward(x, *args, **kwargs)
+    if group is not None:
+        out = group.forward_all(x) if layer is group.layers[0] else group.take(layer, x)
+        if out is not None:
+            return out
     return add_low_rank(layer, name, x, F.linear(x, layer.lora_A[name].weight))
+
+
+def _shared_input_groups(model: torch.nn.Module, lora_linear: type) -> dict[int, _SharedInput]:
+    """`id(layer) → its group` for every complete group of `SHARED_INPUT_GROUPS` in `model`."""
+    groups: dict[int, _SharedInput] = {}
+    for module in model.modules():
+        for names in SHARED_INPUT_GROUPS:
+            layers = tuple(getattr(module, name, None) for name in names)
+            if all(isinstance(layer, lora_linear) for layer in layers):
+                group = _SharedInput(layers)
+                groups.update({id(layer): group for layer in layers})
+    return groups
 
 
 def fuse_lora_forward(model: torch.nn.Module) -> int:
     """Give every PEFT LoRA `Linear` of `model` the fused forward; returns how many were switched."""
     from peft.tuners.lora import Linear as LoraLinear
 
+    groups = _shared_input_groups(model, LoraLinear)
     switched = 0
     for module in model.modules():
         if isinstance(module, LoraLinear) and "forward" not in module.__dict__:  # not already switched
-            module.forward = functools.partial(_fused_forward, module, module.forward)
+            module.forward = functools.partial(_fused_forward, module, module.forward, groups.get(id(module)))
             switched += 1
     return switched
