@@ -15,6 +15,8 @@ from tunehouse.errors import OutOfMemoryRisk
 from tunehouse.models.template import IGNORE_INDEX, EncodedExample
 from tunehouse.train import memory
 from tunehouse.train.attention import (
+    MIN_SPLIT_LENGTH,
+    additive_mask,
     attention_forward,
     matmul_attention,
     packed_row_layout,
@@ -139,6 +141,33 @@ def test_only_block_diagonal_causal_masks_are_read_as_packed_examples() -> None:
     padded[..., 4, 2] = False  # a query that skips one of its example's keys
     assert packed_row_layout(padded, 6) is None
     assert packed_row_layout(blocks.expand(2, 1, 6, 6), 6) is None  # several rows: attention's own batch
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_long_rows_skip_the_causal_quadrant_and_keep_sdpas_numbers(causal: bool) -> None:
+    """Rows of MIN_SPLIT_LENGTH tokens or more compute their first half of queries against the
+    first half of keys only, where the mask allows no more; a mask that does (here: a row that may
+    see every key) keeps one block."""
+    torch.manual_seed(0)
+    length = MIN_SPLIT_LENGTH + 6
+    ids = [[0] * 30 + [1] * 25 + [2] * (length - 55), [0] * (length - 3) + [1] * 3]
+    mask = block_causal_mask(ids)
+    if not causal:
+        mask[1] = True
+    q = torch.randn(2, 6, length, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, length, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, length, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(2, 6, length, 8, dtype=torch.float64)
+    half = length // 2
+    want_blocks = ((half, length, length), (0, half, half)) if causal else ((0, length, length),)
+    assert additive_mask(mask, torch.float64)[1] == want_blocks
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
+    got = matmul_attention(q, k, v, mask, 8**-0.5)
+    got_grads = torch.autograd.grad((got * upstream).sum(), [q, k, v])
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad)
 
 
 def test_matmul_attention_with_a_value_head_size_of_its_own() -> None:

@@ -48,54 +48,112 @@ goes to SDPA (which rejects what it does not support, rather than dropping it)."
 
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, group: int) -> torch.Tensor:
-    """softmax(QKᵀ + bias) as `[batch, kv_heads, group · length, length]`."""
+    """softmax(QKᵀ + bias) as `[batch, kv_heads, group · queries, keys]`."""
     scores = torch.matmul(q, k.transpose(-1, -2))
     batch, kv_heads, rows, length = scores.shape
     scores.view(batch, kv_heads, group, rows // group, length).add_(bias)
     return torch.softmax(scores, dim=-1)
 
 
-_BIAS_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+Blocks = tuple[tuple[int, int, int], ...]
+"""`(start, end, keys)`: the queries `start..end` of a row, and how many of its first keys they may
+see; the block that sees every key comes first."""
+MIN_SPLIT_LENGTH = 64
+"""Rows at least this long have the first half of their queries computed against the first half
+of the keys only (`query_blocks`)."""
+_BIAS_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor, Blocks]] = {}
 
 
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def query_blocks(bias: torch.Tensor, length: int) -> Blocks:
+    """Where no query of a row's first half may see a key of its second half (every causal mask),
+    the first half's scores skip those keys: a quarter of the score matrix and of its softmax is
+    never computed, for a few more (smaller) matmuls and copies. In-process A/B on the training
+    bench: +1.6 % and +4.0 % tokens/s."""
+    half = length // 2
+    if length >= MIN_SPLIT_LENGTH and bool(torch.isneginf(bias[..., :half, half:]).all()):
+        return ((half, length, length), (0, half, half))
+    return ((0, length, length),)
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, Blocks]:
     """`allowed [b, 1, L, L]` as a bias to add to the grouped scores (0 where allowed, −inf where
-    not), `[b, 1, 1, L, L]` in `dtype`. Adding a broadcast bias takes about a third of the time of
-    `masked_fill_` with the negated mask (measured: 1.8 → 0.7 ms over 4 rows of 263 tokens, 9 heads),
-    and every layer of a forward pass gets the same mask object, so the bias is built once per pass
-    (one entry is kept: the last mask seen)."""
+    not), `[b, 1, 1, L, L]` in `dtype`, and its `query_blocks`. Adding a broadcast bias takes about a
+    third of the time of `masked_fill_` with the negated mask (measured: 1.8 → 0.7 ms over 4 rows of
+    263 tokens, 9 heads), and every layer of a forward pass gets the same mask object, so the bias is
+    built once per pass (one entry is kept: the last mask seen)."""
     cached = _BIAS_CACHE.get("last")
     if cached is not None and cached[0] is allowed and cached[1].dtype == dtype:
-        return cached[1]
+        return cached[1], cached[2]
     bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
     bias = bias[:, :, None]
-    _BIAS_CACHE["last"] = (allowed, bias)
-    return bias
+    blocks = query_blocks(bias, allowed.shape[-1])
+    _BIAS_CACHE["last"] = (allowed, bias, blocks)
+    return bias, blocks
+
+
+def _query_rows(x: torch.Tensor, group: int, start: int, end: int) -> torch.Tensor:
+    """Rows `start..end` of every query head of `x [b, kv_heads, group · L, d]`, in the same layout."""
+    batch, kv_heads, rows, dim = x.shape
+    length = rows // group
+    if start == 0 and end == length:
+        return x
+    return x.view(batch, kv_heads, group, length, dim)[:, :, :, start:end].reshape(batch, kv_heads, -1, dim)
+
+
+def _put_query_rows(out: torch.Tensor, part: torch.Tensor, group: int, start: int, end: int) -> None:
+    batch, kv_heads, rows, dim = out.shape
+    out.view(batch, kv_heads, group, rows // group, dim)[:, :, :, start:end] = part.view(
+        batch, kv_heads, group, end - start, dim
+    )
 
 
 class _MatmulAttention(torch.autograd.Function):
-    """softmax(QKᵀ + bias)V (Q already scaled) that saves its inputs, not the probabilities."""
+    """softmax(QKᵀ + bias)V (Q already scaled) that saves its inputs, not the probabilities,
+    computed a block of queries at a time (`query_blocks`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks
     ) -> torch.Tensor:
-        out = torch.matmul(_probabilities(q, k, bias, group), v)
+        out = q.new_empty(*q.shape[:-1], v.shape[-1]) if len(blocks) > 1 else None
+        for start, end, keys in blocks:
+            q_block = _query_rows(q, group, start, end)
+            p = _probabilities(q_block, k[:, :, :keys], bias[..., start:end, :keys], group)
+            out_block = torch.matmul(p, v[:, :, :keys])
+            if out is None:
+                out = out_block
+            else:
+                _put_query_rows(out, out_block, group, start, end)
         ctx.save_for_backward(q, k, v, bias)
-        ctx.group = group
+        ctx.group, ctx.blocks = group, blocks
         return out
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         q, k, v, bias = ctx.saved_tensors
-        p = _probabilities(q, k, bias, ctx.group)
-        d_out = d_out.to(p.dtype)
-        d_v = torch.matmul(p.transpose(-1, -2), d_out)  # sums over the group's query heads
-        d_p = torch.matmul(d_out, v.transpose(-1, -2))
-        d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
-        d_q = torch.matmul(d_scores, k)
-        d_k = torch.matmul(d_scores.transpose(-1, -2), q)
-        return d_q, d_k, d_v, None, None
+        group, blocks = ctx.group, ctx.blocks
+        d_out = d_out.to(q.dtype).contiguous()
+        d_q = torch.empty_like(q) if len(blocks) > 1 else None
+        d_k = d_v = None
+        for start, end, keys in blocks:
+            q_block, d_o = _query_rows(q, group, start, end), _query_rows(d_out, group, start, end)
+            k_block, v_block = k[:, :, :keys], v[:, :, :keys]
+            p = _probabilities(q_block, k_block, bias[..., start:end, :keys], group)
+            d_v_block = torch.matmul(p.transpose(-1, -2), d_o)  # sums over the group's query heads
+            d_p = torch.matmul(d_o, v_block.transpose(-1, -2))
+            d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
+            d_q_block = torch.matmul(d_scores, k_block)
+            d_k_block = torch.matmul(d_scores.transpose(-1, -2), q_block)
+            if d_k is None or d_v is None:  # the first block sees every key
+                d_k, d_v = d_k_block, d_v_block
+            else:
+                d_k[:, :, :keys] += d_k_block
+                d_v[:, :, :keys] += d_v_block
+            if d_q is None:
+                d_q = d_q_block
+            else:
+                _put_query_rows(d_q, d_q_block, group, start, end)
+        return d_q, d_k, d_v, None, None, None
 
 
 @dataclass(frozen=True)
@@ -195,7 +253,8 @@ def matmul_attention(
     dtype = _compute_dtype(query)
     q = (query.to(dtype) * scale).reshape(batch, kv_heads, group * length, dim)
     k, v = key.to(dtype), value.to(dtype)
-    out = _MatmulAttention.apply(q, k, v, additive_mask(allowed, dtype), group)
+    bias, blocks = additive_mask(allowed, dtype)
+    out = _MatmulAttention.apply(q, k, v, bias, group, blocks)
     return out.view(batch, heads, length, value.shape[-1])
 
 
