@@ -93,13 +93,9 @@ def block_causal_mask(segments: list[list[int]]) -> torch.Tensor:
     return ((ids[:, :, None] == ids[:, None, :]) & causal)[:, None]
 
 
-def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> None:
-    torch.manual_seed(0)
-    mask = block_causal_mask([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 0, 1, 1]])
-    q = torch.randn(2, 6, 9, 8, dtype=torch.float64, requires_grad=True)  # 6 query heads share
-    k = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)  # 2 key/value heads
-    v = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(2, 6, 9, 8, dtype=torch.float64)
+def assert_matmul_attention_is_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> None:
+    """`matmul_attention`'s output and Q/K/V gradients are SDPA's (grouped heads, head size 8)."""
+    upstream = torch.randn(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
     got = matmul_attention(q, k, v, mask, 8**-0.5)
@@ -107,6 +103,15 @@ def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> Non
     torch.testing.assert_close(got, want)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> None:
+    torch.manual_seed(0)
+    mask = block_causal_mask([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 0, 1, 1]])
+    q = torch.randn(2, 6, 9, 8, dtype=torch.float64, requires_grad=True)  # 6 query heads share
+    k = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)  # 2 key/value heads
+    v = torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True)
+    assert_matmul_attention_is_sdpa(q, k, v, mask)
 
 
 def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
@@ -157,17 +162,10 @@ def test_long_rows_skip_the_causal_quadrant_and_keep_sdpas_numbers(causal: bool)
     q = torch.randn(2, 6, length, 8, dtype=torch.float64, requires_grad=True)
     k = torch.randn(2, 2, length, 8, dtype=torch.float64, requires_grad=True)
     v = torch.randn(2, 2, length, 8, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(2, 6, length, 8, dtype=torch.float64)
     half = length // 2
     want_blocks = ((half, length, length), (0, half, half)) if causal else ((0, length, length),)
     assert additive_mask(mask, torch.float64)[1] == want_blocks
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
-    got = matmul_attention(q, k, v, mask, 8**-0.5)
-    got_grads = torch.autograd.grad((got * upstream).sum(), [q, k, v])
-    torch.testing.assert_close(got, want)
-    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(got_grad, want_grad)
+    assert_matmul_attention_is_sdpa(q, k, v, mask)
 
 
 def test_matmul_attention_with_a_value_head_size_of_its_own() -> None:
