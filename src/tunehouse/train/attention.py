@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from tunehouse.train.batching import first_fit_rows
+from tunehouse.train.precision import compute_dtype
 
 ATTENTION_NAME = "tunehouse_matmul"
 MAX_SCORE_ELEMENTS = 2**24
@@ -235,13 +236,6 @@ def packed_row_layout(allowed: torch.Tensor, length: int) -> RowLayout | None:
     return layout
 
 
-def _compute_dtype(query: torch.Tensor) -> torch.dtype:
-    """One dtype for forward and backward: autocast's where it is on (backward runs outside it, and
-    fp32 inputs, e.g. after a norm with fp32 weights, would otherwise compute it in fp32)."""
-    device = query.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
-
-
 def matmul_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -250,7 +244,8 @@ def matmul_attention(
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
-    dtype = _compute_dtype(query)
+    # fp32 inputs (e.g. after a norm with fp32 weights) would otherwise compute backward in fp32
+    dtype = compute_dtype(query)
     q = (query.to(dtype) * scale).reshape(batch, kv_heads, group * length, dim)
     k, v = key.to(dtype), value.to(dtype)
     bias, blocks = additive_mask(allowed, dtype)

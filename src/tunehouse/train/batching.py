@@ -94,8 +94,8 @@ def pack_examples(examples: list[EncodedExample], pad_token_id: int, one_row: bo
     Rows are as wide as the longest example; the others fill them first-fit by decreasing length, so
     the padding that a padded batch spends on short examples is spent on more examples instead.
     `one_row`: all examples end to end in a single row with no padding at all, for an attention that
-    computes each example's block on its own (`attention.py`'s CPU attention does); with a
-    row-at-a-time attention a long row would cost its full square.
+    lays them out in rows for itself (`attention.py`'s CPU attention does); an attention over the
+    whole row would cost its full square.
     `segment_ids` says which of `examples` each token belongs to (-1 for padding).
     Position ids restart at 0 for every example (and for a row's padding tail): transformers reads
     those restarts as sequence boundaries and gives attention a block-diagonal causal mask (its

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunehouse.train.precision import compute_dtype
+
 SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 """Names of sibling layers that transformers' decoders call one after another on one input."""
 
@@ -77,8 +79,7 @@ class _SharedInputLora(torch.autograd.Function):
     ) -> tuple[torch.Tensor, ...]:
         k = len(scalings)
         lora_bs, bases, biases = weights[:k], weights[k : 2 * k], weights[2 * k :]
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        dtype = compute_dtype(x)
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
         low = torch.mm(x2, a_cat.to(dtype).t())
         outs, start = [], 0

@@ -28,6 +28,13 @@ def bf16_supported(device: torch.device) -> bool:
     return cpu_has_fast_bf16()
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a custom autograd Function computes `x`'s products in, forward and backward alike:
+    autocast's where it is on (backward runs outside autocast, so it must be told), else `x`'s own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def frozen_weights_dtype(bf16: bool, use_lora: bool) -> torch.dtype:
     """bf16 for the frozen base of a LoRA run under bf16 autocast, else fp32.
 
