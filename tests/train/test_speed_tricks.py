@@ -444,13 +444,15 @@ def test_training_on_cuda_leaves_cudnn_attention_out() -> None:
         assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
-def test_cpu_training_bounds_onednn_kernel_cache_unless_the_user_set_it(
+def test_cpu_training_bounds_onednn_kernel_caches_unless_the_user_set_them(
     make_trainer: Callable[..., SFTTrainer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    for variable in memory.KERNEL_CACHE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     if make_trainer().device.type != "cpu":
         pytest.skip("oneDNN runs the CPU's matmuls only")
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(memory.ONEDNN_PRIMITIVE_CACHE_CAPACITY)
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    for variable in memory.KERNEL_CACHE_VARIABLES:
+        assert os.environ[variable] == str(memory.ONEDNN_PRIMITIVE_CACHE_CAPACITY)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "512")
     make_trainer()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
+    assert os.environ["LRU_CACHE_CAPACITY"] == "512"

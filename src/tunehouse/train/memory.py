@@ -27,6 +27,8 @@ CPU_ACTIVATION_BYTES = 2**30
 no speed on CPU, only resident memory."""
 CUDA_PASS_TOKENS = 32768
 ONEDNN_PRIMITIVE_CACHE_CAPACITY = 128
+KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+"""oneDNN's own kernel cache, and the one PyTorch's oneDNN wrapper (ideep) keeps for its matmuls."""
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,22 @@ class MemoryPlan:
 
 
 def bound_onednn_kernel_cache() -> None:
-    """Keep at most 128 of oneDNN's compiled CPU kernels (its default: 1,024), unless the user set
-    `ONEDNN_PRIMITIVE_CACHE_CAPACITY`.
+    """Keep at most 128 compiled CPU matmul kernels in each of the two caches that hold them
+    (`KERNEL_CACHE_VARIABLES`; both default to 1,024), unless the user set the variable.
 
-    oneDNN compiles a kernel ("primitive") for each matmul shape and keeps it with its buffers.
-    Packed passes have new shapes nearly every step, so the cache fills with kernels that never run
-    again: on the training bench, memory in use after each step grew by 15-47 MB, and peak RSS was
-    ~0.1 GB higher than with 128 entries, at the same speed (8 entries cost 25 % of the speed, as
-    the kernels of one pass no longer fit). oneDNN reads the variable when it creates its first
-    kernel, so this runs before the training process's first CPU matmul.
+    oneDNN compiles a kernel ("primitive") for each matmul shape and keeps it with its buffers, and
+    PyTorch's ideep wrapper keeps another cache of them. Packed passes have new shapes nearly every
+    step, so both fill with kernels that never run again:
+    - oneDNN's: memory in use after each step grew by 15-47 MB on the training bench, and peak RSS
+      was ~0.1 GB higher than with 128 entries, at the same speed (8 entries cost 25 % of the
+      speed, as the kernels of one pass no longer fit);
+    - ideep's: memory in use grew by 10-25 MB a step, ~190 MB over the bench's 8 steps, and peak
+      RSS was 0.05-0.12 GB higher than with 128 entries, at the same speed.
+    Both libraries read their variable when they create their first kernel, so this runs before
+    the training process's first CPU matmul.
     """
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))
+    for variable in KERNEL_CACHE_VARIABLES:
+        os.environ.setdefault(variable, str(ONEDNN_PRIMITIVE_CACHE_CAPACITY))
 
 
 def available_memory(device: torch.device) -> int:

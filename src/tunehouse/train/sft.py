@@ -175,7 +175,11 @@ class SFTTrainer:
         self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.n_epochs
         params = [p for p in self.forward.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        # The fused kernel updates every tensor in one call; the default on CPU loops over them in
+        # Python (a LoRA adapter has 420 tensors on SmolLM2: 32 ms a step against 6 ms fused).
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
+        )
         warmup = int(self.total_steps * config.warmup_ratio)
         self.scheduler = _linear_schedule(self.optimizer, warmup, self.total_steps)
         self.eval_interval = config.eval_interval or max(1, self.total_steps // 20)
