@@ -26,7 +26,7 @@ from tunehouse.train.attention import (
 from tunehouse.train.batching import pack_examples, token_budget_micro_batches
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
-from tunehouse.train.loss import chunked_lm_loss_sum, masked_lm_loss_sum
+from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.precision import keep_adapter_inputs_as_is
 from tunehouse.train.sft import SFTTrainer
 
@@ -315,20 +315,26 @@ def test_fused_lora_forward_leaves_dropout_to_peft(make_trainer: Callable[..., S
 
 
 def test_chunked_cross_entropy_equals_plain_cross_entropy() -> None:
+    """Over several chunks, and over passes that share their chunk buffers (a trainer's): each pass
+    gets the plain numbers, whatever the pass before left in the buffers."""
     torch.manual_seed(0)
-    hidden = torch.randn(3, 11, 16, requires_grad=True)
-    weight = torch.randn(50, 16, requires_grad=True)
-    labels = torch.randint(0, 50, (3, 11))
-    labels[0, :4] = IGNORE_INDEX
-    labels[2, 7:] = IGNORE_INDEX
-    plain = masked_lm_loss_sum(hidden @ weight.t(), labels)
-    plain_grads = torch.autograd.grad(plain.loss_sum, [hidden, weight])
-    chunked = chunked_lm_loss_sum(hidden, labels, weight, chunk_size=5)  # several chunks
-    chunked_grads = torch.autograd.grad(chunked.loss_sum, [hidden, weight])
-    torch.testing.assert_close(chunked.loss_sum, plain.loss_sum)
-    assert (chunked.correct, chunked.tokens) == (plain.correct, plain.tokens)
-    for got, want in zip(chunked_grads, plain_grads, strict=True):
-        torch.testing.assert_close(got, want)
+    buffers = ChunkBuffers()
+    for length in (11, 3, 11):  # the second pass has fewer trained positions than one chunk
+        hidden = torch.randn(3, length, 16, requires_grad=True)
+        weight = torch.randn(50, 16, requires_grad=True)
+        labels = torch.randint(0, 50, (3, length))
+        labels[0, :4] = IGNORE_INDEX
+        labels[2, 7:] = IGNORE_INDEX
+        plain = masked_lm_loss_sum(hidden @ weight.t(), labels)
+        plain_grads = torch.autograd.grad(plain.loss_sum, [hidden, weight])
+        chunked = chunked_lm_loss_sum(hidden, labels, weight, chunk_size=5, buffers=buffers)  # several chunks
+        chunked_grads = torch.autograd.grad(chunked.loss_sum, [hidden, weight])
+        torch.testing.assert_close(chunked.loss_sum, plain.loss_sum)
+        assert (chunked.correct, chunked.tokens) == (plain.correct, plain.tokens)
+        for got, want in zip(chunked_grads, plain_grads, strict=True):
+            torch.testing.assert_close(got, want)
+    first = buffers.take(5, weight)[0].data_ptr()
+    assert buffers.take(2, weight)[0].data_ptr() == first  # kept, not allocated again
 
 
 def test_chunked_loss_in_the_trainer_matches_full_logits(make_trainer: Callable[..., SFTTrainer]) -> None:

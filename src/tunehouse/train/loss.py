@@ -41,6 +41,34 @@ def trained_positions(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return hidden[:, :-1][mask], shift_labels[mask]
 
 
+class ChunkBuffers:
+    """The two `chunk × vocabulary` buffers a chunk's logits and log-probabilities are written to,
+    reused by every chunk (fresh chunk-sized tensors, 25 MB each for 256 rows of a 49k vocabulary,
+    would each be new pages faulted in from the OS). A trainer keeps one for all its forward passes:
+    buffers that came and went with every pass were the largest blocks in the CPU heap and left it
+    fragmented (peak RSS 0.04-0.07 GB higher on the training bench, at the same speed)."""
+
+    def __init__(self) -> None:
+        self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def take(self, rows: int, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two `rows × weight.shape[0]` buffers in `weight`'s dtype and device."""
+        pair = self._pair
+        fits = (
+            pair is not None
+            and pair[0].shape[0] >= rows
+            and pair[0].shape[1] == weight.shape[0]
+            and pair[0].dtype == weight.dtype
+            and pair[0].device == weight.device
+        )
+        if not fits:
+            self._pair = None  # freed before its replacement is allocated
+            logits = torch.empty((rows, weight.shape[0]), dtype=weight.dtype, device=weight.device)
+            self._pair = pair = (logits, torch.empty_like(logits))
+        assert pair is not None
+        return pair[0][:rows], pair[1][:rows]
+
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T`, computed a chunk of rows at a time.
 
@@ -57,6 +85,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         labels: torch.Tensor,
         chunk_size: int,
         compute_dtype: torch.dtype,
+        buffers: ChunkBuffers,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         need_hidden_grad, need_weight_grad = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         w = weight.to(compute_dtype)
@@ -64,11 +93,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden_grad else None
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight_grad else None
-        # Two chunk-sized buffers reused by every chunk: fresh chunk-sized tensors (25 MB for 256
-        # rows of a 49k vocabulary) would each be new pages faulted in from the OS.
-        rows = min(chunk_size, hidden.shape[0])
-        logits_buffer = torch.empty((rows, w.shape[0]), dtype=compute_dtype, device=hidden.device)
-        log_probs_buffer = torch.empty_like(logits_buffer)
+        logits_buffer, log_probs_buffer = buffers.take(min(chunk_size, hidden.shape[0]), w)
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size].to(compute_dtype)
             y = labels[start : start + chunk_size]
@@ -103,7 +128,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         d_hidden = grad_hidden * grad_loss.to(grad_hidden.dtype) if ctx.needs_input_grad[0] else None
         d_weight = (grad_weight * grad_loss).to(ctx.weight_dtype) if ctx.needs_input_grad[1] else None
-        return d_hidden, d_weight, None, None, None
+        return d_hidden, d_weight, None, None, None, None
 
 
 def chunked_lm_loss_sum(
@@ -112,15 +137,17 @@ def chunked_lm_loss_sum(
     weight: torch.Tensor,
     compute_dtype: torch.dtype = torch.float32,
     chunk_size: int = 256,
+    buffers: ChunkBuffers | None = None,
 ) -> LossSums:
     """`masked_lm_loss_sum` from hidden states, without materializing the vocabulary-wide logits.
 
     Only the positions that predict a trained token get logits at all, a chunk of rows at a time, in
-    `compute_dtype` (bf16 matmul like autocast would do) with the softmax in fp32.
+    `compute_dtype` (bf16 matmul like autocast would do) with the softmax in fp32. Pass the same
+    `buffers` to every call of a training run to reuse the chunk buffers.
     """
     selected_hidden, selected_labels = trained_positions(hidden, labels)
     with torch.autocast(hidden.device.type, enabled=False):
         loss_sum, correct = _LinearCrossEntropySum.apply(
-            selected_hidden, weight, selected_labels, chunk_size, compute_dtype
+            selected_hidden, weight, selected_labels, chunk_size, compute_dtype, buffers or ChunkBuffers()
         )
     return LossSums(loss_sum=loss_sum, correct=int(correct), tokens=int(selected_labels.numel()))

@@ -35,7 +35,7 @@ from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
-from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
+from tunehouse.train.loss import ChunkBuffers, LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.memory import bound_onednn_kernel_cache, plan_memory
 from tunehouse.train.precision import (
     bf16_supported,
@@ -242,6 +242,7 @@ class SFTTrainer:
         self.head_weight = head.weight if (type(head) is torch.nn.Linear and head.bias is None) else None
         if self.head_weight is None:
             self.decoder = None
+        self.chunk_buffers = ChunkBuffers()
 
     # --- one forward over a set of examples: summed masked loss -----------------------------------
     def _forward_sums(self, examples: list[EncodedExample]) -> LossSums:
@@ -260,7 +261,9 @@ class SFTTrainer:
             output = self.forward(**inputs)
         if self.decoder is not None:
             dtype = torch.bfloat16 if self.use_bf16 else torch.float32
-            return chunked_lm_loss_sum(output.last_hidden_state, labels, self.head_weight, dtype)
+            return chunked_lm_loss_sum(
+                output.last_hidden_state, labels, self.head_weight, dtype, buffers=self.chunk_buffers
+            )
         return masked_lm_loss_sum(output.logits, labels)
 
     def step_loss_tokens(self, indices: list[int]) -> int:
