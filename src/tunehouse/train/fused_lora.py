@@ -100,6 +100,7 @@ class _SharedInputLora(torch.autograd.Function):
         k = len(ctx.scalings)
         lora_bs, bases = weights[:k], weights[k:]
         dtype = low.dtype
+        need_input_grad = ctx.needs_input_grad[1]  # not in the first layer, under frozen embeddings
         d_lows, d_bs = [], []
         d_x: torch.Tensor | None = None
         start = 0
@@ -108,13 +109,14 @@ class _SharedInputLora(torch.autograd.Function):
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
             d_lows.append(torch.mm(g, b.to(dtype)).mul_(scaling))
             d_bs.append(torch.mm(g.t(), low[:, start : start + rank]).mul_(scaling).to(b.dtype))
-            d_x = torch.mm(g, w.to(dtype)) if d_x is None else d_x.addmm_(g, w.to(dtype))
+            if need_input_grad:
+                d_x = torch.mm(g, w.to(dtype)) if d_x is None else d_x.addmm_(g, w.to(dtype))
             start += rank
-        assert d_x is not None
         d_low = torch.cat(d_lows, dim=1)
-        d_x.addmm_(d_low, a_cat.to(dtype))
         d_a = torch.mm(d_low.t(), x2).to(a_cat.dtype)
-        return None, d_x.view(ctx.x_shape).to(ctx.x_dtype), d_a, *d_bs, *([None] * (2 * k))
+        if d_x is not None:
+            d_x = d_x.addmm_(d_low, a_cat.to(dtype)).view(ctx.x_shape).to(ctx.x_dtype)
+        return None, d_x, d_a, *d_bs, *([None] * (2 * k))
 
 
 @dataclass
