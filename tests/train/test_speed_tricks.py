@@ -264,6 +264,36 @@ def test_adapted_siblings_share_one_pass_over_their_input_and_never_a_stale_resu
     torch.testing.assert_close(k_on_other, alone[attention.k_proj][1])
 
 
+def test_adapted_layers_recompute_the_rms_norm_output_they_read_instead_of_keeping_it(
+    make_trainer: Callable[..., SFTTrainer],
+) -> None:
+    """Q, K and V read the input norm's output: backward recomputes it from what the norm keeps,
+    and every gradient is PEFT's."""
+    trainer = make_trainer()
+    layer = trainer.model.get_base_model().model.layers[1]
+    projections = (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+    x = torch.randn(2, 5, trainer.model.config.hidden_size)
+    upstream = [torch.randn(2, 5, p.out_features) for p in projections]
+    saved: list[int] = []
+
+    def run() -> list[torch.Tensor]:
+        trainer.model.zero_grad(set_to_none=True)
+        inputs = x.clone().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.data_ptr()) or t, lambda t: t):
+            normed = layer.input_layernorm(inputs)
+            outs = [p(normed) for p in projections]
+        sum((o * u).sum() for o, u in zip(outs, upstream, strict=True)).backward()
+        lora = [p.lora_A["default"].weight.grad for p in projections] + [p.lora_B["default"].weight.grad for p in projections]
+        return [inputs.grad, *lora, normed.detach()]
+
+    fused = run()
+    assert fused[-1].data_ptr() not in saved  # the norm's output is not kept for backward
+    for module in projections:
+        module.__dict__.pop("forward")  # PEFT's own forward
+    for got, want in zip(fused, run(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_fused_rms_norm_gives_llamas_outputs_and_gradients() -> None:
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
 

@@ -6,7 +6,7 @@ divide by the step's trained tokens → backward → clip → optimizer step →
 The speed tricks are named functions, each tested to change no number it should not:
 `pack_examples` (batching.py), `chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
 `keep_adapter_inputs_as_is` (precision.py), `fuse_lora_forward` (fused_lora.py),
-`fuse_norms_and_mlps` (fused_layers.py),
+`fuse_norms_and_mlps` (fused_layers.py, rms_norm.py),
 `use_matmul_attention` (attention.py: CPU attention in plain matmuls), `plan_memory` (memory.py: pass
 size and gradient checkpointing only when needed).
 
