@@ -61,11 +61,10 @@ class ChunkBuffers:
             and pair[0].dtype == weight.dtype
             and pair[0].device == weight.device
         )
-        if not fits:
-            self._pair = None  # freed before its replacement is allocated
+        if pair is None or not fits:
+            self._pair = pair = None  # the old pair is freed before the new one is allocated
             logits = torch.empty((rows, weight.shape[0]), dtype=weight.dtype, device=weight.device)
             self._pair = pair = (logits, torch.empty_like(logits))
-        assert pair is not None
         return pair[0][:rows], pair[1][:rows]
 
 

@@ -3,9 +3,10 @@ token, and whose output the layers reading it can recompute instead of keeping.
 
 Each decoder layer's two norms feed adapted projections (Q, K, V; gate and up) whose LoRA weight
 gradients need the norm's output: kept by them, it is `hidden` more values per token twice a layer
-(66 MB per 962-token pass on SmolLM2 in bf16), while the norm already keeps everything it takes to
+(63 MB per 962-token pass on SmolLM2 in bf16), while the norm already keeps everything it takes to
 recompute it with two element-wise multiplies. `normed_input_of` tells such a layer whether its
-input is the output of the last norm computed, and how to recompute it.
+input is the output of the last norm computed, and how to recompute it (one entry is kept: the
+last norm's output, weakly, with what it was computed from).
 """
 
 from __future__ import annotations
