@@ -54,14 +54,13 @@ class ChunkBuffers:
     def take(self, rows: int, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Two `rows × weight.shape[0]` buffers in `weight`'s dtype and device."""
         pair = self._pair
-        fits = (
-            pair is not None
-            and pair[0].shape[0] >= rows
-            and pair[0].shape[1] == weight.shape[0]
-            and pair[0].dtype == weight.dtype
-            and pair[0].device == weight.device
-        )
-        if pair is None or not fits:
+        if (
+            pair is None
+            or pair[0].shape[0] < rows
+            or pair[0].shape[1] != weight.shape[0]
+            or pair[0].dtype != weight.dtype
+            or pair[0].device != weight.device
+        ):
             self._pair = pair = None  # the old pair is freed before the new one is allocated
             logits = torch.empty((rows, weight.shape[0]), dtype=weight.dtype, device=weight.device)
             self._pair = pair = (logits, torch.empty_like(logits))
