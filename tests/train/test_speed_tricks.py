@@ -264,6 +264,29 @@ def test_adapted_siblings_share_one_pass_over_their_input_and_never_a_stale_resu
     torch.testing.assert_close(k_on_other, alone[attention.k_proj][1])
 
 
+def test_the_adapter_copies_the_fused_layers_keep_follow_every_optimizer_step(
+    make_trainer: Callable[..., SFTTrainer],
+) -> None:
+    """The fused layers keep their adapters' A matrices concatenated (and cast, under bf16) between
+    passes; after each optimizer step they compute with the new weights, as PEFT's forward does."""
+    trainer = make_trainer()
+    with torch.no_grad():  # B starts at zero, which leaves A's first gradient zero
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    attention = trainer.model.get_base_model().model.layers[0].self_attn
+    projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+    x = torch.randn(2, 5, trainer.model.config.hidden_size)
+    for _ in range(2):
+        before = [p.lora_A["default"].weight.clone() for p in projections]
+        fused = [p(x) for p in projections]  # computes Q, K and V together, keeping the copies
+        peft = [type(p).forward(p, x) for p in projections]
+        for got, want in zip(fused, peft, strict=True):
+            torch.testing.assert_close(got, want)
+        trainer.train_step([0, 1, 2, 3])
+        assert not torch.equal(before[0], projections[0].lora_A["default"].weight), "the step changed A"
+
+
 def test_adapted_layers_recompute_the_rms_norm_output_they_read_instead_of_keeping_it(
     make_trainer: Callable[..., SFTTrainer],
 ) -> None:

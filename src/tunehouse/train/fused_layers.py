@@ -9,9 +9,10 @@ inside each kernel instead of copying; SwiGLU keeps `gate` and `up` and recomput
 backward. About a fifth fewer activation bytes per token on SmolLM2, and fewer element-wise passes.
 The norm's Function is in `rms_norm.py`: the adapted projections that read its output recompute it
 from what the norm keeps, rather than keeping it too.
-Where the down projection carries a plain LoRA adapter, `_SiluMulLowRank` also runs the adapter's
-first matmul, so `silu(gate) * up` is not kept for it either (in-process A/B on the training bench:
-+2 % tokens/s, −0.05-0.1 GB peak RSS).
+Where the down projection carries a plain LoRA adapter, `_SwiGLUDownLora` runs it too, base and
+adapter, so `silu(gate) * up` is not kept for the adapter either (in-process A/B on the training
+bench: +2 % tokens/s, −0.05-0.1 GB peak RSS), and neither the adapter's sum nor its gradient's
+costs a copy or an autograd node of its own.
 
 Only modules whose forward is transformers' Llama code are switched (Qwen2, Mistral and other
 models that copy it included); any other norm or MLP keeps its own forward.
@@ -26,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import Linear as LoraLinear
 
-from tunehouse.train.fused_lora import add_low_rank, plain_adapter
+from tunehouse.train.fused_lora import plain_adapter
+from tunehouse.train.precision import compute_dtype, weights_as
 from tunehouse.train.rms_norm import RMSNormFunction
 
 
@@ -46,34 +48,51 @@ class _SiluMul(torch.autograd.Function):
         return d_gate, d_up
 
 
-class _SiluMulLowRank(torch.autograd.Function):
-    """`h = silu(gate) * up` and `h @ lora_Aᵀ` for the down projection's adapter, keeping only `gate`
-    and `up` (which `_SiluMul` keeps anyway): the adapter's own matmul would also keep `h`, another
-    `intermediate_size` values per token (~90 MB per 962-token pass on SmolLM2), which backward
-    recomputes here with one multiply."""
+class _SwiGLUDownLora(torch.autograd.Function):
+    """`down(silu(gate) * up)` for a down projection with a plain LoRA adapter, in one Function:
+    `h = silu(gate) * up`, the adapter's `low = h @ Aᵀ`, and `h @ Wᵀ + low @ Bᵀ · scaling` with the
+    adapter's product added in place. It keeps only `gate`, `up` and `low`: the matmuls under
+    autograd would also keep `h`, another `intermediate_size` values per token (~90 MB per
+    962-token pass on SmolLM2), which backward recomputes here with one multiply. In backward,
+    `h`'s gradient from the base and from the adapter is summed inside one in-place `addmm_`."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, gate: torch.Tensor, up: torch.Tensor, lora_a: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.silu(gate) * up
-        ctx.save_for_backward(gate, up, lora_a)
-        return h, F.linear(h, lora_a.to(h.dtype))
+        ctx: Any,
+        scaling: float,
+        gate: torch.Tensor,
+        up: torch.Tensor,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> torch.Tensor:
+        dtype = compute_dtype(gate)
+        h = F.silu(gate.to(dtype)).mul_(up.to(dtype))
+        h2 = h.reshape(-1, h.shape[-1])
+        low = torch.mm(h2, weights_as(dtype, lora_a).t())
+        out = F.linear(h2, weight.to(dtype), None if bias is None else bias.to(dtype))
+        out.addmm_(low, weights_as(dtype, lora_b).t(), alpha=scaling)
+        ctx.save_for_backward(gate, up, low, lora_a, lora_b, weight)
+        ctx.scaling = scaling
+        return out.view(*gate.shape[:-1], -1)
 
     @staticmethod
-    def backward(ctx: Any, d_h: torch.Tensor, d_low: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        gate, up, lora_a = ctx.saved_tensors
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        gate, up, low, lora_a, lora_b, weight = ctx.saved_tensors
+        dtype, scaling = low.dtype, ctx.scaling
+        gate, up = gate.to(dtype), up.to(dtype)
+        g = grad.reshape(-1, grad.shape[-1]).to(dtype)
+        a = weights_as(dtype, lora_a)
+        d_low = torch.mm(g, weights_as(dtype, lora_b)).mul_(scaling)
+        d_b = torch.mm(g.t(), low).mul_(scaling).to(lora_b.dtype)
+        # the base matmul's gradient of h plus the adapter's, summed in place
+        d_h = torch.mm(g, weight.to(dtype)).addmm_(d_low, a).view(up.shape)
         silu_gate = F.silu(gate)
-        d_low = d_low.to(gate.dtype).reshape(-1, d_low.shape[-1])
-        d_a = None
-        if ctx.needs_input_grad[2]:
-            h = (silu_gate * up).reshape(-1, up.shape[-1])
-            d_a = torch.mm(d_low.t(), h).to(lora_a.dtype)
-        # the base matmul's gradient plus the adapter's, summed inside one addmm
-        d_h = torch.addmm(d_h.to(gate.dtype).reshape(-1, up.shape[-1]), d_low, lora_a.to(gate.dtype)).view(up.shape)
-        d_up = d_h * silu_gate if ctx.needs_input_grad[1] else None
-        d_gate = torch.ops.aten.silu_backward(d_h * up, gate) if ctx.needs_input_grad[0] else None
-        return d_gate, d_up, d_a
+        d_a = torch.mm(d_low.t(), (silu_gate * up).reshape(-1, up.shape[-1])).to(lora_a.dtype)
+        d_up = d_h * silu_gate if ctx.needs_input_grad[2] else None
+        d_gate = torch.ops.aten.silu_backward(d_h * up, gate) if ctx.needs_input_grad[1] else None
+        return None, d_gate, d_up, d_a, d_b, None, None
 
 
 def _rms_norm_forward(norm: Any, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -86,8 +105,10 @@ def _swiglu_forward(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     adapter = plain_adapter(down) if isinstance(down, LoraLinear) else None
     if adapter is None:
         return down(_SiluMul.apply(gate, up))
-    h, low_rank = _SiluMulLowRank.apply(gate, up, down.lora_A[adapter].weight)
-    return add_low_rank(down, adapter, h, low_rank)
+    base = down.base_layer
+    return _SwiGLUDownLora.apply(
+        down.scaling[adapter], gate, up, down.lora_A[adapter].weight, down.lora_B[adapter].weight, base.weight, base.bias
+    )
 
 
 def _same_code(method: Any, reference: Any) -> bool:

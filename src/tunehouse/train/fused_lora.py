@@ -7,12 +7,16 @@ a CPU those element-wise passes over `tokens × out_features` cost as much as a 
 gives the same sum with no element-wise pass in either direction: the scaling rides on the
 rank-r sides of the product.
 
-Sibling layers that a decoder calls one after another on the same input (Q, K and V; gate and up)
-run together in `_SharedInputLora`: one matmul for all their adapters' A, and in backward the input's
-gradient summed inside the matmuls (`addmm_`) instead of by autograd's separate adds. The first
+Every plain adapted layer runs as one autograd Function, `_SharedInputLora`, which adds the
+adapter's product in place into the base matmul's fresh output and, in backward, sums the input's
+gradient from the base and the adapter inside the matmuls (`addmm_`) instead of by autograd's
+separate adds and copies. Sibling layers that a decoder calls one after another on the same input
+(Q, K and V; gate and up) run together in it: one matmul for all their adapters' A. The first
 sibling called computes all of them; the others, called next with the same input tensor, take
-their result. In-process A/B on the training bench:
-+1.4 % and +3.7 % tokens/s in two runs; separate processes: the same speed within noise. Where
+their result. In-process A/B on the training bench: +1.4 % and +3.7 % tokens/s in two runs for the
+groups; separate processes: the same speed within noise. The adapters' weights in the compute
+dtype (and the groups' A matrices concatenated) are kept from one pass to the next until the
+optimizer changes them (`weights_as` in `precision.py`). Where
 their input is an RMSNorm's output (`rms_norm.py`), backward recomputes it instead of keeping it:
 −63 MB of activations per 962-token pass on SmolLM2, peak RSS −0.07 GB on the training bench, at
 the same speed (in-process A/B: −0.5 %, within noise).
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunehouse.train.precision import compute_dtype
+from tunehouse.train.precision import compute_dtype, weights_as
 from tunehouse.train.rms_norm import NormedInput, normed_input_of
 
 SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -57,55 +61,43 @@ def plain_adapter(layer: Any) -> str | None:
     return adapters[0] if plain else None
 
 
-def add_low_rank(layer: Any, name: str, x: torch.Tensor, low_rank: torch.Tensor) -> torch.Tensor:
-    """`base(x) + low_rank @ lora_Bᵀ · scaling`, the sum inside one `addmm`."""
-    base = layer.base_layer
-    result = F.linear(x, base.weight, base.bias)
-    out_features = result.shape[-1]
-    fused = torch.addmm(
-        result.reshape(-1, out_features),
-        low_rank.reshape(-1, low_rank.shape[-1]),
-        layer.lora_B[name].weight.t(),
-        alpha=layer.scaling[name],
-    )
-    return fused.view(result.shape)
-
-
 class _SharedInputLora(torch.autograd.Function):
-    """`base_i(x) + (x · A_iᵀ) · B_iᵀ · scaling_i` for k adapted layers reading the same `x`, with the
-    A matrices concatenated (`a_cat`, one matmul) and the frozen bases' weights and biases passed
-    after the B matrices. Matmuls run in the autocast dtype where autocast is on, as autocast
-    would run them; backward, which runs outside autocast, uses the same dtype."""
+    """`base_i(x) + (x · A_iᵀ) · B_iᵀ · scaling_i` for k adapted layers reading the same `x`, the A
+    matrices concatenated (one matmul); `weights` are the k A matrices, then the k B matrices,
+    the k frozen bases' weights and their biases. Matmuls run in the autocast dtype where autocast
+    is on, as autocast would run them; backward, which runs outside autocast, uses the same dtype.
+    The adapter weights' copies in that dtype are kept from one pass to the next (`weights_as`)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, scalings: tuple[float, ...], x: torch.Tensor, a_cat: torch.Tensor, *weights: torch.Tensor | None
+        ctx: Any, scalings: tuple[float, ...], x: torch.Tensor, *weights: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
         k = len(scalings)
-        lora_bs, bases, biases = weights[:k], weights[k : 2 * k], weights[2 * k :]
+        lora_as, lora_bs = weights[:k], weights[k : 2 * k]
+        bases, biases = weights[2 * k : 3 * k], weights[3 * k :]
         dtype = compute_dtype(x)
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        low = torch.mm(x2, a_cat.to(dtype).t())
+        low = torch.mm(x2, weights_as(dtype, *lora_as).t())  # type: ignore[arg-type]
         outs, start = [], 0
         for b, w, bias, scaling in zip(lora_bs, bases, biases, scalings, strict=True):
             assert b is not None and w is not None
             rank = b.shape[1]
-            base = F.linear(x2, w.to(dtype), None if bias is None else bias.to(dtype))
-            out = torch.addmm(base, low[:, start : start + rank], b.to(dtype).t(), alpha=scaling)
+            out = F.linear(x2, w.to(dtype), None if bias is None else bias.to(dtype))
+            out.addmm_(low[:, start : start + rank], weights_as(dtype, b).t(), alpha=scaling)  # in place
             outs.append(out.view(*x.shape[:-1], -1))
             start += rank
         # an RMSNorm's output is recomputed from what the norm keeps anyway, rather than kept
         recipe = normed_input_of(x)
         inputs = (x2,) if recipe is None else (recipe.x, recipe.weight, recipe.rstd)
-        ctx.save_for_backward(low, a_cat, *lora_bs, *bases, *inputs)
+        ctx.save_for_backward(low, *lora_as, *lora_bs, *bases, *inputs)
         ctx.scalings, ctx.x_shape, ctx.x_dtype = scalings, x.shape, x.dtype
         return tuple(outs)
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        low, a_cat, *weights = ctx.saved_tensors
+        low, *weights = ctx.saved_tensors
         k = len(ctx.scalings)
-        lora_bs, bases, inputs = weights[:k], weights[k : 2 * k], weights[2 * k :]
+        lora_as, lora_bs, bases, inputs = weights[:k], weights[k : 2 * k], weights[2 * k : 3 * k], weights[3 * k :]
         dtype = low.dtype
         x = inputs[0] if len(inputs) == 1 else NormedInput(*inputs).recompute()
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
@@ -116,22 +108,36 @@ class _SharedInputLora(torch.autograd.Function):
         for grad, b, w, scaling in zip(grads, lora_bs, bases, ctx.scalings, strict=True):
             rank = b.shape[1]
             g = grad.reshape(-1, grad.shape[-1]).to(dtype)
-            d_lows.append(torch.mm(g, b.to(dtype)).mul_(scaling))
+            d_lows.append(torch.mm(g, weights_as(dtype, b)).mul_(scaling))
             d_bs.append(torch.mm(g.t(), low[:, start : start + rank]).mul_(scaling).to(b.dtype))
             if need_input_grad:
                 d_x = torch.mm(g, w.to(dtype)) if d_x is None else d_x.addmm_(g, w.to(dtype))
             start += rank
-        d_low = torch.cat(d_lows, dim=1)
-        d_a = torch.mm(d_low.t(), x2).to(a_cat.dtype)
+        d_low = torch.cat(d_lows, dim=1) if k > 1 else d_lows[0]
+        d_a = torch.mm(d_low.t(), x2).split([a.shape[0] for a in lora_as])
+        d_as = [part.to(a.dtype) for part, a in zip(d_a, lora_as, strict=True)]
         if d_x is not None:
-            d_x = d_x.addmm_(d_low, a_cat.to(dtype)).view(ctx.x_shape).to(ctx.x_dtype)
-        return None, d_x, d_a, *d_bs, *([None] * (2 * k))
+            d_x = d_x.addmm_(d_low, weights_as(dtype, *lora_as)).view(ctx.x_shape).to(ctx.x_dtype)
+        return None, d_x, *d_as, *d_bs, *([None] * (2 * k))
+
+
+def _adapted_outputs(layers: tuple[Any, ...], names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`_SharedInputLora` over `layers` (each the plain case, its adapter `names[i]`) on `x`."""
+    pairs = list(zip(layers, names, strict=True))
+    return _SharedInputLora.apply(
+        tuple(layer.scaling[name] for layer, name in pairs),
+        x,
+        *(layer.lora_A[name].weight for layer, name in pairs),
+        *(layer.lora_B[name].weight for layer, name in pairs),
+        *(layer.base_layer.weight for layer in layers),
+        *(layer.base_layer.bias for layer in layers),
+    )
 
 
 @dataclass
 class _SharedInput:
-    """Sibling adapted layers called on one input, and the results computed ahead for the later
-    ones: `id(layer) → (input, output)`."""
+    """Adapted layers called on one input (siblings, or a layer on its own), and the results
+    computed ahead for the later ones: `id(layer) → (input, output)`."""
 
     layers: tuple[Any, ...]
     ahead: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
@@ -142,15 +148,7 @@ class _SharedInput:
         names = [plain_adapter(layer) for layer in self.layers]
         if any(name is None for name in names):
             return None
-        a_cat = torch.cat([layer.lora_A[name].weight for layer, name in zip(self.layers, names, strict=True)])
-        outs = _SharedInputLora.apply(
-            tuple(layer.scaling[name] for layer, name in zip(self.layers, names, strict=True)),
-            x,
-            a_cat,
-            *(layer.lora_B[name].weight for layer, name in zip(self.layers, names, strict=True)),
-            *(layer.base_layer.weight for layer in self.layers),
-            *(layer.base_layer.bias for layer in self.layers),
-        )
+        outs = _adapted_outputs(self.layers, names, x)  # type: ignore[arg-type]
         self.ahead = {id(layer): (x, out) for layer, out in zip(self.layers[1:], outs[1:], strict=True)}
         return outs[0]
 
@@ -163,7 +161,7 @@ class _SharedInput:
 def _fused_forward(
     layer: Any,
     peft_forward: Callable[..., torch.Tensor],
-    group: _SharedInput | None,
+    group: _SharedInput,
     x: torch.Tensor,
     *args: Any,
     **kwargs: Any,
@@ -171,11 +169,8 @@ def _fused_forward(
     name = plain_adapter(layer) if not args and not kwargs else None
     if name is None:
         return peft_forward(x, *args, **kwargs)
-    if group is not None:
-        out = group.forward_all(x) if layer is group.layers[0] else group.take(layer, x)
-        if out is not None:
-            return out
-    return add_low_rank(layer, name, x, F.linear(x, layer.lora_A[name].weight))
+    out = group.forward_all(x) if layer is group.layers[0] else group.take(layer, x)
+    return out if out is not None else _adapted_outputs((layer,), [name], x)[0]
 
 
 def _shared_input_groups(model: torch.nn.Module, lora_linear: type) -> dict[int, _SharedInput]:
@@ -198,6 +193,7 @@ def fuse_lora_forward(model: torch.nn.Module) -> int:
     switched = 0
     for module in model.modules():
         if isinstance(module, LoraLinear) and "forward" not in module.__dict__:  # not already switched
-            module.forward = functools.partial(_fused_forward, module, module.forward, groups.get(id(module)))
+            group = groups.get(id(module)) or _SharedInput((module,))
+            module.forward = functools.partial(_fused_forward, module, module.forward, group)
             switched += 1
     return switched

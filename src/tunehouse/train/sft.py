@@ -41,6 +41,7 @@ from tunehouse.train.precision import (
     bf16_supported,
     frozen_weights_dtype,
     keep_adapter_inputs_as_is,
+    weights_changed,
 )
 from tunehouse.train.reporting import Reporter
 
@@ -180,6 +181,8 @@ class SFTTrainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
         )
+        # the bf16 copies of the adapter weights that the fused layers keep are stale after a step
+        self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: weights_changed())
         warmup = int(self.total_steps * config.warmup_ratio)
         self.scheduler = _linear_schedule(self.optimizer, warmup, self.total_steps)
         self.eval_interval = config.eval_interval or max(1, self.total_steps // 20)
