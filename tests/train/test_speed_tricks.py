@@ -136,6 +136,48 @@ def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
         torch.testing.assert_close(got_grad, want_grad)
 
 
+@pytest.mark.parametrize("long_rows", [False, True])
+def test_packed_attention_layer_gives_llamas_outputs_and_gradients(
+    long_rows: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Llama attention layer on a one-row pass (rotary embedding, grouped heads, examples laid out
+    in rows, the causal quadrant skipped in long rows) against transformers' own forward over SDPA,
+    in float64; a padded batch keeps the layer's own forward."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunehouse.train import packed_attention
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, vocab_size=64, attn_implementation="sdpa",
+    )
+    reference = LlamaForCausalLM(config).double()
+    model = copy.deepcopy(reference)
+    assert use_matmul_attention(model) and packed_attention.fuse_packed_attention(model) == 1
+    taken = []
+    original_apply = packed_attention._PackedAttention.apply
+    monkeypatch.setattr(packed_attention._PackedAttention, "apply", lambda *a: taken.append(1) or original_apply(*a))
+    lengths = [MIN_SPLIT_LENGTH + 6, 9, 40] if long_rows else [5, 3, 2, 1]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    ids = torch.randint(0, 64, positions.shape)
+    results = []
+    for m in (reference, model):
+        m.zero_grad()
+        hidden = m.model.embed_tokens(ids).detach().requires_grad_()
+        out = m.model(inputs_embeds=hidden, position_ids=positions, use_cache=False).last_hidden_state
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        results.append([out, hidden.grad] + [p.grad for p in m.parameters() if p.grad is not None])
+    assert taken == [1]
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want)
+    padded, batch = torch.ones(2, 6, dtype=torch.long), torch.randint(0, 64, (2, 6))
+    padded[1, 4:] = 0
+    got, want = (m(batch, attention_mask=padded).logits[padded.bool()] for m in (model, reference))
+    torch.testing.assert_close(got, want)
+    assert taken == [1]  # the padded batch ran the layer's own forward
+
+
 def test_only_block_diagonal_causal_masks_are_read_as_packed_examples() -> None:
     blocks = block_causal_mask([[0, 0, 1, 1, 1, 2]])
     assert packed_row_layout(blocks, 6) is not None
@@ -355,7 +397,10 @@ def test_fused_swiglu_is_bitwise_llamas_in_bf16() -> None:
 
 def test_fused_lora_forward_leaves_dropout_to_peft(make_trainer: Callable[..., SFTTrainer]) -> None:
     trainer = make_trainer(lora_dropout=0.5)
-    layer = next(m for m in trainer.model.modules() if isinstance(m.__dict__.get("forward"), functools.partial))
+    from peft.tuners.lora import Linear as LoraLinear
+
+    layer = next(m for m in trainer.model.modules() if isinstance(m, LoraLinear))
+    assert isinstance(layer.__dict__.get("forward"), functools.partial)  # switched to the fused forward
     layer.train()
     with torch.no_grad():
         for parameter in layer.lora_B.parameters():

@@ -108,53 +108,66 @@ def _put_query_rows(out: torch.Tensor, part: torch.Tensor, group: int, start: in
     )
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks) -> torch.Tensor:
+    """softmax(QKᵀ + bias)V, Q already scaled, `[batch, kv_heads, group · length, dim]`, a block
+    of queries at a time (`query_blocks`)."""
+    out = q.new_empty(*q.shape[:-1], v.shape[-1]) if len(blocks) > 1 else None
+    for start, end, keys in blocks:
+        q_block = _query_rows(q, group, start, end)
+        p = _probabilities(q_block, k[:, :, :keys], bias[..., start:end, :keys], group)
+        out_block = torch.matmul(p, v[:, :, :keys])
+        if out is None:
+            out = out_block
+        else:
+            _put_query_rows(out, out_block, group, start, end)
+    assert out is not None
+    return out
+
+
+def attend_backward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks, d_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of `attend` with respect to Q, K and V, recomputing the probabilities."""
+    d_out = d_out.to(q.dtype).contiguous()
+    d_q = torch.empty_like(q) if len(blocks) > 1 else None
+    d_k = d_v = None
+    for start, end, keys in blocks:
+        q_block, d_o = _query_rows(q, group, start, end), _query_rows(d_out, group, start, end)
+        k_block, v_block = k[:, :, :keys], v[:, :, :keys]
+        p = _probabilities(q_block, k_block, bias[..., start:end, :keys], group)
+        d_v_block = torch.matmul(p.transpose(-1, -2), d_o)  # sums over the group's query heads
+        d_p = torch.matmul(d_o, v_block.transpose(-1, -2))
+        d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
+        d_q_block = torch.matmul(d_scores, k_block)
+        d_k_block = torch.matmul(d_scores.transpose(-1, -2), q_block)
+        if d_k is None or d_v is None:  # the first block sees every key
+            d_k, d_v = d_k_block, d_v_block
+        else:
+            d_k[:, :, :keys] += d_k_block
+            d_v[:, :, :keys] += d_v_block
+        if d_q is None:
+            d_q = d_q_block
+        else:
+            _put_query_rows(d_q, d_q_block, group, start, end)
+    assert d_q is not None and d_k is not None and d_v is not None
+    return d_q, d_k, d_v
+
+
 class _MatmulAttention(torch.autograd.Function):
-    """softmax(QKᵀ + bias)V (Q already scaled) that saves its inputs, not the probabilities,
-    computed a block of queries at a time (`query_blocks`)."""
+    """`attend`, saving its inputs rather than the probabilities."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks
     ) -> torch.Tensor:
-        out = q.new_empty(*q.shape[:-1], v.shape[-1]) if len(blocks) > 1 else None
-        for start, end, keys in blocks:
-            q_block = _query_rows(q, group, start, end)
-            p = _probabilities(q_block, k[:, :, :keys], bias[..., start:end, :keys], group)
-            out_block = torch.matmul(p, v[:, :, :keys])
-            if out is None:
-                out = out_block
-            else:
-                _put_query_rows(out, out_block, group, start, end)
         ctx.save_for_backward(q, k, v, bias)
         ctx.group, ctx.blocks = group, blocks
-        return out
+        return attend(q, k, v, bias, group, blocks)
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         q, k, v, bias = ctx.saved_tensors
-        group, blocks = ctx.group, ctx.blocks
-        d_out = d_out.to(q.dtype).contiguous()
-        d_q = torch.empty_like(q) if len(blocks) > 1 else None
-        d_k = d_v = None
-        for start, end, keys in blocks:
-            q_block, d_o = _query_rows(q, group, start, end), _query_rows(d_out, group, start, end)
-            k_block, v_block = k[:, :, :keys], v[:, :, :keys]
-            p = _probabilities(q_block, k_block, bias[..., start:end, :keys], group)
-            d_v_block = torch.matmul(p.transpose(-1, -2), d_o)  # sums over the group's query heads
-            d_p = torch.matmul(d_o, v_block.transpose(-1, -2))
-            d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
-            d_q_block = torch.matmul(d_scores, k_block)
-            d_k_block = torch.matmul(d_scores.transpose(-1, -2), q_block)
-            if d_k is None or d_v is None:  # the first block sees every key
-                d_k, d_v = d_k_block, d_v_block
-            else:
-                d_k[:, :, :keys] += d_k_block
-                d_v[:, :, :keys] += d_v_block
-            if d_q is None:
-                d_q = d_q_block
-            else:
-                _put_query_rows(d_q, d_q_block, group, start, end)
-        return d_q, d_k, d_v, None, None, None
+        return *attend_backward(q, k, v, bias, ctx.group, ctx.blocks, d_out), None, None, None
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,7 @@ def _swiglu_forward(mlp: Any, x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _same_code(method: Any, reference: Any) -> bool:
+def same_code(method: Any, reference: Any) -> bool:
     """Whether two functions are the same source (the same bytecode, names and constants)."""
     a, b = method.__code__, reference.__code__
     return (a.co_code, a.co_names, a.co_consts) == (b.co_code, b.co_names, b.co_consts)
@@ -130,9 +130,9 @@ def fuse_norms_and_mlps(model: torch.nn.Module) -> int:
         if "forward" in module.__dict__:  # already switched, or wrapped by someone else
             continue
         forward = type(module).forward
-        if _same_code(forward, LlamaRMSNorm.forward):
+        if same_code(forward, LlamaRMSNorm.forward):
             module.forward = functools.partial(_rms_norm_forward, module)
-        elif _same_code(forward, LlamaMLP.forward) and isinstance(getattr(module, "act_fn", None), SILU_MODULES):
+        elif same_code(forward, LlamaMLP.forward) and isinstance(getattr(module, "act_fn", None), SILU_MODULES):
             module.forward = functools.partial(_swiglu_forward, module)
         else:
             continue

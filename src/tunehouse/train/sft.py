@@ -37,6 +37,7 @@ from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import ChunkBuffers, LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.memory import bound_onednn_kernel_cache, plan_memory
+from tunehouse.train.packed_attention import fuse_packed_attention
 from tunehouse.train.precision import (
     bf16_supported,
     frozen_weights_dtype,
@@ -226,6 +227,8 @@ class SFTTrainer:
         fuse_norms_and_mlps(base)
         use_matmul = self.device.type == "cpu" if config.matmul_attention is None else config.matmul_attention
         self.matmul_attention = use_matmul and use_matmul_attention(base)
+        if self.matmul_attention:
+            fuse_packed_attention(base)
         plan = plan_memory(
             self.model,
             self.device,

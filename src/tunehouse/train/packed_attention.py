@@ -1,0 +1,228 @@
+"""A Llama attention layer's rotary embedding and matmul attention over a one-row packed pass, in
+one autograd Function.
+
+Between its projections and its output projection, transformers' `LlamaAttention` runs about
+twenty tensor operations forward on the queries and keys (views, transposes, the rotary embedding's
+multiplies, slices, negation and concatenation) and about thirty back, each a pass over
+`tokens × heads × head_dim` values and an autograd node; our CPU attention (`attention.py`) then
+gathers the examples into rows and back, whose gradients autograd computes as zero-filled index
+additions. `_PackedAttention` does the same arithmetic in a few passes: the examples' tokens are
+gathered into rows once, the rotary embedding (with the attention's scaling folded into it for the
+queries) is written straight into the layout the attention's matmuls read, and backward gathers
+the gradients back to the tokens and rotates them back in one pass each.
+
+Only the plain case is taken: one row of examples packed end to end (the block-diagonal causal
+mask `packed_row_layout` reads), no KV cache, no dropout, the module's forward being transformers'
+Llama code (Qwen2, Mistral and other models that copy it included); any other call runs the
+module's own forward.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from tunehouse.train.attention import (
+    ATTENTION_NAME,
+    MAX_SCORE_ELEMENTS,
+    SEMANTIC_KWARGS,
+    Blocks,
+    RowLayout,
+    additive_mask,
+    attend,
+    attend_backward,
+    packed_row_layout,
+)
+from tunehouse.train.fused_layers import same_code
+from tunehouse.train.precision import compute_dtype
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """transformers' `x · cos + rotate_half(x) · sin` into `out` (any layout): with x = [x1, x2],
+    [x1·cos1 − x2·sin1, x2·cos2 + x1·sin2], the products summed before rounding."""
+    half = x.shape[-1] // 2
+    torch.mul(x, cos, out=out)
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+    return out
+
+
+def _rotate_back(grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The gradient of `_rotate` with respect to x: [g1·cos1 + g2·sin2, g2·cos2 − g1·sin1]."""
+    half = grad.shape[-1] // 2
+    out = grad * cos
+    out[..., :half].addcmul_(grad[..., half:], sin[..., half:])
+    out[..., half:].addcmul_(grad[..., :half], sin[..., :half], value=-1)
+    return out
+
+
+@dataclass(frozen=True)
+class _PassTables:
+    """What every layer of one pass shares: where each token sits in the rows (`row`, `column`),
+    and the rotary tables in row order (forward) and token order (backward), as they are for the
+    keys and times the attention's scaling for the queries."""
+
+    row: torch.Tensor
+    column: torch.Tensor
+    cos_rows: torch.Tensor
+    sin_rows: torch.Tensor
+    cos_tokens: torch.Tensor
+    sin_tokens: torch.Tensor
+    scale: float
+
+    def rows(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.cos_rows * self.scale, self.sin_rows * self.scale) if scaled else (self.cos_rows, self.sin_rows)
+
+    def tokens(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.cos_tokens * self.scale, self.sin_tokens * self.scale) if scaled else (self.cos_tokens, self.sin_tokens)
+
+
+_TABLES: dict[str, tuple[tuple[Any, ...], _PassTables]] = {}
+
+
+def _pass_tables(layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale: float, dtype: torch.dtype) -> _PassTables:
+    """One entry is kept: every layer of a pass brings the same layout and rotary tables."""
+    cached = _TABLES.get("last")
+    if cached is not None:
+        (last_layout, last_cos, last_sin, last_scale, last_dtype), tables = cached
+        if last_layout is layout and last_cos is cos and last_sin is sin and (last_scale, last_dtype) == (scale, dtype):
+            return tables
+    width = layout.allowed.shape[-1]
+    cos_tokens, sin_tokens = cos[0].to(dtype), sin[0].to(dtype)
+    tables = _PassTables(
+        row=layout.scatter // width,
+        column=layout.scatter % width,
+        cos_rows=cos_tokens.index_select(0, layout.gather),
+        sin_rows=sin_tokens.index_select(0, layout.gather),
+        cos_tokens=cos_tokens,
+        sin_tokens=sin_tokens,
+        scale=scale,
+    )
+    _TABLES["last"] = ((layout, cos, sin, scale, dtype), tables)
+    return tables
+
+
+class _PackedAttention(torch.autograd.Function):
+    """Rotary embedding and attention of a one-row pass: `q [L, heads · d]`, `k` and `v
+    [L, kv_heads · d]` (the projections' outputs) to `[L, heads · d]` (the output projection's
+    input), computed over the examples laid out in rows (`RowLayout`)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layout: RowLayout,
+        tables: _PassTables,
+        bias: torch.Tensor,
+        blocks: Blocks,
+        kv_heads: int,
+    ) -> torch.Tensor:
+        rows, _, width, _ = layout.allowed.shape
+        dim = v.shape[-1] // kv_heads
+        group = q.shape[-1] // (kv_heads * dim)
+        # gathered into rows (padding slots hold token 0, which only other padding slots see), then
+        # rotated straight into the `[rows, kv_heads, group · width, d]` layout the matmuls read
+        cos, sin = (t.view(rows, width, 1, 1, dim) for t in tables.rows(scaled=True))
+        q_rows = q.index_select(0, layout.gather).view(rows, width, kv_heads, group, dim)
+        q_att = q.new_empty(rows, kv_heads, group, width, dim)
+        _rotate(q_rows, cos, sin, q_att.permute(0, 3, 1, 2, 4))
+        cos, sin = (t.view(rows, width, 1, dim) for t in tables.rows(scaled=False))
+        k_rows = k.index_select(0, layout.gather).view(rows, width, kv_heads, dim)
+        k_att = k.new_empty(rows, kv_heads, width, dim)
+        _rotate(k_rows, cos, sin, k_att.permute(0, 2, 1, 3))
+        v_att = v.index_select(0, layout.gather).view(rows, width, kv_heads, dim).permute(0, 2, 1, 3).contiguous()
+        q_att = q_att.view(rows, kv_heads, group * width, dim)
+        out = attend(q_att, k_att, v_att, bias, group, blocks)
+        ctx.save_for_backward(q_att, k_att, v_att, bias)
+        ctx.layout, ctx.tables, ctx.blocks, ctx.group = layout, tables, blocks, group
+        # each token's output from its slot: `[L, kv_heads, group, d]`, the heads in the model's order
+        slots = out.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)
+        return slots[tables.row, tables.column].view(q.shape)
+
+    @staticmethod
+    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        q_att, k_att, v_att, bias = ctx.saved_tensors
+        layout, tables, group = ctx.layout, ctx.tables, ctx.group
+        rows, kv_heads, _, dim = k_att.shape
+        width = layout.allowed.shape[-1]
+        d_o = d_out.new_zeros(rows, kv_heads, group, width, dim)  # padding slots: no gradient
+        d_o.permute(0, 3, 1, 2, 4)[tables.row, tables.column] = d_out.view(-1, kv_heads, group, dim).to(d_o.dtype)
+        d_q, d_k, d_v = attend_backward(q_att, k_att, v_att, bias, group, ctx.blocks, d_o.view(q_att.shape))
+        tokens = tables.row.shape[0]
+        cos, sin = (t.view(tokens, 1, 1, dim) for t in tables.tokens(scaled=True))
+        d_q = d_q.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)[tables.row, tables.column]
+        d_q = _rotate_back(d_q, cos, sin).view(tokens, -1)
+        cos, sin = (t.view(tokens, 1, dim) for t in tables.tokens(scaled=False))
+        d_k = d_k.permute(0, 2, 1, 3)[tables.row, tables.column]
+        d_k = _rotate_back(d_k, cos, sin).view(tokens, -1)
+        d_v = d_v.permute(0, 2, 1, 3)[tables.row, tables.column].reshape(tokens, -1)
+        return d_q, d_k, d_v, None, None, None, None, None
+
+
+def _packed_layout(module: Any, hidden_states: torch.Tensor, attention_mask: Any, cache: Any, kwargs: dict[str, Any]) -> RowLayout | None:
+    """The row layout of a one-row packed pass that `_PackedAttention` takes, else None."""
+    if (
+        cache is not None
+        or module.config._attn_implementation != ATTENTION_NAME
+        or (module.training and module.attention_dropout > 0)
+        or any(kwargs.get(name) is not None for name in SEMANTIC_KWARGS)
+        or hidden_states.shape[0] != 1
+        or not isinstance(attention_mask, torch.Tensor)
+        or attention_mask.dtype != torch.bool
+    ):
+        return None
+    layout = packed_row_layout(attention_mask, hidden_states.shape[1])
+    if layout is None:
+        return None
+    rows, _, width, _ = layout.allowed.shape
+    fits = rows * module.config.num_attention_heads * width * width <= MAX_SCORE_ELEMENTS
+    return layout if fits else None
+
+
+def _llama_attention_forward(
+    module: Any,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    attention_mask: torch.Tensor | None = None,
+    cache: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    layout = None
+    if position_embeddings is not None and "past_key_values" not in kwargs:
+        layout = _packed_layout(module, hidden_states, attention_mask, cache, kwargs)
+    if layout is None:
+        return type(module).forward(module, hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
+    tokens = hidden_states.shape[1]
+    q = module.q_proj(hidden_states).view(tokens, -1)
+    k = module.k_proj(hidden_states).view(tokens, -1)
+    v = module.v_proj(hidden_states).view(tokens, -1)
+    dtype = compute_dtype(q)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    cos, sin = position_embeddings
+    tables = _pass_tables(layout, cos, sin, module.scaling, dtype)
+    bias, blocks = additive_mask(layout.allowed, dtype)
+    kv_heads = module.config.num_key_value_heads
+    out = _PackedAttention.apply(q, k, v, layout, tables, bias, blocks, kv_heads)
+    return module.o_proj(out.view(1, tokens, -1)), None
+
+
+def fuse_packed_attention(model: torch.nn.Module) -> int:
+    """Give every Llama-code attention layer of `model` the packed path above; returns how many
+    were switched."""
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    reference = inspect.unwrap(LlamaAttention.forward)
+    switched = 0
+    for module in model.modules():
+        if "forward" in module.__dict__ or not hasattr(module, "q_proj"):
+            continue
+        if same_code(inspect.unwrap(type(module).forward), reference):
+            module.forward = functools.partial(_llama_attention_forward, module)
+            switched += 1
+    return switched
