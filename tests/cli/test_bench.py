@@ -31,6 +31,8 @@ def test_bench_train_compares_both_trainers_on_a_random_init_model(shipped_model
         assert side["tokens_per_second"] > 0 and 0 < side["mfu"] < 1
         assert math.isfinite(side["final_assistant_loss"]) and side["peak_rss_bytes"] > 0
     assert summary["speedup"] == ours["tokens_per_second"] / trl["tokens_per_second"]
+    assert summary["pair_speedups"] == [summary["speedup"]]  # one run each: the one pair
+    assert summary["device"].startswith("CPU (") and "cores" in summary["device"]
 
 
 def test_bench_train_names_the_shapes_it_knows(tmp_path: Path) -> None:

@@ -112,3 +112,6 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if "gpu_memory_ratio" in summary:
             memory_ratio += f" and {summary['gpu_memory_ratio']:.2f}× its peak GPU memory"
         console.print(f"tunehouse is [bold]{summary['speedup']:.2f}×[/bold] TRL's tokens/s, at {memory_ratio}.")
+        if len(summary["pair_speedups"]) > 1:
+            pairs = ", ".join(f"{ratio:.2f}×" for ratio in summary["pair_speedups"])
+            console.print(f"Each run of ours against the TRL run after it: {pairs}.")

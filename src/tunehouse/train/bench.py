@@ -63,11 +63,27 @@ def peak_gpu_bytes() -> int | None:
 
 
 def device_name() -> str:
+    """The GPU's name, or the CPU's model and its bf16 matrix units: the machines a session gets
+    differ (AMD EPYC with AVX-512 BF16, Intel Xeon with AMX), and so do their figures."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     import platform
 
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        info = ""
+    for line in info.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = value
+            break
+    units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")) if flag in flags.split()]
+    return f"CPU ({model}, {os.cpu_count()} cores{', ' + ' and '.join(units) if units else ''})"
 
 
 def measure_peak_matmul_flops(seconds: float = 2.0) -> dict[str, float]:
@@ -300,6 +316,10 @@ def compare(settings: BenchSettings, sides: tuple[str, ...] = SIDES, repeat: int
     }
     if "ours" in results and "trl" in results:
         summary["speedup"] = results["ours"]["tokens_per_second"] / results["trl"]["tokens_per_second"]
+        # each run of ours against the TRL run right after it: the spread a noisy machine gives
+        summary["pair_speedups"] = [
+            a["tokens_per_second"] / b["tokens_per_second"] for a, b in zip(runs["ours"], runs["trl"], strict=True)
+        ]
         summary["rss_ratio"] = results["ours"]["peak_rss_bytes"] / results["trl"]["peak_rss_bytes"]
         if results["ours"].get("peak_gpu_bytes") and results["trl"].get("peak_gpu_bytes"):
             summary["gpu_memory_ratio"] = results["ours"]["peak_gpu_bytes"] / results["trl"]["peak_gpu_bytes"]
