@@ -28,7 +28,7 @@ CPU_ACTIVATION_BYTES = 9 * 2**27
 CPU: ~37,000 operator calls and every weight read twice), so fewer passes are faster, but resident
 memory grows faster than the estimate past this size. Measured on the training bench: passes of
 ≤1,083 tokens instead of ≤962 take 45 passes instead of 54 over three epochs, ~5 % faster in an
-in-process A/B, for +0.04 GB peak RSS (1.74 against 1.71 GB); ≤1,280 tokens, 1.93 GB."""
+A/B, for +0.04 GB peak RSS (1.75–1.76 against 1.71–1.73 GB); ≤1,280 tokens gave 1.91–1.95 GB."""
 CUDA_PASS_TOKENS = 32768
 ONEDNN_PRIMITIVE_CACHE_CAPACITY = 128
 KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
