@@ -27,7 +27,7 @@ from tunehouse.train.batching import pack_examples, token_budget_micro_batches
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_loss_sum
-from tunehouse.train.precision import keep_adapter_inputs_as_is
+from tunehouse.train.precision import bf16_supported, keep_adapter_inputs_as_is, weights_changed
 from tunehouse.train.sft import SFTTrainer
 
 from .conftest import varied_chat_rows
@@ -306,12 +306,16 @@ def test_adapted_siblings_share_one_pass_over_their_input_and_never_a_stale_resu
     torch.testing.assert_close(k_on_other, alone[attention.k_proj][1])
 
 
+@pytest.mark.parametrize("bf16", [False, True])
 def test_the_adapter_copies_the_fused_layers_keep_follow_every_optimizer_step(
-    make_trainer: Callable[..., SFTTrainer],
+    bf16: bool, make_trainer: Callable[..., SFTTrainer]
 ) -> None:
-    """The fused layers keep their adapters' A matrices concatenated (and cast, under bf16) between
-    passes; after each optimizer step they compute with the new weights, as PEFT's forward does."""
-    trainer = make_trainer()
+    """The fused layers keep their adapters' A matrices concatenated (and cast to bf16 under bf16
+    autocast) between passes; after each optimizer step they compute with the new weights: as PEFT's
+    forward does in fp32, and bit for bit as with every kept copy forgotten under bf16."""
+    if bf16 and not bf16_supported(torch.device("cpu")):
+        pytest.skip("this CPU has no fast bf16")
+    trainer = make_trainer(bf16=bf16)
     with torch.no_grad():  # B starts at zero, which leaves A's first gradient zero
         for name, parameter in trainer.model.named_parameters():
             if "lora_B" in name:
@@ -321,10 +325,15 @@ def test_the_adapter_copies_the_fused_layers_keep_follow_every_optimizer_step(
     x = torch.randn(2, 5, trainer.model.config.hidden_size)
     for _ in range(2):
         before = [p.lora_A["default"].weight.clone() for p in projections]
-        fused = [p(x) for p in projections]  # computes Q, K and V together, keeping the copies
-        peft = [type(p).forward(p, x) for p in projections]
-        for got, want in zip(fused, peft, strict=True):
-            torch.testing.assert_close(got, want)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fused = [p(x) for p in projections]  # computes Q, K and V together, keeping the copies
+            if bf16:
+                weights_changed()
+                want = [p(x) for p in projections]
+                assert all(torch.equal(a, b) for a, b in zip(fused, want, strict=True))
+            else:
+                for got, peft in zip(fused, [type(p).forward(p, x) for p in projections], strict=True):
+                    torch.testing.assert_close(got, peft)
         trainer.train_step([0, 1, 2, 3])
         assert not torch.equal(before[0], projections[0].lora_A["default"].weight), "the step changed A"
 
