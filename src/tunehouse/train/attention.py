@@ -249,6 +249,16 @@ def packed_row_layout(allowed: torch.Tensor, length: int) -> RowLayout | None:
     return layout
 
 
+def fitting_row_layout(attention_mask: torch.Tensor | None, length: int, heads: int) -> RowLayout | None:
+    """`packed_row_layout` of a one-row pass's mask, if its rows' score matrices for `heads` heads
+    fit in `MAX_SCORE_ELEMENTS`; else None."""
+    layout = packed_row_layout(attention_mask, length) if attention_mask is not None else None
+    if layout is None:
+        return None
+    rows, _, width, _ = layout.allowed.shape
+    return layout if rows * heads * width * width <= MAX_SCORE_ELEMENTS else None
+
+
 def matmul_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -295,11 +305,9 @@ def attention_forward(
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     scale = scaling if scaling is not None else dim**-0.5
-    layout = packed_row_layout(attention_mask, length) if batch == 1 and attention_mask is not None else None
+    layout = fitting_row_layout(attention_mask, length, heads) if batch == 1 else None
     if layout is not None:
-        rows, _, width, _ = layout.allowed.shape
-        if rows * heads * width * width <= MAX_SCORE_ELEMENTS:
-            return rows_attention(query, key, value, layout, scale), None
+        return rows_attention(query, key, value, layout, scale), None
     if batch * heads * length * length > MAX_SCORE_ELEMENTS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if attention_mask is None:  # transformers leaves the mask out when it is plain causal

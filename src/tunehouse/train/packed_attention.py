@@ -28,14 +28,13 @@ import torch
 
 from tunehouse.train.attention import (
     ATTENTION_NAME,
-    MAX_SCORE_ELEMENTS,
     SEMANTIC_KWARGS,
     Blocks,
     RowLayout,
     additive_mask,
     attend,
     attend_backward,
-    packed_row_layout,
+    fitting_row_layout,
 )
 from tunehouse.train.fused_layers import same_code
 from tunehouse.train.precision import compute_dtype
@@ -177,12 +176,7 @@ def _packed_layout(module: Any, hidden_states: torch.Tensor, attention_mask: Any
         or attention_mask.dtype != torch.bool
     ):
         return None
-    layout = packed_row_layout(attention_mask, hidden_states.shape[1])
-    if layout is None:
-        return None
-    rows, _, width, _ = layout.allowed.shape
-    fits = rows * module.config.num_attention_heads * width * width <= MAX_SCORE_ELEMENTS
-    return layout if fits else None
+    return fitting_row_layout(attention_mask, hidden_states.shape[1], module.config.num_attention_heads)
 
 
 def _llama_attention_forward(
