@@ -62,22 +62,15 @@ def _rotate_back(grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 @dataclass(frozen=True)
 class _PassTables:
     """What every layer of one pass shares: where each token sits in the rows (`row`, `column`),
-    and the rotary tables in row order (forward) and token order (backward), as they are for the
-    keys and times the attention's scaling for the queries."""
+    and the rotary tables `(cos, sin)` in row order (forward) and token order (backward), as they
+    are for the keys and times the attention's scaling for the queries."""
 
     row: torch.Tensor
     column: torch.Tensor
-    cos_rows: torch.Tensor
-    sin_rows: torch.Tensor
-    cos_tokens: torch.Tensor
-    sin_tokens: torch.Tensor
-    scale: float
-
-    def rows(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.cos_rows * self.scale, self.sin_rows * self.scale) if scaled else (self.cos_rows, self.sin_rows)
-
-    def tokens(self, scaled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        return (self.cos_tokens * self.scale, self.sin_tokens * self.scale) if scaled else (self.cos_tokens, self.sin_tokens)
+    key_rows: tuple[torch.Tensor, torch.Tensor]
+    query_rows: tuple[torch.Tensor, torch.Tensor]
+    key_tokens: tuple[torch.Tensor, torch.Tensor]
+    query_tokens: tuple[torch.Tensor, torch.Tensor]
 
 
 _TABLES: dict[str, tuple[tuple[Any, ...], _PassTables]] = {}
@@ -92,14 +85,14 @@ def _pass_tables(layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale:
             return tables
     width = layout.allowed.shape[-1]
     cos_tokens, sin_tokens = cos[0].to(dtype), sin[0].to(dtype)
+    cos_rows, sin_rows = cos_tokens.index_select(0, layout.gather), sin_tokens.index_select(0, layout.gather)
     tables = _PassTables(
         row=layout.scatter // width,
         column=layout.scatter % width,
-        cos_rows=cos_tokens.index_select(0, layout.gather),
-        sin_rows=sin_tokens.index_select(0, layout.gather),
-        cos_tokens=cos_tokens,
-        sin_tokens=sin_tokens,
-        scale=scale,
+        key_rows=(cos_rows, sin_rows),
+        query_rows=(cos_rows * scale, sin_rows * scale),
+        key_tokens=(cos_tokens, sin_tokens),
+        query_tokens=(cos_tokens * scale, sin_tokens * scale),
     )
     _TABLES["last"] = ((layout, cos, sin, scale, dtype), tables)
     return tables
@@ -127,11 +120,11 @@ class _PackedAttention(torch.autograd.Function):
         group = q.shape[-1] // (kv_heads * dim)
         # gathered into rows (padding slots hold token 0, which only other padding slots see), then
         # rotated straight into the `[rows, kv_heads, group · width, d]` layout the matmuls read
-        cos, sin = (t.view(rows, width, 1, 1, dim) for t in tables.rows(scaled=True))
+        cos, sin = (t.view(rows, width, 1, 1, dim) for t in tables.query_rows)
         q_rows = q.index_select(0, layout.gather).view(rows, width, kv_heads, group, dim)
         q_att = q.new_empty(rows, kv_heads, group, width, dim)
         _rotate(q_rows, cos, sin, q_att.permute(0, 3, 1, 2, 4))
-        cos, sin = (t.view(rows, width, 1, dim) for t in tables.rows(scaled=False))
+        cos, sin = (t.view(rows, width, 1, dim) for t in tables.key_rows)
         k_rows = k.index_select(0, layout.gather).view(rows, width, kv_heads, dim)
         k_att = k.new_empty(rows, kv_heads, width, dim)
         _rotate(k_rows, cos, sin, k_att.permute(0, 2, 1, 3))
@@ -154,10 +147,10 @@ class _PackedAttention(torch.autograd.Function):
         d_o.permute(0, 3, 1, 2, 4)[tables.row, tables.column] = d_out.view(-1, kv_heads, group, dim).to(d_o.dtype)
         d_q, d_k, d_v = attend_backward(q_att, k_att, v_att, bias, group, ctx.blocks, d_o.view(q_att.shape))
         tokens = tables.row.shape[0]
-        cos, sin = (t.view(tokens, 1, 1, dim) for t in tables.tokens(scaled=True))
+        cos, sin = (t.view(tokens, 1, 1, dim) for t in tables.query_tokens)
         d_q = d_q.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)[tables.row, tables.column]
         d_q = _rotate_back(d_q, cos, sin).view(tokens, -1)
-        cos, sin = (t.view(tokens, 1, dim) for t in tables.tokens(scaled=False))
+        cos, sin = (t.view(tokens, 1, dim) for t in tables.key_tokens)
         d_k = d_k.permute(0, 2, 1, 3)[tables.row, tables.column]
         d_k = _rotate_back(d_k, cos, sin).view(tokens, -1)
         d_v = d_v.permute(0, 2, 1, 3)[tables.row, tables.column].reshape(tokens, -1)
