@@ -166,6 +166,7 @@ def test_too_few_examples_fails_the_job(client: OpenAI, tmp_path: Path) -> None:
         ({"method": {"type": "reinforcement"}}, openai.BadRequestError, "method.type"),
         ({"suffix": "x" * 65}, openai.BadRequestError, "suffix"),
         ({"seed": -1}, openai.BadRequestError, "seed"),
+        ({"extra_body": {"training": {"share_prefix": "yes"}}}, openai.BadRequestError, "training.share_prefix"),
     ],
 )
 def test_invalid_job_requests_are_rejected_naming_the_field(

@@ -23,7 +23,7 @@ from tunehouse.train.attention import (
     training_sdpa_backends,
     use_matmul_attention,
 )
-from tunehouse.train.batching import pack_examples, token_budget_micro_batches
+from tunehouse.train.batching import pack_examples, shared_prefix_length, token_budget_micro_batches
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_loss_sum
@@ -86,6 +86,56 @@ def test_packing_gives_the_unpacked_loss_and_gradients(make_trainer: Callable[..
     assert_same_gradients(gradients(packed, indices), gradients(padded, indices))
 
 
+def test_the_shared_prefix_stops_before_the_first_trained_token_and_where_examples_differ() -> None:
+    def example(ids: list[int], first_trained: int) -> EncodedExample:
+        return EncodedExample(input_ids=ids, labels=[-100] * first_trained + ids[first_trained:])
+
+    system = [1, 2, 3, 4, 5]
+    assert shared_prefix_length([example(system + [6, 7, 8], 6), example(system + [6, 9], 7)]) == 5
+    # the prefix's last hidden state is shared, so the token after it may not be trained
+    assert shared_prefix_length([example(system + [6, 7, 8], 6), example(system + [6, 9, 9], 5)]) == 4
+    assert shared_prefix_length([example(system + [6, 7], 7), example(system, 4)]) == 3  # each keeps a token
+    assert shared_prefix_length([example([9] + system, 6), example(system + [6], 5)]) == 0
+    assert shared_prefix_length([example(system + [6, 7, 8], 6)]) == 0  # one example: nothing to share
+
+
+def test_one_row_packing_computes_the_shared_prefix_once() -> None:
+    examples = [
+        EncodedExample(input_ids=[1, 2, 3, 4], labels=[-100, -100, -100, 4]),
+        EncodedExample(input_ids=[1, 2, 5, 6, 7], labels=[-100, -100, -100, 6, 7]),
+    ]
+    batch = pack_examples(examples, pad_token_id=0, one_row=True, share_prefix=True)
+    assert batch["input_ids"].tolist() == [[1, 2, 5, 6, 7, 3, 4]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 2, 3]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, 6, 7, -100, 4]]
+    assert batch["segment_ids"].tolist() == [[-2, -2, 1, 1, 1, 0, 0]]
+    # every token sees the prefix and the earlier tokens of its own example
+    want = [[1, 0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 1, 0], [1, 1, 0, 0, 0, 1, 1]]  # fmt: skip
+    assert batch["attention_mask"].int().tolist() == [[want]]
+    unshared = pack_examples(examples, pad_token_id=0, one_row=True)
+    assert "attention_mask" not in unshared and unshared["input_ids"].shape == (1, 9)
+
+
+def test_sharing_the_prefix_gives_the_unshared_loss_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+    """The trainer plans passes with the prefix counted once: more examples fit in a pass."""
+    rows = varied_chat_rows(12)
+    for row in rows:
+        row["messages"][0]["content"] = "You are a careful assistant who answers in one sentence, always."
+    shared = make_trainer(rows, pass_tokens=160)
+    unshared = make_trainer(rows, pass_tokens=160, share_prefix=False)
+    assert shared.share_prefix and shared.shared_prefix > 15 and unshared.shared_prefix == 0
+    indices = list(range(4))
+    assert len(shared.process_passes(indices, shared.lengths)) < len(unshared.process_passes(indices, unshared.lengths))
+    examples = [shared.train[i] for i in indices]
+    batch = pack_examples(examples, shared.pad_id, one_row=True, share_prefix=True)
+    assert batch["input_ids"].shape[1] == sum(shared.lengths[i] for i in indices) - 3 * shared.shared_prefix
+    shared_sums, unshared_sums = shared._forward_sums(examples), unshared._forward_sums(examples)
+    assert shared_sums.tokens == unshared_sums.tokens == sum(e.trained_tokens for e in examples)
+    torch.testing.assert_close(shared_sums.loss_sum, unshared_sums.loss_sum, rtol=1e-5, atol=1e-4)
+    assert_same_gradients(gradients(shared, indices), gradients(unshared, indices))
+
+
 def block_causal_mask(segments: list[list[int]]) -> torch.Tensor:
     """`[rows, 1, L, L]`: a token sees the earlier tokens of its own segment (a packed row's mask)."""
     ids = torch.tensor(segments)
@@ -136,13 +186,43 @@ def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
         torch.testing.assert_close(got_grad, want_grad)
 
 
-@pytest.mark.parametrize("long_rows", [False, True])
+def shared_prefix_mask(prefix: int, lengths: list[int]) -> torch.Tensor:
+    """`[1, 1, L, L]`: `pack_examples(share_prefix=True)`'s mask for examples of `lengths` after it."""
+    ids = torch.cat([torch.full((prefix,), -2)] + [torch.full((n,), i) for i, n in enumerate(lengths)])
+    causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+    return (causal & ((ids[:, None] == ids[None, :]) | (ids[None, :] == -2)))[None, None]
+
+
+def test_a_shared_prefix_is_copied_into_every_examples_row_for_attention() -> None:
+    """Three examples after a 2-token prefix: rows of prefix + example (2+5 | 2+2 + 2+1), the
+    gradients of the prefix's keys and values summed over its copies; SDPA's output and gradients."""
+    torch.manual_seed(0)
+    layer = torch.nn.Module()
+    layer.num_key_value_groups, layer.is_causal = 3, True
+    mask = shared_prefix_mask(2, [5, 2, 1])
+    layout = packed_row_layout(mask, 10)
+    assert layout is not None and layout.allowed.shape == (2, 1, 7, 7)
+    assert layout.shared_tokens.tolist() == [0, 1, 0, 1]
+    q = torch.randn(1, 6, 10, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 10, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 10, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, 10, 6, 8, dtype=torch.float64)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
+    got, _ = attention_forward(layer, q, k, v, mask)
+    got_grads = torch.autograd.grad((got * upstream).sum(), [q, k, v])
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("rows", ["packed", "long", "shared_prefix"])
 def test_packed_attention_layer_gives_llamas_outputs_and_gradients(
-    long_rows: bool, monkeypatch: pytest.MonkeyPatch
+    rows: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Llama attention layer on a one-row pass (rotary embedding, grouped heads, examples laid out
-    in rows, the causal quadrant skipped in long rows) against transformers' own forward over SDPA,
-    in float64; a padded batch keeps the layer's own forward."""
+    in rows, the causal quadrant skipped in long rows, a prefix shared by the examples) against
+    transformers' own forward over SDPA, in float64; a padded batch keeps the layer's own forward."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tunehouse.train import packed_attention
@@ -158,14 +238,16 @@ def test_packed_attention_layer_gives_llamas_outputs_and_gradients(
     taken = []
     original_apply = packed_attention._PackedAttention.apply
     monkeypatch.setattr(packed_attention._PackedAttention, "apply", lambda *a: taken.append(1) or original_apply(*a))
-    lengths = [MIN_SPLIT_LENGTH + 6, 9, 40] if long_rows else [5, 3, 2, 1]
-    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    lengths = {"packed": [5, 3, 2, 1], "long": [MIN_SPLIT_LENGTH + 6, 9, 40], "shared_prefix": [6, 3, 2, 4]}[rows]
+    prefix, mask = (5, shared_prefix_mask(5, lengths)) if rows == "shared_prefix" else (0, None)
+    positions = torch.cat([torch.arange(prefix)] + [torch.arange(prefix, prefix + n) for n in lengths])[None]
     ids = torch.randint(0, 64, positions.shape)
     results = []
     for m in (reference, model):
         m.zero_grad()
         hidden = m.model.embed_tokens(ids).detach().requires_grad_()
-        out = m.model(inputs_embeds=hidden, position_ids=positions, use_cache=False).last_hidden_state
+        out = m.model(inputs_embeds=hidden, position_ids=positions, attention_mask=mask, use_cache=False)
+        out = out.last_hidden_state
         (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
         results.append([out, hidden.grad] + [p.grad for p in m.parameters() if p.grad is not None])
     assert taken == [1]
@@ -188,6 +270,15 @@ def test_only_block_diagonal_causal_masks_are_read_as_packed_examples() -> None:
     padded[..., 4, 2] = False  # a query that skips one of its example's keys
     assert packed_row_layout(padded, 6) is None
     assert packed_row_layout(blocks.expand(2, 1, 6, 6), 6) is None  # several rows: attention's own batch
+    prefix = shared_prefix_mask(2, [3, 2])
+    assert packed_row_layout(prefix, 7) is not None
+    assert packed_row_layout(shared_prefix_mask(2, [3]), 5) is None  # plain causal: one example
+    skipped = prefix.clone()
+    skipped[..., 6, 1] = False  # a query that skips one of the prefix's keys
+    assert packed_row_layout(skipped, 7) is None
+    peeking = prefix.clone()
+    peeking[..., 1, 2] = True  # a prefix token that sees an example's token
+    assert packed_row_layout(peeking, 7) is None
 
 
 @pytest.mark.parametrize("causal", [True, False])

@@ -101,6 +101,13 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if len(r["runs"]) > 1:
             each = ", ".join(f"{run['tokens_per_second']:.1f}" for run in r["runs"])
             console.print(f"{side}: median of {len(r['runs'])} runs; tokens/s of each: {each}")
+    ours = summary["results"].get("ours")
+    if ours and ours.get("computed_tokens") and ours["computed_tokens"] != ours["tokens"]:
+        console.print(
+            f"ours ran {ours['computed_tokens']:,} tokens for its {ours['tokens']:,}: the leading tokens a "
+            f"pass's examples share (the system prompt; {ours['shared_prefix']} in all of them) once per pass. "
+            "MFU counts the model FLOPs of the trained tokens."
+        )
     peak = summary["peak_matmul_flops"]
     console.print(
         f"{summary['examples']} examples on {summary['device']}. Peak matmul: {peak['bf16'] / 1e9:.0f} GFLOP/s "

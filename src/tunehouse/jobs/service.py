@@ -25,6 +25,7 @@ TRAINING_OPTION_KEYS = {
     "checkpoint_interval",
     "gradient_checkpointing",
     "packing",
+    "share_prefix",
     "bf16",
     "processes",
 }
@@ -123,7 +124,7 @@ def _check_request(request: JobRequest) -> None:
         raise InvalidRequest(f"Unknown training options: {', '.join(sorted(unknown))}.", param="training")
     if request.training.get("adapter", "lora") not in ("lora", "full"):
         raise InvalidValue("training.adapter must be 'lora' or 'full'.", param="training.adapter")
-    for key in ("gradient_checkpointing", "packing", "bf16"):
+    for key in ("gradient_checkpointing", "packing", "share_prefix", "bf16"):
         if key in request.training and not isinstance(request.training[key], bool | None):
             raise InvalidValue(f"training.{key} must be true, false or null (automatic).", param=f"training.{key}")
     for key, meaning in POSITIVE_COUNT_OPTIONS.items():

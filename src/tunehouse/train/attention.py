@@ -181,12 +181,19 @@ class RowLayout:
     allowed: torch.Tensor
     """`[rows, 1, width, width]`: a slot sees the earlier slots of its own example (padding: of its
     row's padding, so that no query sees no key)."""
+    shared_slots: torch.Tensor
+    """The slots of a shared prefix's tokens (`pack_examples(share_prefix=True)`) other than the
+    ones in `scatter`: each example after the first has its own copy of the prefix's keys and
+    values in its row, whose gradients are summed into the prefix's tokens. Empty without one."""
+    shared_tokens: torch.Tensor
+    """The token in each of `shared_slots`."""
 
 
-def row_layout(segments: list[tuple[int, int]], device: torch.device) -> RowLayout:
+def row_layout(segments: list[tuple[int, int]], device: torch.device, prefix: int = 0) -> RowLayout:
     """Rows for the examples at `segments` (`(start, end)` each, end to end), filled first-fit as
-    `pack_examples` fills them."""
-    lengths = [end - start for start, end in segments]
+    `pack_examples` fills them; with a shared `prefix` (tokens `0..prefix`, before the segments),
+    each example's slots start with a copy of it."""
+    lengths = [prefix + end - start for start, end in segments]
     width = max(lengths)
     rows = first_fit_rows(lengths, width)
     gather = torch.zeros(len(rows), width, dtype=torch.long)
@@ -195,14 +202,26 @@ def row_layout(segments: list[tuple[int, int]], device: torch.device) -> RowLayo
         at = 0
         for i in row:
             start, end = segments[i]
-            gather[r, at : at + end - start] = torch.arange(start, end)
-            owner[r, at : at + end - start] = i
-            at += end - start
+            gather[r, at : at + prefix] = torch.arange(prefix)
+            gather[r, at + prefix : at + lengths[i]] = torch.arange(start, end)
+            owner[r, at : at + lengths[i]] = i
+            at += lengths[i]
     slots = (owner >= 0).flatten().nonzero().squeeze(1)
+    tokens = gather.flatten()[slots]
+    in_prefix = tokens < prefix
     scatter = torch.empty(segments[-1][1], dtype=torch.long)
-    scatter[gather.flatten()[slots]] = slots
+    scatter[tokens[~in_prefix]] = slots[~in_prefix]
+    prefix_slots = slots[in_prefix]  # each example's copy in turn, the first one in row 0 at slot 0
+    scatter[:prefix] = prefix_slots[:prefix]
+    shared_slots, shared_tokens = prefix_slots[prefix:], tokens[in_prefix][prefix:]
     allowed = (owner[:, :, None] == owner[:, None, :]) & torch.ones(width, width, dtype=torch.bool).tril()
-    return RowLayout(gather.flatten().to(device), scatter.to(device), allowed[:, None].to(device))
+    return RowLayout(
+        gather.flatten().to(device),
+        scatter.to(device),
+        allowed[:, None].to(device),
+        shared_slots.to(device),
+        shared_tokens.to(device),
+    )
 
 
 def rows_attention(
@@ -227,7 +246,8 @@ _LAYOUT_CACHE: dict[str, tuple[torch.Tensor, RowLayout | None]] = {}
 
 def packed_row_layout(allowed: torch.Tensor, length: int) -> RowLayout | None:
     """If `allowed [1, 1, L, L]` is the block-diagonal causal mask of several examples packed end to
-    end (each query sees its own example's keys up to itself), their row layout; else None.
+    end (each query sees its own example's keys up to itself), or of examples after a shared
+    prefix (`_shared_prefix_layout`), their row layout; else None.
 
     Read from the mask itself, so a mask of any other shape (padding, a sliding window) keeps the
     general path; every layer of a pass gets the same mask object, so the last answer is kept.
@@ -238,15 +258,44 @@ def packed_row_layout(allowed: torch.Tensor, length: int) -> RowLayout | None:
     layout = None
     if allowed.shape == (1, 1, length, length):
         square = allowed[0, 0]
-        positions = torch.arange(length, device=allowed.device)
-        first_key = square.to(torch.uint8).argmax(dim=-1)  # where each query's visible keys start
-        block_start = torch.where(first_key == positions, positions, 0).cummax(dim=0).values
-        causal_blocks = (positions[None, :] >= block_start[:, None]) & (positions[None, :] <= positions[:, None])
-        starts = positions[first_key == positions].tolist()
-        if len(starts) > 1 and torch.equal(first_key, block_start) and torch.equal(causal_blocks, square):
+        starts = _causal_block_starts(square)
+        if starts is not None and len(starts) > 1:
             layout = row_layout(list(zip(starts, starts[1:] + [length], strict=True)), allowed.device)
+        else:
+            layout = _shared_prefix_layout(square)
     _LAYOUT_CACHE["last"] = (allowed, layout)
     return layout
+
+
+def _causal_block_starts(square: torch.Tensor) -> list[int] | None:
+    """Where the blocks of `square [L, L]` start if it is block-diagonal causal, else None."""
+    length = square.shape[0]
+    positions = torch.arange(length, device=square.device)
+    first_key = square.to(torch.uint8).argmax(dim=-1)  # where each query's visible keys start
+    block_start = torch.where(first_key == positions, positions, 0).cummax(dim=0).values
+    causal_blocks = (positions[None, :] >= block_start[:, None]) & (positions[None, :] <= positions[:, None])
+    if torch.equal(first_key, block_start) and torch.equal(causal_blocks, square):
+        return positions[first_key == positions].tolist()
+    return None
+
+
+def _shared_prefix_layout(square: torch.Tensor) -> RowLayout | None:
+    """The row layout of `pack_examples(share_prefix=True)`'s mask: every query sees the first
+    `prefix` keys (causally within them), and after them the mask is block-diagonal causal with
+    at least two blocks. None for any other mask."""
+    length = square.shape[0]
+    prefix = int(square[-1].to(torch.uint8).argmin())  # the last query's first hidden key
+    if prefix == 0 or bool(square[-1, prefix:].all()):
+        return None
+    causal = torch.ones(length, prefix, dtype=torch.bool, device=square.device).tril()
+    if not torch.equal(square[:, :prefix], causal) or bool(square[:prefix, prefix:].any()):
+        return None
+    starts = _causal_block_starts(square[prefix:, prefix:])
+    if starts is None or len(starts) < 2:
+        return None
+    ends = starts[1:] + [length - prefix]
+    segments = [(prefix + start, prefix + end) for start, end in zip(starts, ends, strict=True)]
+    return row_layout(segments, square.device, prefix)
 
 
 def fitting_row_layout(attention_mask: torch.Tensor | None, length: int, heads: int) -> RowLayout | None:

@@ -50,22 +50,27 @@ def collate(examples: list[EncodedExample], pad_token_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def token_budget_micro_batches(indices: list[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+def token_budget_micro_batches(
+    indices: list[int], lengths: Sequence[int], max_tokens: int, shared_prefix: int = 0
+) -> list[list[int]]:
     """Split one optimizer step's examples into forward passes of at most `max_tokens` tokens each.
 
     Longest first, so each pass packs examples of similar length; an example longer than the budget
     gets a pass of its own. The split changes no numbers: the step's loss is normalized once over all
-    its trained tokens (see `loss.py`).
+    its trained tokens (see `loss.py`). `shared_prefix`: leading tokens every example has in common
+    and a pass computes once (`pack_examples(share_prefix=True)`), so every example after a pass's
+    first costs that many tokens less.
     """
     passes: list[list[int]] = []
     current: list[int] = []
     used = 0
     for i in sorted(indices, key=lambda i: lengths[i], reverse=True):
-        if current and used + lengths[i] > max_tokens:
+        cost = lengths[i] - shared_prefix if current else lengths[i]
+        if current and used + cost > max_tokens:
             passes.append(current)
-            current, used = [], 0
+            current, used, cost = [], 0, lengths[i]
         current.append(i)
-        used += lengths[i]
+        used += cost
     if current:
         passes.append(current)
     return passes
@@ -88,7 +93,53 @@ def first_fit_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
     return rows
 
 
-def pack_examples(examples: list[EncodedExample], pad_token_id: int, one_row: bool = False) -> dict[str, torch.Tensor]:
+def shared_prefix_length(examples: Sequence[EncodedExample]) -> int:
+    """How many leading tokens all `examples` have in common, none of them nor the token after them
+    trained: the tokens a pass can compute once for all of them (`pack_examples(share_prefix=True)`).
+    Chat data repeats its system prompt in every example, as OpenAI's guide asks; on the training
+    bench that is 26 of an example's ~194 tokens. 0 for fewer than two examples."""
+    if len(examples) < 2:
+        return 0
+    first = examples[0].input_ids
+    common = min(len(e.input_ids) for e in examples) - 1  # every example keeps a token of its own
+    for example in examples:
+        ids, labels = example.input_ids, example.labels
+        common = next((t for t in range(common) if ids[t] != first[t]), common)
+        # the token after the prefix is not trained either: the prefix's last hidden state is shared
+        common = min(common, next((t - 1 for t, label in enumerate(labels) if label != IGNORE_INDEX), common))
+    return max(common, 0)
+
+
+def _pack_with_shared_prefix(examples: list[EncodedExample], prefix: int) -> dict[str, torch.Tensor]:
+    """One row: the examples' common `prefix` once, then each example's remaining tokens, at the
+    positions they have in the example; a 4D attention mask lets every token see the prefix and the
+    earlier tokens of its own example. The prefix's segment id is -2."""
+    order = first_fit_rows([len(e.input_ids) for e in examples], sum(len(e.input_ids) for e in examples))[0]
+    ids, labels, positions, segments = [examples[0].input_ids[:prefix]], [[IGNORE_INDEX] * prefix], [], []
+    positions.append(torch.arange(prefix))
+    segments.append(torch.full((prefix,), -2))
+    for index in order:
+        example = examples[index]
+        ids.append(example.input_ids[prefix:])
+        labels.append(example.labels[prefix:])  # the first is unlabelled (`shared_prefix_length`)
+        positions.append(torch.arange(prefix, len(example.input_ids)))
+        segments.append(torch.full((len(example.input_ids) - prefix,), index))
+    segment_ids = torch.cat(segments)
+    length = len(segment_ids)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    allowed = causal & ((segment_ids[:, None] == segment_ids[None, :]) | (segment_ids[None, :] == -2))
+    return {
+        "input_ids": torch.tensor([t for part in ids for t in part])[None],
+        "labels": torch.tensor([t for part in labels for t in part])[None],
+        "position_ids": torch.cat(positions)[None],
+        "segment_ids": segment_ids[None],
+        "attention_mask": allowed[None, None],
+    }
+
+
+def pack_examples(
+    examples: list[EncodedExample], pad_token_id: int, one_row: bool = False, share_prefix: bool = False
+) -> dict[str, torch.Tensor]:
     """Sequence packing: several examples per row, none attending to another, with no loss change.
 
     Rows are as wide as the longest example; the others fill them first-fit by decreasing length, so
@@ -102,7 +153,15 @@ def pack_examples(examples: list[EncodedExample], pad_token_id: int, one_row: bo
     `find_packed_sequence_indices`, the path `DataCollatorWithFlattening` uses), so tokens see only
     their own example at the positions they would have unpacked. The first token of every example
     is unlabelled, so no example is trained to predict the start of the next one.
+    `share_prefix` (with `one_row`): the leading tokens the examples have in common and train on
+    none of (`shared_prefix_length`) are computed once, and every example attends to that one copy
+    (`_pack_with_shared_prefix`); the batch then carries its own 4D `attention_mask`. Each token
+    sees the same keys at the same positions as unshared, so the loss and the gradients are the
+    same up to float summation order; the tokens computed are fewer.
     """
+    prefix = shared_prefix_length(examples) if (one_row and share_prefix) else 0
+    if prefix > 0:
+        return _pack_with_shared_prefix(examples, prefix)
     lengths = [len(e.input_ids) for e in examples]
     width = sum(lengths) if one_row else max(lengths)
     rows = first_fit_rows(lengths, width)

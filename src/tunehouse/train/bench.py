@@ -204,6 +204,8 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
         "precision": "bf16 autocast" if result.bf16 else "fp32",
         "gradient_checkpointing": trainer.checkpointing,
         "pass_tokens": trainer.pass_tokens,
+        "computed_tokens": trainer.computed_tokens,
+        "shared_prefix": trainer.shared_prefix,
     }
 
 

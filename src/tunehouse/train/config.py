@@ -38,6 +38,10 @@ class SFTConfig:
     the loss is still normalized over the whole optimizer step). None: chosen from free memory."""
     packing: bool = True
     """Pack several examples per row (no cross-attention, same loss) instead of padding each."""
+    share_prefix: bool | None = None
+    """Compute the leading tokens a pass's examples have in common (a repeated system prompt) once
+    for all of them (`pack_examples(share_prefix=True)`); the loss and gradients are unchanged.
+    None picks it wherever passes run packed in one row (the CPU attention)."""
     chunked_loss: bool = True
     """Cross-entropy a chunk of trained positions at a time, never holding vocabulary-wide logits."""
     matmul_attention: bool | None = None

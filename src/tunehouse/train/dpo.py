@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tunehouse.models.template import EncodedExample, encode_chat_example
 from tunehouse.train.attention import training_sdpa_backends
-from tunehouse.train.batching import pack_examples
+from tunehouse.train.batching import pack_examples, shared_prefix_length
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import SingleProcess
 from tunehouse.train.loss import LossSums
@@ -93,6 +93,11 @@ class DPOTrainer(SFTTrainer):
     def example_length(self, example: Any) -> int:
         return len(example.chosen.input_ids) + len(example.rejected.input_ids)
 
+    def common_prefix(self) -> int:
+        """Leading tokens every chosen and rejected output shares (the prompt's system message):
+        a pair after a pass's first costs at least that many tokens less."""
+        return shared_prefix_length([e for pair in self.train for e in (pair.chosen, pair.rejected)])
+
     def _setup_speed(self) -> None:
         super()._setup_speed()
         self.decoder = None  # DPO needs every output token's log-probability: full logits
@@ -110,13 +115,14 @@ class DPOTrainer(SFTTrainer):
 
     def _pair_logprobs(self, model: Any, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
         examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        packed = pack_examples(examples, self.pad_id, one_row=self.matmul_attention)
+        packed = pack_examples(examples, self.pad_id, one_row=self.matmul_attention, share_prefix=self.share_prefix)
         batch = {k: v.to(self.device) for k, v in packed.items()}
+        inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
         with (
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
             training_sdpa_backends(self.device),
         ):
-            logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+            logits = model(**inputs).logits
         logprobs = sequence_logprobs(logits, batch["labels"], batch["segment_ids"], len(examples))
         return logprobs[: len(pairs)], logprobs[len(pairs) :]
 

@@ -20,6 +20,8 @@ class LossSums:
     loss_sum: torch.Tensor
     correct: int
     tokens: int
+    computed_tokens: int = 0
+    """Tokens the forward pass ran (padding included, a shared prefix once), where counted."""
 
 
 def masked_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> LossSums:

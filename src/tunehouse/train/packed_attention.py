@@ -62,11 +62,13 @@ def _rotate_back(grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 @dataclass(frozen=True)
 class _PassTables:
     """What every layer of one pass shares: where each token sits in the rows (`row`, `column`),
-    and the rotary tables `(cos, sin)` in row order (forward) and token order (backward), as they
+    where a shared prefix's other copies sit (`shared_row`, `shared_column`), and the rotary tables `(cos, sin)` in row order (forward) and token order (backward), as they
     are for the keys and times the attention's scaling for the queries."""
 
     row: torch.Tensor
     column: torch.Tensor
+    shared_row: torch.Tensor
+    shared_column: torch.Tensor
     key_rows: tuple[torch.Tensor, torch.Tensor]
     query_rows: tuple[torch.Tensor, torch.Tensor]
     key_tokens: tuple[torch.Tensor, torch.Tensor]
@@ -89,6 +91,8 @@ def _pass_tables(layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale:
     tables = _PassTables(
         row=layout.scatter // width,
         column=layout.scatter % width,
+        shared_row=layout.shared_slots // width,
+        shared_column=layout.shared_slots % width,
         key_rows=(cos_rows, sin_rows),
         query_rows=(cos_rows * scale, sin_rows * scale),
         key_tokens=(cos_tokens, sin_tokens),
@@ -96,6 +100,16 @@ def _pass_tables(layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale:
     )
     _TABLES["last"] = ((layout, cos, sin, scale, dtype), tables)
     return tables
+
+
+def _token_grads(grad: torch.Tensor, tables: _PassTables, layout: RowLayout) -> torch.Tensor:
+    """The keys' or values' gradient `[rows, kv_heads, width, d]` gathered back to the tokens,
+    `[L, kv_heads, d]`: each token's slot, plus the other copies of a shared prefix's tokens."""
+    slots = grad.permute(0, 2, 1, 3)
+    tokens = slots[tables.row, tables.column]
+    if layout.shared_tokens.numel():
+        tokens.index_add_(0, layout.shared_tokens, slots[tables.shared_row, tables.shared_column])
+    return tokens
 
 
 class _PackedAttention(torch.autograd.Function):
@@ -151,9 +165,8 @@ class _PackedAttention(torch.autograd.Function):
         d_q = d_q.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)[tables.row, tables.column]
         d_q = _rotate_back(d_q, cos, sin).view(tokens, -1)
         cos, sin = (t.view(tokens, 1, dim) for t in tables.key_tokens)
-        d_k = d_k.permute(0, 2, 1, 3)[tables.row, tables.column]
-        d_k = _rotate_back(d_k, cos, sin).view(tokens, -1)
-        d_v = d_v.permute(0, 2, 1, 3)[tables.row, tables.column].reshape(tokens, -1)
+        d_k = _rotate_back(_token_grads(d_k, tables, layout), cos, sin).view(tokens, -1)
+        d_v = _token_grads(d_v, tables, layout).reshape(tokens, -1)
         return d_q, d_k, d_v, None, None, None, None, None
 
 

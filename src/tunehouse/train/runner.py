@@ -150,6 +150,7 @@ def build_config(job: JobRow, n_examples: int) -> tuple[SFTConfig, ResolvedHyper
         checkpoint_interval=options.get("checkpoint_interval"),
         gradient_checkpointing=options.get("gradient_checkpointing"),
         packing=bool(options.get("packing", True)),
+        share_prefix=options.get("share_prefix"),
         bf16=options.get("bf16"),
     )
     if isinstance(config, DPOConfig) and resolved.beta is not None:

@@ -30,7 +30,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunehouse.models.template import EncodedExample, encode_example
 from tunehouse.train.attention import training_sdpa_backends, use_matmul_attention
-from tunehouse.train.batching import collate, epoch_batches, pack_examples, token_budget_micro_batches
+from tunehouse.train.batching import (
+    collate,
+    epoch_batches,
+    pack_examples,
+    shared_prefix_length,
+    token_budget_micro_batches,
+)
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
@@ -216,6 +222,11 @@ class SFTTrainer:
     def example_length(self, example: Any) -> int:
         return len(example.input_ids)
 
+    def common_prefix(self) -> int:
+        """Leading tokens every training example shares (`shared_prefix_length`): each pass
+        computes them once, so passes are planned with that many tokens less per example."""
+        return shared_prefix_length(self.train)
+
     def _setup_speed(self) -> None:
         """Adapter inputs, the forward-pass size and gradient checkpointing, from the hardware."""
         config = self.config
@@ -229,6 +240,8 @@ class SFTTrainer:
         self.matmul_attention = use_matmul and use_matmul_attention(base)
         if self.matmul_attention:
             fuse_packed_attention(base)
+        self.share_prefix = self.config.packing and self.matmul_attention and config.share_prefix is not False
+        self.shared_prefix = self.common_prefix() if self.share_prefix else 0
         plan = plan_memory(
             self.model,
             self.device,
@@ -249,12 +262,16 @@ class SFTTrainer:
         if self.head_weight is None:
             self.decoder = None
         self.chunk_buffers = ChunkBuffers()
+        self.computed_tokens = 0
+        """Tokens this process's training passes ran in this run (see `LossSums.computed_tokens`)."""
 
     # --- one forward over a set of examples: summed masked loss -----------------------------------
     def _forward_sums(self, examples: list[EncodedExample]) -> LossSums:
         if self.config.packing:
-            batch = pack_examples(examples, self.pad_id, one_row=self.matmul_attention)
+            batch = pack_examples(examples, self.pad_id, one_row=self.matmul_attention, share_prefix=self.share_prefix)
             inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+            if "attention_mask" in batch:  # a shared prefix's own mask
+                inputs["attention_mask"] = batch["attention_mask"]
         else:
             batch = collate(examples, self.pad_id)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -267,10 +284,13 @@ class SFTTrainer:
             output = self.forward(**inputs)
         if self.decoder is not None:
             dtype = torch.bfloat16 if self.use_bf16 else torch.float32
-            return chunked_lm_loss_sum(
+            sums = chunked_lm_loss_sum(
                 output.last_hidden_state, labels, self.head_weight, dtype, buffers=self.chunk_buffers
             )
-        return masked_lm_loss_sum(output.logits, labels)
+        else:
+            sums = masked_lm_loss_sum(output.logits, labels)
+        sums.computed_tokens = inputs["input_ids"].numel()
+        return sums
 
     def step_loss_tokens(self, indices: list[int]) -> int:
         return sum(self.train[i].trained_tokens for i in indices)
@@ -286,7 +306,7 @@ class SFTTrainer:
         and DDP syncs buffers; a process with no examples must still join the gradient all-reduce):
         the extra passes repeat the step's first example and are weighted zero.
         """
-        passes = token_budget_micro_batches(self.processes.shard(indices), lengths, self.pass_tokens)
+        passes = token_budget_micro_batches(self.processes.shard(indices), lengths, self.pass_tokens, self.shared_prefix)
         fillers = [indices[:1]] * (self.processes.most(len(passes)) - len(passes))
         return [(p, True) for p in passes] + [(p, False) for p in fillers]
 
@@ -306,6 +326,7 @@ class SFTTrainer:
             if counts:
                 loss_total += float(sums.loss_sum.detach())
                 correct_total += sums.correct
+                self.computed_tokens += sums.computed_tokens
         loss_total, correct_total = self.processes.sum([loss_total, correct_total])
         return {"train_loss": loss_total / normalizer, "train_mean_token_accuracy": correct_total / normalizer}
 
