@@ -18,6 +18,7 @@ from tunehouse.train.attention import (
     MIN_SPLIT_LENGTH,
     additive_mask,
     attention_forward,
+    full_causal_attention,
     matmul_attention,
     packed_row_layout,
     training_sdpa_backends,
@@ -118,22 +119,33 @@ def test_one_row_packing_computes_the_shared_prefix_once() -> None:
 
 
 def test_sharing_the_prefix_gives_the_unshared_loss_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
-    """The trainer plans passes with the prefix counted once: more examples fit in a pass."""
     rows = varied_chat_rows(12)
     for row in rows:
         row["messages"][0]["content"] = "You are a careful assistant who answers in one sentence, always."
-    shared = make_trainer(rows, pass_tokens=160)
-    unshared = make_trainer(rows, pass_tokens=160, share_prefix=False)
-    assert shared.share_prefix and shared.shared_prefix > 15 and unshared.shared_prefix == 0
+    shared, unshared = make_trainer(rows), make_trainer(rows, share_prefix=False)
+    assert shared.share_prefix and not unshared.share_prefix
     indices = list(range(4))
-    assert len(shared.process_passes(indices, shared.lengths)) < len(unshared.process_passes(indices, unshared.lengths))
     examples = [shared.train[i] for i in indices]
+    prefix = shared_prefix_length(examples)
+    assert prefix > 15
     batch = pack_examples(examples, shared.pad_id, one_row=True, share_prefix=True)
-    assert batch["input_ids"].shape[1] == sum(shared.lengths[i] for i in indices) - 3 * shared.shared_prefix
+    assert batch["input_ids"].shape[1] == sum(shared.lengths[i] for i in indices) - 3 * prefix
     shared_sums, unshared_sums = shared._forward_sums(examples), unshared._forward_sums(examples)
     assert shared_sums.tokens == unshared_sums.tokens == sum(e.trained_tokens for e in examples)
     torch.testing.assert_close(shared_sums.loss_sum, unshared_sums.loss_sum, rtol=1e-5, atol=1e-4)
     assert_same_gradients(gradients(shared, indices), gradients(unshared, indices))
+    assert shared.computed_tokens < unshared.computed_tokens == sum(unshared.lengths[i] for i in indices)
+
+
+def test_no_prefix_is_shared_where_a_sliding_window_would_be_lost() -> None:
+    """transformers uses a 4D mask as given, so a model with sliding-window layers keeps the
+    position-id packing, whose masks transformers builds with the window."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    assert full_causal_attention(LlamaConfig()) and full_causal_attention(Qwen2Config())
+    assert full_causal_attention(MistralConfig(sliding_window=None))
+    assert not full_causal_attention(MistralConfig(sliding_window=4096))
+    assert not full_causal_attention(Qwen2Config(use_sliding_window=True, max_window_layers=0))
 
 
 def block_causal_mask(segments: list[list[int]]) -> torch.Tensor:

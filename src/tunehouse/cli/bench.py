@@ -105,8 +105,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if ours and ours.get("computed_tokens") and ours["computed_tokens"] != ours["tokens"]:
         console.print(
             f"ours ran {ours['computed_tokens']:,} tokens for its {ours['tokens']:,}: the leading tokens a "
-            f"pass's examples share (the system prompt; {ours['shared_prefix']} in all of them) once per pass. "
-            "MFU counts the model FLOPs of the trained tokens."
+            "pass's examples share (a repeated system prompt) once per pass. MFU counts the model FLOPs of "
+            "the trained tokens."
         )
     peak = summary["peak_matmul_flops"]
     console.print(

@@ -373,6 +373,16 @@ def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
 
 
+def full_causal_attention(config: Any) -> bool:
+    """Whether every attention layer of a model with this config sees all earlier tokens (no
+    sliding window): then a pass's own 4D mask (a shared prefix's) is all its attention needs,
+    since transformers uses a 4D mask as given, window or not."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return all(kind == "full_attention" for kind in layer_types)
+    return getattr(config, "sliding_window", None) is None
+
+
 def use_matmul_attention(model: torch.nn.Module) -> bool:
     """Switch a transformers model that runs SDPA to `attention_forward` (with SDPA's mask
     creation, and SDPA itself as the fallback). Models that transformers runs with another

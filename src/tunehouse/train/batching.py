@@ -50,27 +50,22 @@ def collate(examples: list[EncodedExample], pad_token_id: int) -> dict[str, torc
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
 
 
-def token_budget_micro_batches(
-    indices: list[int], lengths: Sequence[int], max_tokens: int, shared_prefix: int = 0
-) -> list[list[int]]:
+def token_budget_micro_batches(indices: list[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Split one optimizer step's examples into forward passes of at most `max_tokens` tokens each.
 
     Longest first, so each pass packs examples of similar length; an example longer than the budget
     gets a pass of its own. The split changes no numbers: the step's loss is normalized once over all
-    its trained tokens (see `loss.py`). `shared_prefix`: leading tokens every example has in common
-    and a pass computes once (`pack_examples(share_prefix=True)`), so every example after a pass's
-    first costs that many tokens less.
+    its trained tokens (see `loss.py`).
     """
     passes: list[list[int]] = []
     current: list[int] = []
     used = 0
     for i in sorted(indices, key=lambda i: lengths[i], reverse=True):
-        cost = lengths[i] - shared_prefix if current else lengths[i]
-        if current and used + cost > max_tokens:
+        if current and used + lengths[i] > max_tokens:
             passes.append(current)
-            current, used, cost = [], 0, lengths[i]
+            current, used = [], 0
         current.append(i)
-        used += cost
+        used += lengths[i]
     if current:
         passes.append(current)
     return passes
@@ -114,7 +109,7 @@ def _pack_with_shared_prefix(examples: list[EncodedExample], prefix: int) -> dic
     """One row: the examples' common `prefix` once, then each example's remaining tokens, at the
     positions they have in the example; a 4D attention mask lets every token see the prefix and the
     earlier tokens of its own example. The prefix's segment id is -2."""
-    order = first_fit_rows([len(e.input_ids) for e in examples], sum(len(e.input_ids) for e in examples))[0]
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True)  # as one_row packs
     ids, labels, positions, segments = [examples[0].input_ids[:prefix]], [[IGNORE_INDEX] * prefix], [], []
     positions.append(torch.arange(prefix))
     segments.append(torch.full((prefix,), -2))

@@ -205,7 +205,6 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
         "gradient_checkpointing": trainer.checkpointing,
         "pass_tokens": trainer.pass_tokens,
         "computed_tokens": trainer.computed_tokens,
-        "shared_prefix": trainer.shared_prefix,
     }
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tunehouse.models.template import EncodedExample, encode_chat_example
 from tunehouse.train.attention import training_sdpa_backends
-from tunehouse.train.batching import pack_examples, shared_prefix_length
+from tunehouse.train.batching import pack_examples
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import SingleProcess
 from tunehouse.train.loss import LossSums
@@ -92,11 +92,6 @@ class DPOTrainer(SFTTrainer):
 
     def example_length(self, example: Any) -> int:
         return len(example.chosen.input_ids) + len(example.rejected.input_ids)
-
-    def common_prefix(self) -> int:
-        """Leading tokens every chosen and rejected output shares (the prompt's system message):
-        a pair after a pass's first costs at least that many tokens less."""
-        return shared_prefix_length([e for pair in self.train for e in (pair.chosen, pair.rejected)])
 
     def _setup_speed(self) -> None:
         super()._setup_speed()

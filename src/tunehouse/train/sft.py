@@ -4,7 +4,8 @@ A step is: batch → forward (bf16 autocast where it pays) → masked loss summe
 divide by the step's trained tokens → backward → clip → optimizer step → metrics → maybe checkpoint.
 
 The speed tricks are named functions, each tested to change no number it should not:
-`pack_examples` (batching.py), `chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
+`pack_examples` (batching.py; with `share_prefix`, a repeated system prompt computed once per pass),
+`chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
 `keep_adapter_inputs_as_is` (precision.py), `fuse_lora_forward` (fused_lora.py),
 `fuse_norms_and_mlps` (fused_layers.py, rms_norm.py),
 `use_matmul_attention` (attention.py: CPU attention in plain matmuls), `plan_memory` (memory.py: pass
@@ -29,12 +30,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunehouse.models.template import EncodedExample, encode_example
-from tunehouse.train.attention import training_sdpa_backends, use_matmul_attention
+from tunehouse.train.attention import full_causal_attention, training_sdpa_backends, use_matmul_attention
 from tunehouse.train.batching import (
     collate,
     epoch_batches,
     pack_examples,
-    shared_prefix_length,
     token_budget_micro_batches,
 )
 from tunehouse.train.config import SFTConfig
@@ -208,7 +208,8 @@ class SFTTrainer:
             f"batch {config.batch_size}, lr {config.learning_rate:g}, "
             f"{'LoRA r=' + str(config.lora_r) if config.use_lora else 'full fine-tuning'}, "
             f"{n_trainable:,} trainable parameters, {'bf16 autocast' if self.use_bf16 else 'fp32'}"
-            f"{', packing' if config.packing else ''}, passes of ≤{self.pass_tokens} tokens"
+            f"{', packing' if config.packing else ''}"
+            f"{', common prefixes computed once' if self.share_prefix else ''}, passes of ≤{self.pass_tokens} tokens"
             f"{', matmul attention' if self.matmul_attention else ''}"
             f"{', gradient checkpointing' if self.checkpointing else ''} on {self.device.type}"
             f"{self.processes.describe(self.shard_weights)})"
@@ -221,11 +222,6 @@ class SFTTrainer:
 
     def example_length(self, example: Any) -> int:
         return len(example.input_ids)
-
-    def common_prefix(self) -> int:
-        """Leading tokens every training example shares (`shared_prefix_length`): each pass
-        computes them once, so passes are planned with that many tokens less per example."""
-        return shared_prefix_length(self.train)
 
     def _setup_speed(self) -> None:
         """Adapter inputs, the forward-pass size and gradient checkpointing, from the hardware."""
@@ -240,8 +236,12 @@ class SFTTrainer:
         self.matmul_attention = use_matmul and use_matmul_attention(base)
         if self.matmul_attention:
             fuse_packed_attention(base)
-        self.share_prefix = self.config.packing and self.matmul_attention and config.share_prefix is not False
-        self.shared_prefix = self.common_prefix() if self.share_prefix else 0
+        self.share_prefix = (
+            config.packing
+            and self.matmul_attention
+            and config.share_prefix is not False
+            and full_causal_attention(base.config)
+        )
         plan = plan_memory(
             self.model,
             self.device,
@@ -306,7 +306,7 @@ class SFTTrainer:
         and DDP syncs buffers; a process with no examples must still join the gradient all-reduce):
         the extra passes repeat the step's first example and are weighted zero.
         """
-        passes = token_budget_micro_batches(self.processes.shard(indices), lengths, self.pass_tokens, self.shared_prefix)
+        passes = token_budget_micro_batches(self.processes.shard(indices), lengths, self.pass_tokens)
         fillers = [indices[:1]] * (self.processes.most(len(passes)) - len(passes))
         return [(p, True) for p in passes] + [(p, False) for p in fillers]
 
