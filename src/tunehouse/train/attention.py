@@ -284,8 +284,8 @@ def _shared_prefix_layout(square: torch.Tensor) -> RowLayout | None:
     `prefix` keys (causally within them), and after them the mask is block-diagonal causal with
     at least two blocks. None for any other mask."""
     length = square.shape[0]
-    prefix = int(square[-1].to(torch.uint8).argmin())  # the last query's first hidden key
-    if prefix == 0 or bool(square[-1, prefix:].all()):
+    prefix = int(square[-1].to(torch.uint8).argmin())  # the last query's first hidden key (0: none)
+    if prefix == 0:
         return None
     causal = torch.ones(length, prefix, dtype=torch.bool, device=square.device).tril()
     if not torch.equal(square[:, :prefix], causal) or bool(square[:prefix, prefix:].any()):

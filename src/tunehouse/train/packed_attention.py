@@ -62,8 +62,9 @@ def _rotate_back(grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 @dataclass(frozen=True)
 class _PassTables:
     """What every layer of one pass shares: where each token sits in the rows (`row`, `column`),
-    where a shared prefix's other copies sit (`shared_row`, `shared_column`), and the rotary tables `(cos, sin)` in row order (forward) and token order (backward), as they
-    are for the keys and times the attention's scaling for the queries."""
+    where a shared prefix's other copies sit (`shared_row`, `shared_column`), and the rotary
+    tables `(cos, sin)` in row order (forward) and token order (backward), as they are for the
+    keys and times the attention's scaling for the queries."""
 
     row: torch.Tensor
     column: torch.Tensor
