@@ -176,19 +176,17 @@ def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> Non
     assert_matmul_attention_is_sdpa(q, k, v, mask)
 
 
-def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
-    """Four examples end to end in one row: attention through rows as wide as the longest example
-    (first-fit: 5 | 3+2 | 1, so two padding slots) gives SDPA's output and gradients."""
+def assert_one_row_attention_is_sdpa(mask: torch.Tensor) -> None:
+    """`attention_forward` on a one-row pass with `mask` (6 query heads sharing 2 key/value heads,
+    head size 8) gives SDPA's output and Q/K/V gradients."""
     torch.manual_seed(0)
     layer = torch.nn.Module()
     layer.num_key_value_groups, layer.is_causal = 3, True
-    mask = block_causal_mask([[0, 0, 0, 1, 1, 1, 1, 1, 2, 3, 3]])
-    layout = packed_row_layout(mask, 11)
-    assert layout is not None and layout.allowed.shape == (3, 1, 5, 5)
-    q = torch.randn(1, 6, 11, 8, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(1, 2, 11, 8, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(1, 2, 11, 8, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(1, 11, 6, 8, dtype=torch.float64)
+    length = mask.shape[-1]
+    q = torch.randn(1, 6, length, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, length, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, length, 8, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(1, length, 6, 8, dtype=torch.float64)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
     want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
     got, _ = attention_forward(layer, q, k, v, mask)
@@ -196,6 +194,15 @@ def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
     torch.testing.assert_close(got, want)
     for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(got_grad, want_grad)
+
+
+def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
+    """Four examples end to end in one row: attention through rows as wide as the longest example
+    (first-fit: 5 | 3+2 | 1, so two padding slots) gives SDPA's output and gradients."""
+    mask = block_causal_mask([[0, 0, 0, 1, 1, 1, 1, 1, 2, 3, 3]])
+    layout = packed_row_layout(mask, 11)
+    assert layout is not None and layout.allowed.shape == (3, 1, 5, 5)
+    assert_one_row_attention_is_sdpa(mask)
 
 
 def shared_prefix_mask(prefix: int, lengths: list[int]) -> torch.Tensor:
@@ -208,24 +215,12 @@ def shared_prefix_mask(prefix: int, lengths: list[int]) -> torch.Tensor:
 def test_a_shared_prefix_is_copied_into_every_examples_row_for_attention() -> None:
     """Three examples after a 2-token prefix: rows of prefix + example (2+5 | 2+2 + 2+1), the
     gradients of the prefix's keys and values summed over its copies; SDPA's output and gradients."""
-    torch.manual_seed(0)
-    layer = torch.nn.Module()
-    layer.num_key_value_groups, layer.is_causal = 3, True
     mask = shared_prefix_mask(2, [5, 2, 1])
     layout = packed_row_layout(mask, 10)
     assert layout is not None and layout.allowed.shape == (2, 1, 7, 7)
     assert layout.shared_tokens.tolist() == [0, 1, 0, 1]
-    q = torch.randn(1, 6, 10, 8, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(1, 2, 10, 8, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(1, 2, 10, 8, dtype=torch.float64, requires_grad=True)
-    upstream = torch.randn(1, 10, 6, 8, dtype=torch.float64)
-    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True).transpose(1, 2)
-    want_grads = torch.autograd.grad((want * upstream).sum(), [q, k, v])
-    got, _ = attention_forward(layer, q, k, v, mask)
-    got_grads = torch.autograd.grad((got * upstream).sum(), [q, k, v])
-    torch.testing.assert_close(got, want)
-    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(got_grad, want_grad)
+    assert_one_row_attention_is_sdpa(mask)
+
 
 
 @pytest.mark.parametrize("rows", ["packed", "long", "shared_prefix"])
