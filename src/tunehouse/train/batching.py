@@ -132,6 +132,12 @@ def _pack_with_shared_prefix(examples: list[EncodedExample], prefix: int) -> dic
     }
 
 
+def packed_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's inputs from a `pack_examples` batch: token and position ids, and the batch's own
+    4D attention mask where it has one (a shared prefix's)."""
+    return {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+
+
 def pack_examples(
     examples: list[EncodedExample], pad_token_id: int, one_row: bool = False, share_prefix: bool = False
 ) -> dict[str, torch.Tensor]:

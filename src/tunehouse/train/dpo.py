@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from tunehouse.models.template import EncodedExample, encode_chat_example
 from tunehouse.train.attention import training_sdpa_backends
-from tunehouse.train.batching import pack_examples
+from tunehouse.train.batching import pack_examples, packed_inputs
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import SingleProcess
 from tunehouse.train.loss import LossSums
@@ -112,7 +112,7 @@ class DPOTrainer(SFTTrainer):
         examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
         packed = pack_examples(examples, self.pad_id, one_row=self.matmul_attention, share_prefix=self.share_prefix)
         batch = {k: v.to(self.device) for k, v in packed.items()}
-        inputs = {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+        inputs = packed_inputs(batch)
         with (
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
             training_sdpa_backends(self.device),

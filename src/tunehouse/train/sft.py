@@ -31,12 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunehouse.models.template import EncodedExample, encode_example
 from tunehouse.train.attention import full_causal_attention, training_sdpa_backends, use_matmul_attention
-from tunehouse.train.batching import (
-    collate,
-    epoch_batches,
-    pack_examples,
-    token_budget_micro_batches,
-)
+from tunehouse.train.batching import collate, epoch_batches, pack_examples, packed_inputs, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
@@ -269,9 +264,7 @@ class SFTTrainer:
     def _forward_sums(self, examples: list[EncodedExample]) -> LossSums:
         if self.config.packing:
             batch = pack_examples(examples, self.pad_id, one_row=self.matmul_attention, share_prefix=self.share_prefix)
-            inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
-            if "attention_mask" in batch:  # a shared prefix's own mask
-                inputs["attention_mask"] = batch["attention_mask"]
+            inputs = packed_inputs(batch)
         else:
             batch = collate(examples, self.pad_id)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
