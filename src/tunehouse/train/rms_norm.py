@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from tunehouse.train.cpu_kernels import bf16_on_cpu, kernel
+
 
 @dataclass(frozen=True)
 class NormedInput:
@@ -30,6 +32,9 @@ class NormedInput:
         """The norm's output, bit for bit: `x · rstd` in fp32, rounded to `x`'s dtype, times the
         weight. `x` is widened before the product, which is the same arithmetic as the mixed-dtype
         product but about a third faster: PyTorch's CPU loops over mixed dtypes are not vectorized."""
+        fused = kernel("norm_output") if bf16_on_cpu(self.x, self.weight) else None
+        if fused is not None:
+            return fused(self.x.reshape(-1, self.x.shape[-1]), self.weight, self.rstd.reshape(-1, 1)).view(self.x.shape)
         normed = _normalized(self.x, self.rstd)
         return normed.mul_(self.weight) if self.weight.dtype == normed.dtype else self.weight * normed
 
@@ -54,12 +59,17 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
-        stats_dtype = torch.promote_types(x.dtype, torch.float32)
-        squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stats_dtype).square_()
-        rstd = squares.div_(x.shape[-1]).add_(eps).rsqrt_()
+        fused = kernel("norm_forward") if bf16_on_cpu(x, weight) else None
+        if fused is not None:
+            out, rstd = fused(x.reshape(-1, x.shape[-1]), weight, torch.tensor(eps))
+            out, rstd = out.view(x.shape), rstd.view(*x.shape[:-1], 1)
+        else:
+            stats_dtype = torch.promote_types(x.dtype, torch.float32)
+            squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stats_dtype).square_()
+            rstd = squares.div_(x.shape[-1]).add_(eps).rsqrt_()
+            out = NormedInput(x, weight, rstd).recompute()
         ctx.save_for_backward(x, weight, rstd)
         recipe = NormedInput(x, weight, rstd)
-        out = recipe.recompute()
         _LAST_OUTPUT["last"] = (weakref.ref(out), recipe)
         return out
 
@@ -69,7 +79,11 @@ class RMSNormFunction(torch.autograd.Function):
         d_x = d_weight = None
         if ctx.needs_input_grad[1]:
             d_weight = (grad * _normalized(x, rstd)).sum_to_size(weight.shape).to(weight.dtype)
-        if ctx.needs_input_grad[0]:
+        fused = kernel("norm_input_grad") if bf16_on_cpu(grad, x, weight) else None
+        if ctx.needs_input_grad[0] and fused is not None:
+            shape = (-1, x.shape[-1])
+            d_x = fused(grad.reshape(shape), x.reshape(shape), weight, rstd.reshape(-1, 1)).view(x.shape)
+        elif ctx.needs_input_grad[0]:
             d_normed = (grad * weight).to(x.dtype)  # the gradient autograd would round to x's dtype
             # d/dx of x·rstd(x): rstd·d − x·rstd³·mean(d·x) = s − x·rstd²·mean(s·x) with s = rstd·d,
             # in fp32 on widened copies, in place (mixed-dtype loops are not vectorized: 1.9 against

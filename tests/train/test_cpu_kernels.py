@@ -1,0 +1,113 @@
+"""The compiled CPU kernels against the eager code they replace, and the layers that call them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from tunehouse.train import cpu_kernels
+from tunehouse.train.fused_layers import fuse_norms_and_mlps
+
+BF16 = torch.bfloat16
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[None]:
+    """The libraries in the kernels directory, built there if `make install` has not (a minute)."""
+    cpu_kernels.build()
+    cpu_kernels.kernel.cache_clear()
+    missing = [name for name in cpu_kernels.KERNELS if cpu_kernels.kernel(name) is None]
+    assert not missing, f"built but not loadable: {missing}"
+    yield
+    cpu_kernels.kernel.cache_clear()
+
+
+def _inputs(tokens: int = 301, features: int = 96) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {
+        "x": (torch.randn(tokens, features) * 3).to(BF16),
+        "other": torch.randn(tokens, features).to(BF16),
+        "grad": torch.randn(tokens, features).to(BF16),
+        "weight": (torch.rand(features) + 0.5).to(BF16),
+    }
+
+
+def test_compiled_kernels_compute_what_their_eager_functions_do(built: None) -> None:
+    """Bit for bit, but for the last bit of the norm gradient's rounding (its sums run in another
+    order); at a token count the libraries were not traced with."""
+    t = _inputs()
+    out, rstd = cpu_kernels.kernel("norm_forward")(t["x"], t["weight"], torch.tensor(1e-5))
+    want_out, want_rstd = cpu_kernels.norm_forward(t["x"], t["weight"], torch.tensor(1e-5))
+    assert torch.equal(out, want_out)
+    torch.testing.assert_close(rstd, want_rstd, rtol=1e-6, atol=0)
+    assert torch.equal(cpu_kernels.kernel("norm_output")(t["x"], t["weight"], rstd), out)
+    d_x = cpu_kernels.kernel("norm_input_grad")(t["grad"], t["x"], t["weight"], rstd)
+    torch.testing.assert_close(d_x, cpu_kernels.norm_input_grad(t["grad"], t["x"], t["weight"], rstd), rtol=0.008, atol=1e-6)
+    assert torch.equal(cpu_kernels.kernel("swiglu")(t["x"], t["other"]), cpu_kernels.swiglu(t["x"], t["other"]))
+    got = cpu_kernels.kernel("swiglu_grads")(t["grad"], t["x"], t["other"])
+    for a, b in zip(got, cpu_kernels.swiglu_grads(t["grad"], t["x"], t["other"]), strict=True):
+        assert torch.equal(a, b)
+    # and the eager silu derivative is PyTorch's own, bit for bit
+    assert torch.equal(got[0], torch.ops.aten.silu_backward(t["grad"] * t["other"], t["x"]))
+
+
+def test_a_strided_input_is_read_as_its_values(built: None) -> None:
+    t = _inputs()
+    wide = torch.cat([t["x"], t["other"]], dim=1)
+    gate = wide[:, : t["x"].shape[1]]  # a column slice: not contiguous
+    assert torch.equal(cpu_kernels.kernel("swiglu")(gate, t["other"]), cpu_kernels.swiglu(t["x"], t["other"]))
+
+
+@pytest.mark.parametrize("module", ["norm", "mlp"])
+def test_bf16_layers_on_the_kernels_match_their_eager_path(
+    built: None, module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fused RMSNorm and SwiGLU Functions in bf16: with the libraries and without them."""
+    from transformers.models.llama.modeling_llama import LlamaConfig, LlamaMLP, LlamaRMSNorm
+
+    torch.manual_seed(0)
+    if module == "norm":
+        layer = LlamaRMSNorm(96, eps=1e-5).to(BF16)
+        torch.nn.init.normal_(layer.weight, 1.0, 0.1)
+        layer.weight.requires_grad_(False)  # frozen, as under LoRA: only the input's gradient
+    else:
+        layer = LlamaMLP(LlamaConfig(hidden_size=32, intermediate_size=96, hidden_act="silu")).to(BF16)
+    assert fuse_norms_and_mlps(layer) == 1
+    x = (torch.randn(2, 57, 96 if module == "norm" else 32) * 3).to(BF16)
+
+    def run() -> list[torch.Tensor]:
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs)
+        out.float().square().sum().backward()
+        return [out.detach(), inputs.grad] + [p.grad for p in layer.parameters() if p.requires_grad]
+
+    compiled = run()
+    layer.zero_grad(set_to_none=True)
+    monkeypatch.setattr(cpu_kernels, "kernel", lambda name: None)  # every library missing
+    monkeypatch.setattr("tunehouse.train.rms_norm.kernel", lambda name: None)
+    monkeypatch.setattr("tunehouse.train.fused_layers.kernel", lambda name: None)
+    eager = run()
+    for got, want in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(got, want, rtol=0.008, atol=1e-5)
+    if module == "mlp":
+        assert all(torch.equal(got, want) for got, want in zip(compiled, eager, strict=True))
+
+
+def test_without_a_library_the_layers_run_their_eager_code(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No compiler, or a kernels directory never built: the same norm, from eager PyTorch."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    monkeypatch.setenv("TUNEHOUSE_KERNELS_DIR", str(tmp_path))
+    cpu_kernels.kernel.cache_clear()
+    try:
+        assert all(cpu_kernels.kernel(name) is None for name in cpu_kernels.KERNELS)
+        norm = LlamaRMSNorm(96, eps=1e-5).to(BF16)
+        fused = copy.deepcopy(norm)
+        assert fuse_norms_and_mlps(fused) == 1
+        x = _inputs()["x"]
+        assert torch.equal(fused(x), norm(x))
+    finally:
+        cpu_kernels.kernel.cache_clear()
