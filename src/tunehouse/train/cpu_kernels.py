@@ -1,16 +1,18 @@
-"""The RMSNorm's element-wise passes as fused CPU kernels, compiled once per machine by
-AOTInductor (PyTorch's ahead-of-time compiler) and loaded as shared libraries.
+"""The RMSNorm's and SwiGLU's element-wise passes as fused CPU kernels, compiled once per machine
+by AOTInductor (PyTorch's ahead-of-time compiler) and loaded as shared libraries.
 
 Written as tensor code, the bf16 RMSNorm of a training pass runs about eight kernels forward and
 twelve back (widening copies, multiplies, a reduction, narrowing copies), each a pass over
 `tokens × hidden` values: on the 2-core AMX machine, 1.46 ms forward and 2.94 ms backward for
 1,000 tokens of 576, against 0.14 and 0.22 ms for the same arithmetic compiled into one loop each.
-Compiling on the fly (`torch.compile`) costs ~7 s per process even from a warm cache, longer than
-it saves on a short job; a library compiled ahead of time loads in a millisecond.
+SwiGLU's `silu(gate) · up` and its backward (four operations over `tokens × intermediate`) likewise.
+In-process A/B on the training bench (the same passes in two processes, taking turns): passes take
+0.95 of the time. Compiling on the fly (`torch.compile`) costs ~7 s per process even from a warm
+cache, longer than it saves on a short job; a library compiled ahead of time loads in a millisecond.
 
 `make install` builds the libraries (`python -m tunehouse.train.cpu_kernels`, about a minute; it
 needs a C++ compiler) into `Settings.kernels_dir`, named by a hash of the PyTorch version and the
-functions' source. Where a library is missing or fails to load, `kernel` returns None and the
+module's source. Where a library is missing or fails to load, `kernel` returns None and the
 layers run their eager code, so training never depends on the build. The functions here are what
 is compiled, and the reference the tests hold the libraries to.
 """

@@ -7,6 +7,9 @@ gradients need the norm's output: kept by them, it is `hidden` more values per t
 recompute it with two element-wise multiplies. `normed_input_of` tells such a layer whether its
 input is the output of the last norm computed, and how to recompute it (one entry is kept: the
 last norm's output, weakly, with what it was computed from).
+
+In bf16 on a CPU, the forward, the recomputation and the input's gradient each run as one compiled
+kernel (`cpu_kernels.py`) instead of eight to twelve tensor operations.
 """
 
 from __future__ import annotations
