@@ -86,12 +86,15 @@ KERNELS: dict[str, Callable[..., Any]] = {
 """Every compiled function, by name; its inputs are 2D `[tokens, features]` tensors, `[features]`
 weights, `[tokens, 1]` factors and 0-dim scalars, bf16 but for the fp32 factors and scalars."""
 
+_TRACE_TOKENS, _TRACE_FEATURES = 64, 32
+"""The sizes the kernels are traced at; traced as symbols, so any size runs."""
+
 
 def _example_inputs(name: str) -> tuple[torch.Tensor, ...]:
-    """Inputs to trace `name` with (the token and hidden sizes are traced as symbols)."""
-    tokens, features, bf16 = 64, 32, torch.bfloat16
-    x, weight = torch.randn(tokens, features, dtype=bf16), torch.ones(features, dtype=bf16)
-    rstd = torch.ones(tokens, 1)
+    """Inputs to trace `name` with."""
+    bf16 = torch.bfloat16
+    x = torch.randn(_TRACE_TOKENS, _TRACE_FEATURES, dtype=bf16)
+    weight, rstd = torch.ones(_TRACE_FEATURES, dtype=bf16), torch.ones(_TRACE_TOKENS, 1)
     return {
         "norm_forward": (x, weight, torch.tensor(1e-5)),
         "norm_output": (x, weight, rstd),
@@ -102,11 +105,13 @@ def _example_inputs(name: str) -> tuple[torch.Tensor, ...]:
 
 
 def _dynamic_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict[int, Any] | None, ...]:
+    """Every token and feature dimension of `inputs` as a symbol."""
     tokens, features = torch.export.Dim("tokens", min=2), torch.export.Dim("features", min=2)
-    sizes = {64: tokens, 32: features}
+    sizes = {_TRACE_TOKENS: tokens, _TRACE_FEATURES: features}
     return tuple({i: sizes[n] for i, n in enumerate(t.shape) if n in sizes} or None for t in inputs)
 
 
+@functools.cache
 def _source_key() -> str:
     """Changes with PyTorch and with the functions: a stale library is never loaded."""
     text = torch.__version__ + inspect.getsource(sys.modules[__name__])
@@ -164,7 +169,11 @@ def kernel(name: str) -> Callable[..., Any] | None:
         return None
 
     def run(*inputs: torch.Tensor) -> Any:
-        outputs = runner.run([t.contiguous() for t in inputs])  # traced with contiguous strides
+        """Inputs of two or more dimensions are read as `[tokens, ·]` (every leading dimension a
+        token's); outputs get the first input's leading dimensions back."""
+        leading = inputs[0].shape[:-1]
+        rows = [(t.reshape(-1, t.shape[-1]) if t.dim() > 1 else t).contiguous() for t in inputs]  # traced so
+        outputs = [t.view(*leading, t.shape[-1]) for t in runner.run(rows)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     run.__doc__ = f"{name}, compiled ({path})"

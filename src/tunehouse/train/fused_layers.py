@@ -44,7 +44,7 @@ class _SiluMul(torch.autograd.Function):
         ctx.save_for_backward(gate, up)
         fused = kernel("swiglu") if bf16_on_cpu(gate, up) else None
         if fused is not None:
-            return fused(gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])).view(up.shape)
+            return fused(gate, up)
         return F.silu(gate) * up
 
     @staticmethod
@@ -52,7 +52,7 @@ class _SiluMul(torch.autograd.Function):
         gate, up = ctx.saved_tensors
         fused = kernel("swiglu_grads") if bf16_on_cpu(grad, gate, up) else None
         if fused is not None:
-            d_gate, d_up, _ = (t.view(up.shape) for t in fused(*(t.reshape(-1, t.shape[-1]) for t in (grad, gate, up))))
+            d_gate, d_up, _ = fused(grad, gate, up)
             return d_gate, d_up
         d_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
         d_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
@@ -102,7 +102,7 @@ class _SwiGLUDownLora(torch.autograd.Function):
         d_h = torch.mm(g, weight.to(dtype)).addmm_(d_low, a).view(up.shape)
         fused = kernel("swiglu_grads") if bf16_on_cpu(d_h, gate, up) else None
         if fused is not None:
-            d_gate, d_up, h = (t.view(up.shape) for t in fused(*(t.reshape(-1, t.shape[-1]) for t in (d_h, gate, up))))
+            d_gate, d_up, h = fused(d_h, gate, up)
         else:
             silu_gate = F.silu(gate)
             d_gate, d_up, h = torch.ops.aten.silu_backward(d_h * up, gate), d_h * silu_gate, silu_gate * up

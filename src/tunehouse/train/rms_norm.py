@@ -37,7 +37,7 @@ class NormedInput:
         product but about a third faster: PyTorch's CPU loops over mixed dtypes are not vectorized."""
         fused = kernel("norm_output") if bf16_on_cpu(self.x, self.weight) else None
         if fused is not None:
-            return fused(self.x.reshape(-1, self.x.shape[-1]), self.weight, self.rstd.reshape(-1, 1)).view(self.x.shape)
+            return fused(self.x, self.weight, self.rstd)
         normed = _normalized(self.x, self.rstd)
         return normed.mul_(self.weight) if self.weight.dtype == normed.dtype else self.weight * normed
 
@@ -64,8 +64,7 @@ class RMSNormFunction(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
         fused = kernel("norm_forward") if bf16_on_cpu(x, weight) else None
         if fused is not None:
-            out, rstd = fused(x.reshape(-1, x.shape[-1]), weight, torch.tensor(eps))
-            out, rstd = out.view(x.shape), rstd.view(*x.shape[:-1], 1)
+            out, rstd = fused(x, weight, torch.tensor(eps))
         else:
             stats_dtype = torch.promote_types(x.dtype, torch.float32)
             squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stats_dtype).square_()
@@ -84,8 +83,7 @@ class RMSNormFunction(torch.autograd.Function):
             d_weight = (grad * _normalized(x, rstd)).sum_to_size(weight.shape).to(weight.dtype)
         fused = kernel("norm_input_grad") if bf16_on_cpu(grad, x, weight) else None
         if ctx.needs_input_grad[0] and fused is not None:
-            shape = (-1, x.shape[-1])
-            d_x = fused(grad.reshape(shape), x.reshape(shape), weight, rstd.reshape(-1, 1)).view(x.shape)
+            d_x = fused(grad, x, weight, rstd)
         elif ctx.needs_input_grad[0]:
             d_normed = (grad * weight).to(x.dtype)  # the gradient autograd would round to x's dtype
             # d/dx of x·rstd(x): rstd·d − x·rstd³·mean(d·x) = s − x·rstd²·mean(s·x) with s = rstd·d,
