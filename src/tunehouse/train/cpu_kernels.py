@@ -68,10 +68,13 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 def swiglu_grads(d_h: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """From `swiglu`'s output gradient: the gradients of `gate` and `up`, and `swiglu`'s output
     again (a LoRA down projection's A gradient needs it)."""
-    silu_gate = F.silu(gate)
-    # silu's derivative in fp32, as PyTorch's own kernel computes it for bf16 (the decomposition
-    # the compiler would use instead rounds each step to bf16)
-    x, sigmoid = gate.float(), torch.sigmoid(gate.float())
+    # silu and its derivative in fp32 from one exponential, as PyTorch's own kernels compute them
+    # for bf16 (`x / (1 + e^-x)`, and `σ · (1 + x · (1 − σ))` with `σ = 1 / (1 + e^-x)`); the
+    # decomposition the compiler would use instead rounds each step to bf16 and takes e^-x twice
+    x = gate.float()
+    denominator = 1 + torch.exp(-x)
+    silu_gate = (x / denominator).to(gate.dtype)
+    sigmoid = 1 / denominator
     d_gate = ((d_h * up).float() * sigmoid * (1 + x * (1 - sigmoid))).to(gate.dtype)
     return d_gate, d_h * silu_gate, silu_gate * up
 

