@@ -183,9 +183,12 @@ def kernel(name: str) -> Callable[..., Any] | None:
     return run
 
 
-def bf16_on_cpu(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels take these tensors: they are compiled for bf16 on a CPU."""
-    return all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors)
+def kernel_for(name: str, *tensors: torch.Tensor) -> Callable[..., Any] | None:
+    """`kernel(name)` where it takes these tensors (the kernels are compiled for bf16 on a CPU),
+    else None: what every call site asks before choosing between the kernel and its eager code."""
+    if all(t.device.type == "cpu" and t.dtype == torch.bfloat16 for t in tensors):
+        return kernel(name)
+    return None
 
 
 def main() -> int:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import Linear as LoraLinear
 
-from tunehouse.train.cpu_kernels import bf16_on_cpu, kernel
+from tunehouse.train.cpu_kernels import kernel_for
 from tunehouse.train.fused_lora import plain_adapter
 from tunehouse.train.precision import compute_dtype, weights_as
 from tunehouse.train.rms_norm import RMSNormFunction
@@ -42,7 +42,7 @@ class _SiluMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         ctx.save_for_backward(gate, up)
-        fused = kernel("swiglu") if bf16_on_cpu(gate, up) else None
+        fused = kernel_for("swiglu", gate, up)
         if fused is not None:
             return fused(gate, up)
         return F.silu(gate) * up
@@ -50,7 +50,7 @@ class _SiluMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         gate, up = ctx.saved_tensors
-        fused = kernel("swiglu_grads") if bf16_on_cpu(grad, gate, up) else None
+        fused = kernel_for("swiglu_grads", grad, gate, up)
         if fused is not None:
             d_gate, d_up, _ = fused(grad, gate, up)
             return d_gate, d_up
@@ -80,7 +80,7 @@ class _SwiGLUDownLora(torch.autograd.Function):
     ) -> torch.Tensor:
         dtype = compute_dtype(gate)
         gate2, up2 = (t.reshape(-1, t.shape[-1]).to(dtype) for t in (gate, up))
-        fused = kernel("swiglu") if bf16_on_cpu(gate2, up2) else None
+        fused = kernel_for("swiglu", gate2, up2)
         h2 = fused(gate2, up2) if fused is not None else F.silu(gate2).mul_(up2)
         low = torch.mm(h2, weights_as(dtype, lora_a).t())
         out = F.linear(h2, weight.to(dtype), None if bias is None else bias.to(dtype))
@@ -100,7 +100,7 @@ class _SwiGLUDownLora(torch.autograd.Function):
         d_b = torch.mm(g.t(), low).mul_(scaling).to(lora_b.dtype)
         # the base matmul's gradient of h plus the adapter's, summed in place
         d_h = torch.mm(g, weight.to(dtype)).addmm_(d_low, a).view(up.shape)
-        fused = kernel("swiglu_grads") if bf16_on_cpu(d_h, gate, up) else None
+        fused = kernel_for("swiglu_grads", d_h, gate, up)
         if fused is not None:
             d_gate, d_up, h = fused(d_h, gate, up)
         else:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tunehouse.train.cpu_kernels import bf16_on_cpu, kernel
+from tunehouse.train.cpu_kernels import kernel_for
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class NormedInput:
         """The norm's output, bit for bit: `x · rstd` in fp32, rounded to `x`'s dtype, times the
         weight. `x` is widened before the product, which is the same arithmetic as the mixed-dtype
         product but about a third faster: PyTorch's CPU loops over mixed dtypes are not vectorized."""
-        fused = kernel("norm_output") if bf16_on_cpu(self.x, self.weight) else None
+        fused = kernel_for("norm_output", self.x, self.weight)
         if fused is not None:
             return fused(self.x, self.weight, self.rstd)
         normed = _normalized(self.x, self.rstd)
@@ -62,16 +62,16 @@ class RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
-        fused = kernel("norm_forward") if bf16_on_cpu(x, weight) else None
+        fused = kernel_for("norm_forward", x, weight)
         if fused is not None:
             out, rstd = fused(x, weight, torch.tensor(eps))
+            recipe = NormedInput(x, weight, rstd)
         else:
             stats_dtype = torch.promote_types(x.dtype, torch.float32)
             squares = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=stats_dtype).square_()
-            rstd = squares.div_(x.shape[-1]).add_(eps).rsqrt_()
-            out = NormedInput(x, weight, rstd).recompute()
-        ctx.save_for_backward(x, weight, rstd)
-        recipe = NormedInput(x, weight, rstd)
+            recipe = NormedInput(x, weight, squares.div_(x.shape[-1]).add_(eps).rsqrt_())
+            out = recipe.recompute()
+        ctx.save_for_backward(x, weight, recipe.rstd)
         _LAST_OUTPUT["last"] = (weakref.ref(out), recipe)
         return out
 
@@ -81,7 +81,7 @@ class RMSNormFunction(torch.autograd.Function):
         d_x = d_weight = None
         if ctx.needs_input_grad[1]:
             d_weight = (grad * _normalized(x, rstd)).sum_to_size(weight.shape).to(weight.dtype)
-        fused = kernel("norm_input_grad") if bf16_on_cpu(grad, x, weight) else None
+        fused = kernel_for("norm_input_grad", grad, x, weight)
         if ctx.needs_input_grad[0] and fused is not None:
             d_x = fused(grad, x, weight, rstd)
         elif ctx.needs_input_grad[0]:
