@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from tunehouse.errors import OutOfMemoryRisk
 from tunehouse.models.template import IGNORE_INDEX, EncodedExample
-from tunehouse.train import memory
+from tunehouse.train import attention, memory
 from tunehouse.train.attention import (
     MIN_SPLIT_LENGTH,
     additive_mask,
+    attend,
     attention_forward,
     full_causal_attention,
     matmul_attention,
@@ -155,6 +156,14 @@ def block_causal_mask(segments: list[list[int]]) -> torch.Tensor:
     return ((ids[:, :, None] == ids[:, None, :]) & causal)[:, None]
 
 
+@pytest.fixture(params=[True, False], ids=["fused-forward", "matmul-forward"])
+def forward_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both forwards of the matmul attention on any machine: SDPA's fused kernel (chosen where the
+    CPU has AMX) and the batched matmuls (elsewhere); the backward is the same for both."""
+    monkeypatch.setattr(attention, "cpu_has_amx", lambda: request.param)
+    return bool(request.param)
+
+
 def assert_matmul_attention_is_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> None:
     """`matmul_attention`'s output and Q/K/V gradients are SDPA's (grouped heads, head size 8)."""
     upstream = torch.randn(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
@@ -167,7 +176,7 @@ def assert_matmul_attention_is_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.T
         torch.testing.assert_close(got_grad, want_grad)
 
 
-def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads() -> None:
+def test_matmul_attention_equals_sdpa_on_packed_rows_with_grouped_heads(forward_path: bool) -> None:
     torch.manual_seed(0)
     mask = block_causal_mask([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 0, 0, 0, 0, 0, 0, 1, 1]])
     q = torch.randn(2, 6, 9, 8, dtype=torch.float64, requires_grad=True)  # 6 query heads share
@@ -196,7 +205,7 @@ def assert_one_row_attention_is_sdpa(mask: torch.Tensor) -> None:
         torch.testing.assert_close(got_grad, want_grad)
 
 
-def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention() -> None:
+def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention(forward_path: bool) -> None:
     """Four examples end to end in one row: attention through rows as wide as the longest example
     (first-fit: 5 | 3+2 | 1, so two padding slots) gives SDPA's output and gradients."""
     mask = block_causal_mask([[0, 0, 0, 1, 1, 1, 1, 1, 2, 3, 3]])
@@ -212,7 +221,7 @@ def shared_prefix_mask(prefix: int, lengths: list[int]) -> torch.Tensor:
     return (causal & ((ids[:, None] == ids[None, :]) | (ids[None, :] == -2)))[None, None]
 
 
-def test_a_shared_prefix_is_copied_into_every_examples_row_for_attention() -> None:
+def test_a_shared_prefix_is_copied_into_every_examples_row_for_attention(forward_path: bool) -> None:
     """Three examples after a 2-token prefix: rows of prefix + example (2+5 | 2+2 + 2+1), the
     gradients of the prefix's keys and values summed over its copies; SDPA's output and gradients."""
     mask = shared_prefix_mask(2, [5, 2, 1])
@@ -225,7 +234,7 @@ def test_a_shared_prefix_is_copied_into_every_examples_row_for_attention() -> No
 
 @pytest.mark.parametrize("rows", ["packed", "long", "shared_prefix"])
 def test_packed_attention_layer_gives_llamas_outputs_and_gradients(
-    rows: str, monkeypatch: pytest.MonkeyPatch
+    rows: str, monkeypatch: pytest.MonkeyPatch, forward_path: bool
 ) -> None:
     """A Llama attention layer on a one-row pass (rotary embedding, grouped heads, examples laid out
     in rows, the causal quadrant skipped in long rows, a prefix shared by the examples) against
@@ -289,7 +298,7 @@ def test_only_block_diagonal_causal_masks_are_read_as_packed_examples() -> None:
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_long_rows_skip_the_causal_quadrant_and_keep_sdpas_numbers(causal: bool) -> None:
+def test_long_rows_skip_the_causal_quadrant_and_keep_sdpas_numbers(causal: bool, forward_path: bool) -> None:
     """Rows of MIN_SPLIT_LENGTH tokens or more compute their first half of queries against the
     first half of keys only, where the mask allows no more; a mask that does (here: a row that may
     see every key) keeps one block."""
@@ -308,7 +317,24 @@ def test_long_rows_skip_the_causal_quadrant_and_keep_sdpas_numbers(causal: bool)
     assert_matmul_attention_is_sdpa(q, k, v, mask)
 
 
-def test_matmul_attention_with_a_value_head_size_of_its_own() -> None:
+def test_the_fused_attention_forward_is_the_nearer_to_exact_in_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In bf16, SDPA's fused forward keeps its scores in fp32; the batched matmuls round scores and
+    probabilities to bf16. Both against the same attention in float64 on the same bf16 inputs."""
+    torch.manual_seed(0)
+    mask = block_causal_mask([[0] * 40 + [1] * 30, [0] * 70])
+    q, k, v = torch.randn(2, 2, 3 * 70, 16), torch.randn(2, 2, 70, 16), torch.randn(2, 2, 70, 16)
+    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
+    exact_bias, blocks = additive_mask(mask, torch.float64)
+    exact = attend(q.double(), k.double(), v.double(), exact_bias, 3, blocks)
+    errors = {}
+    for fused in (True, False):
+        monkeypatch.setattr(attention, "cpu_has_amx", lambda fused=fused: fused)
+        got = attend(q, k, v, additive_mask(mask, torch.bfloat16)[0], 3, blocks)
+        errors[fused] = float((got.double() - exact).abs().max())
+    assert errors[True] < errors[False] / 2, errors
+
+
+def test_matmul_attention_with_a_value_head_size_of_its_own(forward_path: bool) -> None:
     """Multi-head latent attention (DeepSeek-V2/V3) has value heads narrower than query heads."""
     torch.manual_seed(0)
     mask = block_causal_mask([[0, 0, 1, 1, 1, 1]])
