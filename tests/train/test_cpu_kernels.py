@@ -65,6 +65,53 @@ def test_a_strided_input_is_read_as_its_values(built: None) -> None:
     assert torch.equal(cpu_kernels.kernel("swiglu")(gate, t["other"]), cpu_kernels.swiglu(t["x"], t["other"]))
 
 
+def _causal_bias(rows: int, queries: int, keys: int) -> torch.Tensor:
+    """`[rows, 1, queries, keys]`: 0 where a query (the last `queries` of `keys` positions) may see
+    a key, −inf where not; the second row holds two examples (its second half sees only itself)."""
+    position = torch.arange(keys - queries, keys)[:, None]
+    allowed = (torch.arange(keys)[None, :] <= position).expand(rows, 1, queries, keys).clone()
+    allowed[-1, :, :, : keys // 2] &= position < keys // 2
+    return torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf")).to(BF16)
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_attention_probabilities_are_softmax_again_from_the_log_sum_exp(built: None, rows: int) -> None:
+    """The compiled `exp(scores + bias − lse)` against its eager function and against softmax, at
+    sizes it was not traced with, one row or several."""
+    torch.manual_seed(0)
+    scores = (torch.randn(rows, 6, 13, 29) * 4).to(BF16)
+    bias = _causal_bias(rows, 13, 29)
+    lse = torch.logsumexp(scores.float() + bias.float(), dim=-1, keepdim=True)
+    got = cpu_kernels.kernel("attention_probabilities")(scores, bias, lse)
+    want = cpu_kernels.attention_probabilities(scores, bias, lse)
+    torch.testing.assert_close(got, want)  # the exponentials' last bit may differ
+    torch.testing.assert_close(got, torch.softmax(scores.float() + bias.float(), dim=-1).to(BF16))
+    assert bool((got[bias.expand_as(got) == float("-inf")] == 0).all())
+
+
+def test_bf16_attention_gradients_on_the_kernel_match_its_eager_path(built: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fused-forward attention's gradients in bf16 (probabilities again from the log-sum-exp,
+    in two blocks of queries), with the library and without it."""
+    from tunehouse.train import attention
+
+    monkeypatch.setattr(attention, "cpu_has_amx", lambda: True)
+    torch.manual_seed(0)
+    length = attention.MIN_SPLIT_LENGTH + 10
+    allowed = torch.ones(length, length, dtype=torch.bool).tril()[None, None].expand(2, 1, length, length)
+    q, k, v = ((torch.randn(2, heads, length, 16) * 0.5).to(BF16) for heads in (6, 2, 2))
+    upstream = torch.randn(2, 6, length, 16).to(BF16)
+
+    def grads() -> list[torch.Tensor]:
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = attention.matmul_attention(*inputs, allowed, 16**-0.5)
+        return list(torch.autograd.grad((out.float() * upstream.float()).sum(), inputs))
+
+    compiled = grads()
+    monkeypatch.setattr(cpu_kernels, "kernel", lambda name: None)
+    for got, want in zip(compiled, grads(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0.02, atol=0.02)
+
+
 @pytest.mark.parametrize("module", ["norm", "mlp"])
 def test_bf16_layers_on_the_kernels_match_their_eager_path(
     built: None, module: str, monkeypatch: pytest.MonkeyPatch

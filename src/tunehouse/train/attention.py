@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from tunehouse.train.batching import first_fit_rows
+from tunehouse.train.cpu_kernels import attention_probabilities, kernel_for
 from tunehouse.train.precision import compute_dtype, cpu_has_amx
 
 ATTENTION_NAME = "tunehouse_matmul"
@@ -56,6 +56,19 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, group: 
     batch, kv_heads, rows, length = scores.shape
     scores.view(batch, kv_heads, group, rows // group, length).add_(bias)
     return torch.softmax(scores, dim=-1)
+
+
+def _probabilities_from_lse(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, lse: torch.Tensor, group: int) -> torch.Tensor:
+    """`_probabilities` from the fused forward's log-sum-exp `lse [batch, kv_heads · group,
+    queries]`: `exp(QKᵀ + bias − lse)` in one pass (`cpu_kernels.attention_probabilities`)."""
+    scores = torch.matmul(q, k.transpose(-1, -2))
+    batch, kv_heads, rows, keys = scores.shape
+    queries = rows // group
+    scores = scores.view(batch, kv_heads * group, queries, keys)
+    bias = bias[:, :, 0].expand(batch, 1, queries, keys)
+    fused = kernel_for("attention_probabilities", scores, bias)
+    p = (fused or attention_probabilities)(scores, bias, lse[..., None])
+    return p.view(batch, kv_heads, rows, keys)
 
 
 Blocks = tuple[tuple[int, int, int], ...]
@@ -110,22 +123,26 @@ def _put_query_rows(out: torch.Tensor, part: torch.Tensor, group: int, start: in
     )
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks) -> torch.Tensor:
-    """softmax(QKᵀ + bias)V, Q already scaled, `[batch, kv_heads, group · length, dim]`.
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """softmax(QKᵀ + bias)V, Q already scaled, `[batch, kv_heads, group · length, dim]`, and the
+    scores' log-sum-exp `[batch, kv_heads · group, length]` where the fused kernel computed it.
 
     On a CPU with AMX, by SDPA's fused (flash) kernel: it keeps no probabilities either, takes
     about half the time of the batched matmuls in bf16 there (6.8 against 14.3 ms for 2 rows of
     558 tokens, 11.0 against 21.0 for one row of 1,000; no slower in fp32), and keeps its scores
     in fp32, so its bf16 output is the nearer to exact (max error 0.015 against 0.11 for bf16
     scores and softmax, measured against float64). Its backward is the slower one, so backward is
-    always `attend_backward`. Elsewhere the batched matmuls, a block of queries at a time
-    (`query_blocks`): SDPA's kernel was the slower one on the AVX-512 BF16 machine measured."""
-    if q.device.type == "cpu" and cpu_has_amx():
+    always `attend_backward`, which takes the log-sum-exp to recompute the probabilities in one
+    pass. Elsewhere the batched matmuls, a block of queries at a time (`query_blocks`): SDPA's
+    kernel was the slower one on the AVX-512 BF16 machine measured."""
+    if q.device.type == "cpu" and cpu_has_amx() and v.shape[-1] == q.shape[-1]:  # the kernel's one head size
         batch, kv_heads, rows, dim = q.shape
-        out = F.scaled_dot_product_attention(
-            q.reshape(batch, kv_heads * group, rows // group, dim), k, v, attn_mask=bias[:, :, 0], scale=1.0, enable_gqa=True
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q.reshape(batch, kv_heads * group, rows // group, dim), k, v, 0.0, False, attn_mask=bias[:, :, 0], scale=1.0
         )
-        return out.view(batch, kv_heads, rows, v.shape[-1])
+        return out.view(batch, kv_heads, rows, v.shape[-1]), lse
     out = q.new_empty(*q.shape[:-1], v.shape[-1]) if len(blocks) > 1 else None
     for start, end, keys in blocks:
         q_block = _query_rows(q, group, start, end)
@@ -136,20 +153,32 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         else:
             _put_query_rows(out, out_block, group, start, end)
     assert out is not None
-    return out
+    return out, None
 
 
 def attend_backward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks, d_out: torch.Tensor
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    group: int,
+    blocks: Blocks,
+    d_out: torch.Tensor,
+    lse: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of `attend` with respect to Q, K and V, recomputing the probabilities."""
+    """The gradients of `attend` with respect to Q, K and V, recomputing the probabilities (from
+    the forward's log-sum-exp `lse` where it has one)."""
     d_out = d_out.to(q.dtype).contiguous()
     d_q = torch.empty_like(q) if len(blocks) > 1 else None
     d_k = d_v = None
     for start, end, keys in blocks:
         q_block, d_o = _query_rows(q, group, start, end), _query_rows(d_out, group, start, end)
         k_block, v_block = k[:, :, :keys], v[:, :, :keys]
-        p = _probabilities(q_block, k_block, bias[..., start:end, :keys], group)
+        bias_block = bias[..., start:end, :keys]
+        if lse is None:
+            p = _probabilities(q_block, k_block, bias_block, group)
+        else:
+            p = _probabilities_from_lse(q_block, k_block, bias_block, lse[:, :, start:end], group)
         d_v_block = torch.matmul(p.transpose(-1, -2), d_o)  # sums over the group's query heads
         d_p = torch.matmul(d_o, v_block.transpose(-1, -2))
         d_scores = torch.ops.aten._softmax_backward_data(d_p, p, -1, p.dtype)
@@ -175,14 +204,15 @@ class _MatmulAttention(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks
     ) -> torch.Tensor:
-        ctx.save_for_backward(q, k, v, bias)
+        out, lse = attend(q, k, v, bias, group, blocks)
+        ctx.save_for_backward(q, k, v, bias, lse)
         ctx.group, ctx.blocks = group, blocks
-        return attend(q, k, v, bias, group, blocks)
+        return out
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        q, k, v, bias = ctx.saved_tensors
-        return *attend_backward(q, k, v, bias, ctx.group, ctx.blocks, d_out), None, None, None
+        q, k, v, bias, lse = ctx.saved_tensors
+        return *attend_backward(q, k, v, bias, ctx.group, ctx.blocks, d_out, lse), None, None, None
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,8 @@ class _PackedAttention(torch.autograd.Function):
         _rotate(k_rows, cos, sin, k_att.permute(0, 2, 1, 3))
         v_att = v.index_select(0, layout.gather).view(rows, width, kv_heads, dim).permute(0, 2, 1, 3).contiguous()
         q_att = q_att.view(rows, kv_heads, group * width, dim)
-        out = attend(q_att, k_att, v_att, bias, group, blocks)
-        ctx.save_for_backward(q_att, k_att, v_att, bias)
+        out, lse = attend(q_att, k_att, v_att, bias, group, blocks)
+        ctx.save_for_backward(q_att, k_att, v_att, bias, lse)
         ctx.layout, ctx.tables, ctx.blocks, ctx.group = layout, tables, blocks, group
         # each token's output from its slot: `[L, kv_heads, group, d]`, the heads in the model's order
         slots = out.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)
@@ -154,13 +154,13 @@ class _PackedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
-        q_att, k_att, v_att, bias = ctx.saved_tensors
+        q_att, k_att, v_att, bias, lse = ctx.saved_tensors
         layout, tables, group = ctx.layout, ctx.tables, ctx.group
         rows, kv_heads, _, dim = k_att.shape
         width = layout.allowed.shape[-1]
         d_o = d_out.new_zeros(rows, kv_heads, group, width, dim)  # padding slots: no gradient
         d_o.permute(0, 3, 1, 2, 4)[tables.row, tables.column] = d_out.view(-1, kv_heads, group, dim).to(d_o.dtype)
-        d_q, d_k, d_v = attend_backward(q_att, k_att, v_att, bias, group, ctx.blocks, d_o.view(q_att.shape))
+        d_q, d_k, d_v = attend_backward(q_att, k_att, v_att, bias, group, ctx.blocks, d_o.view(q_att.shape), lse)
         tokens = tables.row.shape[0]
         cos, sin = (t.view(tokens, 1, 1, dim) for t in tables.query_tokens)
         d_q = d_q.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)[tables.row, tables.column]
