@@ -69,7 +69,9 @@ def device_name() -> str:
         return torch.cuda.get_device_name()
     import platform
 
-    model, flags = platform.processor() or platform.machine(), ""
+    from tunehouse.train.precision import cpu_flags
+
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
@@ -79,10 +81,8 @@ def device_name() -> str:
         key, _, value = line.partition(":")
         if key.strip() == "model name":
             model = value.strip()
-        elif key.strip() == "flags":
-            flags = value
             break
-    units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")) if flag in flags.split()]
+    units = [name for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16")) if flag in cpu_flags()]
     return f"CPU ({model}, {os.cpu_count()} cores{', ' + ' and '.join(units) if units else ''})"
 
 

@@ -13,7 +13,8 @@ def training_device() -> torch.device:
 
 
 @functools.cache
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags, as `/proc/cpuinfo` lists them (empty where it does not)."""
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
@@ -24,13 +25,13 @@ def _cpu_flags() -> set[str]:
 
 def cpu_has_fast_bf16() -> bool:
     """AVX-512 BF16 or AMX: there bf16 matmuls run several times faster than fp32 (4.6× measured here)."""
-    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def cpu_has_amx() -> bool:
     """Intel's AMX bf16 matrix units (Sapphire Rapids and later): the CPUs on which SDPA's fused
     attention forward was measured faster than batched matmuls (`attention.attend`)."""
-    return "amx_bf16" in _cpu_flags()
+    return "amx_bf16" in cpu_flags()
 
 
 def bf16_supported(device: torch.device) -> bool:
