@@ -313,7 +313,24 @@ def test_long_rows_skip_the_causal_quadrant_and_keep_sdpas_numbers(causal: bool,
     v = torch.randn(2, 2, length, 8, dtype=torch.float64, requires_grad=True)
     half = length // 2
     want_blocks = ((half, length, length), (0, half, half)) if causal else ((0, length, length),)
-    assert additive_mask(mask, torch.float64)[1] == want_blocks
+    assert additive_mask(mask, torch.float64)[1:] == (want_blocks, causal)
+    assert_matmul_attention_is_sdpa(q, k, v, mask)
+
+
+def test_a_causal_mask_over_rows_longer_than_a_key_block_keeps_sdpas_numbers(forward_path: bool) -> None:
+    """Rows longer than the fused kernel's key blocks (512), where a causal mask lets it skip those
+    above the diagonal; a mask that lets one row see every key is not causal, and skips nothing."""
+    torch.manual_seed(0)
+    length = 600
+    mask = block_causal_mask([[0] * 550 + [1] * 50, [0] * length])
+    assert additive_mask(mask, torch.float64)[2]
+    q = torch.randn(2, 6, length, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, length, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, length, 8, dtype=torch.float64, requires_grad=True)
+    assert_matmul_attention_is_sdpa(q, k, v, mask)
+    mask = mask.clone()  # a new mask: the bias of the last one seen is kept
+    mask[1] = True
+    assert not additive_mask(mask, torch.float64)[2]
     assert_matmul_attention_is_sdpa(q, k, v, mask)
 
 
@@ -324,12 +341,12 @@ def test_the_fused_attention_forward_is_the_nearer_to_exact_in_bf16(monkeypatch:
     mask = block_causal_mask([[0] * 40 + [1] * 30, [0] * 70])
     q, k, v = torch.randn(2, 2, 3 * 70, 16), torch.randn(2, 2, 70, 16), torch.randn(2, 2, 70, 16)
     q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
-    exact_bias, blocks = additive_mask(mask, torch.float64)
-    exact, _ = attend(q.double(), k.double(), v.double(), exact_bias, 3, blocks)
+    exact_bias, blocks, causal = additive_mask(mask, torch.float64)
+    exact, _ = attend(q.double(), k.double(), v.double(), exact_bias, 3, blocks, causal)
     errors = {}
     for fused in (True, False):
         monkeypatch.setattr(attention, "cpu_has_amx", lambda fused=fused: fused)
-        got, _ = attend(q, k, v, additive_mask(mask, torch.bfloat16)[0], 3, blocks)
+        got, _ = attend(q, k, v, additive_mask(mask, torch.bfloat16)[0], 3, blocks, causal)
         errors[fused] = float((got.double() - exact).abs().max())
     assert errors[True] < errors[False] / 2, errors
 

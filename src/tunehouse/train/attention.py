@@ -77,7 +77,7 @@ see; the block that sees every key comes first."""
 MIN_SPLIT_LENGTH = 64
 """Rows at least this long have the first half of their queries computed against the first half
 of the keys only (`query_blocks`)."""
-_BIAS_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor, Blocks]] = {}
+_BIAS_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor, Blocks, bool]] = {}
 
 
 def query_blocks(bias: torch.Tensor, length: int) -> Blocks:
@@ -91,20 +91,24 @@ def query_blocks(bias: torch.Tensor, length: int) -> Blocks:
     return ((0, length, length),)
 
 
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, Blocks]:
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, Blocks, bool]:
     """`allowed [b, 1, L, L]` as a bias to add to the grouped scores (0 where allowed, −inf where
-    not), `[b, 1, 1, L, L]` in `dtype`, and its `query_blocks`. Adding a broadcast bias takes about a
-    third of the time of `masked_fill_` with the negated mask (measured: 1.8 → 0.7 ms over 4 rows of
-    263 tokens, 9 heads), and every layer of a forward pass gets the same mask object, so the bias is
-    built once per pass (one entry is kept: the last mask seen)."""
+    not), `[b, 1, 1, L, L]` in `dtype`, its `query_blocks`, and whether it is causal (no query sees
+    a later key: the fused forward may then skip the blocks above the diagonal). Adding a broadcast
+    bias takes about a third of the time of `masked_fill_` with the negated mask (measured: 1.8 →
+    0.7 ms over 4 rows of 263 tokens, 9 heads), and every layer of a forward pass gets the same mask
+    object, so the bias is built once per pass (one entry is kept: the last mask seen)."""
     cached = _BIAS_CACHE.get("last")
     if cached is not None and cached[0] is allowed and cached[1].dtype == dtype:
-        return cached[1], cached[2]
+        return cached[1], cached[2], cached[3]
     bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
     bias = bias[:, :, None]
-    blocks = query_blocks(bias, allowed.shape[-1])
-    _BIAS_CACHE["last"] = (allowed, bias, blocks)
-    return bias, blocks
+    length = allowed.shape[-1]
+    blocks = query_blocks(bias, length)
+    above_diagonal = torch.ones(length, length, dtype=torch.bool, device=allowed.device).triu(1)
+    causal = not bool((allowed & above_diagonal).any())
+    _BIAS_CACHE["last"] = (allowed, bias, blocks, causal)
+    return bias, blocks, causal
 
 
 def _query_rows(x: torch.Tensor, group: int, start: int, end: int) -> torch.Tensor:
@@ -124,7 +128,13 @@ def _put_query_rows(out: torch.Tensor, part: torch.Tensor, group: int, start: in
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    group: int,
+    blocks: Blocks,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """softmax(QKᵀ + bias)V, Q already scaled, `[batch, kv_heads, group · length, dim]`, and the
     scores' log-sum-exp `[batch, kv_heads · group, length]` where the fused kernel computed it.
@@ -133,14 +143,17 @@ def attend(
     about half the time of the batched matmuls in bf16 there (6.8 against 14.3 ms for 2 rows of
     558 tokens, 11.0 against 21.0 for one row of 1,000; no slower in fp32), and keeps its scores
     in fp32, so its bf16 output is the nearer to exact (max error 0.015 against 0.11 for bf16
-    scores and softmax, measured against float64). Its backward is the slower one, so backward is
+    scores and softmax, measured against float64); given a `causal` mask it skips the key blocks
+    above the diagonal as well (the same numbers; rows wider than its 512-key blocks: 3.7 against
+    5.5 ms for 2 rows of 558, 7.2 against 10.6 for 1 of 1,300). Its backward
+    is the slower one, so backward is
     always `attend_backward`, which takes the log-sum-exp to recompute the probabilities in one
     pass. Elsewhere the batched matmuls, a block of queries at a time (`query_blocks`): SDPA's
     kernel was the slower one on the AVX-512 BF16 machine measured."""
     if q.device.type == "cpu" and cpu_has_amx() and v.shape[-1] == q.shape[-1]:  # the kernel's one head size
         batch, kv_heads, rows, dim = q.shape
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.reshape(batch, kv_heads * group, rows // group, dim), k, v, 0.0, False, attn_mask=bias[:, :, 0], scale=1.0
+            q.reshape(batch, kv_heads * group, rows // group, dim), k, v, 0.0, causal, attn_mask=bias[:, :, 0], scale=1.0
         )
         return out.view(batch, kv_heads, rows, v.shape[-1]), lse
     out = q.new_empty(*q.shape[:-1], v.shape[-1]) if len(blocks) > 1 else None
@@ -202,9 +215,16 @@ class _MatmulAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        group: int,
+        blocks: Blocks,
+        causal: bool,
     ) -> torch.Tensor:
-        out, lse = attend(q, k, v, bias, group, blocks)
+        out, lse = attend(q, k, v, bias, group, blocks, causal)
         ctx.save_for_backward(q, k, v, bias, lse)
         ctx.group, ctx.blocks = group, blocks
         return out
@@ -212,7 +232,7 @@ class _MatmulAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         q, k, v, bias, lse = ctx.saved_tensors
-        return *attend_backward(q, k, v, bias, ctx.group, ctx.blocks, d_out, lse), None, None, None
+        return *attend_backward(q, k, v, bias, ctx.group, ctx.blocks, d_out, lse), None, None, None, None
 
 
 @dataclass(frozen=True)
@@ -365,8 +385,8 @@ def matmul_attention(
     dtype = compute_dtype(query)
     q = (query.to(dtype) * scale).reshape(batch, kv_heads, group * length, dim)
     k, v = key.to(dtype), value.to(dtype)
-    bias, blocks = additive_mask(allowed, dtype)
-    out = _MatmulAttention.apply(q, k, v, bias, group, blocks)
+    bias, blocks, causal = additive_mask(allowed, dtype)
+    out = _MatmulAttention.apply(q, k, v, bias, group, blocks, causal)
     return out.view(batch, heads, length, value.shape[-1])
 
 

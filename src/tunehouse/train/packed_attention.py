@@ -128,6 +128,7 @@ class _PackedAttention(torch.autograd.Function):
         tables: _PassTables,
         bias: torch.Tensor,
         blocks: Blocks,
+        causal: bool,
         kv_heads: int,
     ) -> torch.Tensor:
         rows, _, width, _ = layout.allowed.shape
@@ -145,7 +146,7 @@ class _PackedAttention(torch.autograd.Function):
         _rotate(k_rows, cos, sin, k_att.permute(0, 2, 1, 3))
         v_att = v.index_select(0, layout.gather).view(rows, width, kv_heads, dim).permute(0, 2, 1, 3).contiguous()
         q_att = q_att.view(rows, kv_heads, group * width, dim)
-        out, lse = attend(q_att, k_att, v_att, bias, group, blocks)
+        out, lse = attend(q_att, k_att, v_att, bias, group, blocks, causal)
         ctx.save_for_backward(q_att, k_att, v_att, bias, lse)
         ctx.layout, ctx.tables, ctx.blocks, ctx.group = layout, tables, blocks, group
         # each token's output from its slot: `[L, kv_heads, group, d]`, the heads in the model's order
@@ -168,7 +169,7 @@ class _PackedAttention(torch.autograd.Function):
         cos, sin = (t.view(tokens, 1, dim) for t in tables.key_tokens)
         d_k = _rotate_back(_token_grads(d_k, tables, layout), cos, sin).view(tokens, -1)
         d_v = _token_grads(d_v, tables, layout).reshape(tokens, -1)
-        return d_q, d_k, d_v, None, None, None, None, None
+        return d_q, d_k, d_v, None, None, None, None, None, None
 
 
 def _packed_layout(module: Any, hidden_states: torch.Tensor, attention_mask: Any, cache: Any, kwargs: dict[str, Any]) -> RowLayout | None:
@@ -207,9 +208,9 @@ def _llama_attention_forward(
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     cos, sin = position_embeddings
     tables = _pass_tables(layout, cos, sin, module.scaling, dtype)
-    bias, blocks = additive_mask(layout.allowed, dtype)
+    bias, blocks, causal = additive_mask(layout.allowed, dtype)
     kv_heads = module.config.num_key_value_heads
-    out = _PackedAttention.apply(q, k, v, layout, tables, bias, blocks, kv_heads)
+    out = _PackedAttention.apply(q, k, v, layout, tables, bias, blocks, causal, kv_heads)
     return module.o_proj(out.view(1, tokens, -1)), None
 
 
