@@ -89,6 +89,106 @@ def test_attention_probabilities_are_softmax_again_from_the_log_sum_exp(built: N
     assert bool((got[bias.expand_as(got) == float("-inf")] == 0).all())
 
 
+def _rotary_tables(tokens: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    config = LlamaConfig(hidden_size=4 * dim, num_attention_heads=4, head_dim=dim)
+    x = torch.zeros(1, tokens, dim, dtype=torch.float64)
+    cos, sin = LlamaRotaryEmbedding(config)(x, torch.arange(tokens)[None])
+    return cos[0].double(), sin[0].double()
+
+
+@pytest.mark.parametrize("dim", cpu_kernels.ROPE_HEAD_SIZES)
+def test_the_rotary_row_kernels_are_transformers_rotary_embedding_and_its_gradient(built: None, dim: int) -> None:
+    """`rope_rows` gathers tokens into rows and rotates them as transformers'
+    `apply_rotary_pos_emb` does; `rope_tokens_back` is its gradient (float64, eager); the compiled
+    bf16 kernels compute what the eager functions do, at sizes they were not traced with."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from tunehouse.train.packed_attention import _signed
+
+    torch.manual_seed(0)
+    tokens, heads, rows, width = 10, 3, 2, 6
+    index = torch.tensor([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 0, 0]])  # two padding slots
+    cos, sin = _rotary_tables(tokens, dim)
+    x = torch.randn(tokens, heads, dim, dtype=torch.float64, requires_grad=True)
+    want, _ = apply_rotary_pos_emb(x.transpose(0, 1)[None], x.transpose(0, 1)[None], cos[None], sin[None])
+    got = cpu_kernels.rope_rows(x, index, cos[index], _signed(sin, backward=False)[index])
+    assert got.shape == (rows, heads, width, dim)
+    real = (index.flatten() != 0) | (torch.arange(rows * width) == 0)
+    torch.testing.assert_close(got.transpose(1, 2).reshape(-1, heads, dim)[real], want[0].transpose(0, 1))
+    upstream = torch.randn_like(got)
+    upstream[1, :, 4:] = 0  # padding slots: no gradient
+    (grad,) = torch.autograd.grad((got * upstream).sum(), [x])
+    row, column = torch.arange(tokens) // width, torch.arange(tokens) % width
+    back = cpu_kernels.rope_tokens_back(upstream, row, column, cos, _signed(sin, backward=True))
+    torch.testing.assert_close(back, grad)
+
+    x16, up16 = x.detach().to(BF16), upstream.to(BF16)
+    tables = [t.to(BF16) for t in (cos[index], _signed(sin, backward=False)[index])]
+    compiled = cpu_kernels.kernel(f"rope_rows_{dim}")(x16, index, *tables)
+    assert torch.equal(compiled, cpu_kernels.rope_rows(x16, index, *tables))
+    tables = [t.to(BF16) for t in (cos, _signed(sin, backward=True))]
+    compiled = cpu_kernels.kernel(f"rope_tokens_back_{dim}")(up16, row, column, *tables)
+    assert torch.equal(compiled, cpu_kernels.rope_tokens_back(up16, row, column, *tables))
+
+
+def test_the_row_gathers_compute_what_their_eager_functions_do(built: None) -> None:
+    """`rows_of` (a negative index: a slot of zeros) and its inverse `tokens_of`, compiled, against
+    their eager functions and each other."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 3, 40).to(BF16)
+    index = torch.tensor([[0, 1, 2, -1], [3, 4, 5, 6]])
+    rows = cpu_kernels.kernel("rows_of")(x, index)
+    assert torch.equal(rows, cpu_kernels.rows_of(x, index))
+    assert torch.equal(rows[0, :, 3], torch.zeros(3, 40, dtype=BF16))
+    row, column = torch.tensor([0, 0, 0, 1, 1, 1, 1]), torch.tensor([0, 1, 2, 0, 1, 2, 3])
+    tokens = cpu_kernels.kernel("tokens_of")(rows, row, column)
+    assert torch.equal(tokens, cpu_kernels.tokens_of(rows, row, column))
+    assert torch.equal(tokens, x)
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_bf16_packed_attention_on_the_kernels_matches_its_eager_path(
+    built: None, shared_prefix: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Llama attention layer (heads of 64) on a one-row pass in bf16, its examples gathered
+    into rows, rotated and gathered back by the kernels and by the eager code: the same outputs
+    and gradients, with a shared prefix's copies too."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunehouse.train import attention, packed_attention
+
+    from .test_speed_tricks import shared_prefix_mask
+
+    monkeypatch.setattr(attention, "cpu_has_amx", lambda: True)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=128, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=64, vocab_size=64, attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config).to(BF16)
+    assert attention.use_matmul_attention(model) and packed_attention.fuse_packed_attention(model) == 1
+    lengths, prefix = [9, 5, 4, 3], (4 if shared_prefix else 0)
+    mask = shared_prefix_mask(prefix, lengths) if shared_prefix else None
+    positions = torch.cat([torch.arange(prefix)] + [torch.arange(prefix, prefix + n) for n in lengths])[None]
+    ids = torch.randint(0, 64, positions.shape)
+
+    def run() -> list[torch.Tensor]:
+        model.zero_grad()
+        hidden = model.model.embed_tokens(ids).detach().requires_grad_()
+        out = model.model(inputs_embeds=hidden, position_ids=positions, attention_mask=mask, use_cache=False)
+        out = out.last_hidden_state
+        (out.float() * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        return [out.detach(), hidden.grad] + [p.grad for p in model.parameters() if p.grad is not None]
+
+    compiled = run()
+    monkeypatch.setattr(cpu_kernels, "kernel", lambda name: None)
+    for got, want in zip(compiled, run(), strict=True):  # bf16 roundings, at the tensor's scale
+        assert float((got.float() - want.float()).abs().max()) <= 0.01 * float(want.float().abs().max())
+
+
 def test_bf16_attention_gradients_on_the_kernel_match_its_eager_path(built: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fused-forward attention's gradients in bf16 (probabilities again from the log-sum-exp,
     in two blocks of queries), with the library and without it."""

@@ -9,7 +9,9 @@ gathers the examples into rows and back, whose gradients autograd computes as ze
 additions. `_PackedAttention` does the same arithmetic in a few passes: the examples' tokens are
 gathered into rows once, the rotary embedding (with the attention's scaling folded into it for the
 queries) is written straight into the layout the attention's matmuls read, and backward gathers
-the gradients back to the tokens and rotates them back in one pass each.
+the gradients back to the tokens and rotates them back in one pass each. In bf16 on a CPU those
+passes are compiled kernels (`cpu_kernels.rope_rows` and the others, for heads of 64 or 128): one
+loop each for the gather, the rotation and the layout change.
 
 Only the plain case is taken: one row of examples packed end to end (the block-diagonal causal
 mask `packed_row_layout` reads), no KV cache, no dropout, the module's forward being transformers'
@@ -36,26 +38,28 @@ from tunehouse.train.attention import (
     attend_backward,
     fitting_row_layout,
 )
+from tunehouse.train.cpu_kernels import kernel_for
 from tunehouse.train.fused_layers import same_code
 from tunehouse.train.precision import compute_dtype
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """transformers' `x · cos + rotate_half(x) · sin` into `out` (any layout): with x = [x1, x2],
-    [x1·cos1 − x2·sin1, x2·cos2 + x1·sin2], the products summed before rounding."""
+    """transformers' `x · cos + rotate_half(x) · sin` into `out` (any layout), `sin` signed as
+    `_signed` gives it: with x = [x1, x2], [x1·cos1 − x2·sin1, x2·cos2 + x1·sin2]."""
     half = x.shape[-1] // 2
     torch.mul(x, cos, out=out)
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+    out[..., :half].addcmul_(x[..., half:], sin[..., :half])
     out[..., half:].addcmul_(x[..., :half], sin[..., half:])
     return out
 
 
 def _rotate_back(grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The gradient of `_rotate` with respect to x: [g1·cos1 + g2·sin2, g2·cos2 − g1·sin1]."""
+    """The gradient of `_rotate` with respect to x, `sin` signed for backward:
+    [g1·cos1 + g2·sin2, g2·cos2 − g1·sin1]."""
     half = grad.shape[-1] // 2
     out = grad * cos
-    out[..., :half].addcmul_(grad[..., half:], sin[..., half:])
-    out[..., half:].addcmul_(grad[..., :half], sin[..., :half], value=-1)
+    out[..., :half].addcmul_(grad[..., half:], sin[..., :half])
+    out[..., half:].addcmul_(grad[..., :half], sin[..., half:])
     return out
 
 
@@ -63,8 +67,8 @@ def _rotate_back(grad: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> to
 class _PassTables:
     """What every layer of one pass shares: where each token sits in the rows (`row`, `column`),
     where a shared prefix's other copies sit (`shared_row`, `shared_column`), and the rotary
-    tables `(cos, sin)` in row order (forward) and token order (backward), as they are for the
-    keys and times the attention's scaling for the queries."""
+    tables `(cos, sin)` in row order (forward) and token order (backward), `sin` signed for
+    each (`_signed`), as they are for the keys and times the attention's scaling for the queries."""
 
     row: torch.Tensor
     column: torch.Tensor
@@ -74,6 +78,17 @@ class _PassTables:
     query_rows: tuple[torch.Tensor, torch.Tensor]
     key_tokens: tuple[torch.Tensor, torch.Tensor]
     query_tokens: tuple[torch.Tensor, torch.Tensor]
+    output_slots: torch.Tensor
+    """`[rows, width]`: the token each slot's output gradient comes from, −1 where none does
+    (padding, and the other copies of a shared prefix)."""
+
+
+def _signed(sin: torch.Tensor, backward: bool) -> torch.Tensor:
+    """The rotary `sin` table as `_rotate` reads it, `[−sin1, sin2]`, or as `_rotate_back` does,
+    `[sin2, −sin1]`: each half of the output then adds the other half of the input times it."""
+    half = sin.shape[-1] // 2
+    first, second = sin[..., :half], sin[..., half:]
+    return torch.cat([second, -first] if backward else [-first, second], dim=-1)
 
 
 _TABLES: dict[str, tuple[tuple[Any, ...], _PassTables]] = {}
@@ -88,7 +103,9 @@ def _pass_tables(layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale:
             return tables
     width = layout.allowed.shape[-1]
     cos_tokens, sin_tokens = cos[0].to(dtype), sin[0].to(dtype)
-    cos_rows, sin_rows = cos_tokens.index_select(0, layout.gather), sin_tokens.index_select(0, layout.gather)
+    cos_rows = cos_tokens.index_select(0, layout.gather)
+    sin_rows = _signed(sin_tokens, backward=False).index_select(0, layout.gather)
+    sin_tokens = _signed(sin_tokens, backward=True)
     tables = _PassTables(
         row=layout.scatter // width,
         column=layout.scatter % width,
@@ -98,18 +115,33 @@ def _pass_tables(layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale:
         query_rows=(cos_rows * scale, sin_rows * scale),
         key_tokens=(cos_tokens, sin_tokens),
         query_tokens=(cos_tokens * scale, sin_tokens * scale),
+        output_slots=torch.full((layout.gather.numel(),), -1, dtype=torch.long, device=layout.gather.device)
+        .index_copy_(0, layout.scatter, torch.arange(len(layout.scatter), device=layout.gather.device))
+        .view(-1, width),
     )
     _TABLES["last"] = ((layout, cos, sin, scale, dtype), tables)
     return tables
 
 
-def _token_grads(grad: torch.Tensor, tables: _PassTables, layout: RowLayout) -> torch.Tensor:
+def _token_grads(
+    grad: torch.Tensor, tables: _PassTables, layout: RowLayout, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
     """The keys' or values' gradient `[rows, kv_heads, width, d]` gathered back to the tokens,
-    `[L, kv_heads, d]`: each token's slot, plus the other copies of a shared prefix's tokens."""
-    slots = grad.permute(0, 2, 1, 3)
-    tokens = slots[tables.row, tables.column]
+    `[L, kv_heads, d]`: each token's slot, plus the other copies of a shared prefix's tokens; the
+    keys' rotated back with their `rotary` table (each copy with its token's: the same rotation,
+    so the sum is rotated too)."""
+    if rotary is None:
+        tokens = _tokens_of(grad, tables.row, tables.column)
+    else:
+        tokens = _rotated_back_to_tokens(grad, tables.row, tables.column, rotary)
     if layout.shared_tokens.numel():
-        tokens.index_add_(0, layout.shared_tokens, slots[tables.shared_row, tables.shared_column])
+        shared = layout.shared_tokens
+        if rotary is None:
+            copies = _tokens_of(grad, tables.shared_row, tables.shared_column)
+        else:
+            table = (rotary[0][shared], rotary[1][shared])
+            copies = _rotated_back_to_tokens(grad, tables.shared_row, tables.shared_column, table)
+        tokens.index_add_(0, shared, copies)
     return tokens
 
 
@@ -133,25 +165,33 @@ class _PackedAttention(torch.autograd.Function):
     ) -> torch.Tensor:
         rows, _, width, _ = layout.allowed.shape
         dim = v.shape[-1] // kv_heads
-        group = q.shape[-1] // (kv_heads * dim)
-        # gathered into rows (padding slots hold token 0, which only other padding slots see), then
-        # rotated straight into the `[rows, kv_heads, group · width, d]` layout the matmuls read
-        cos, sin = (t.view(rows, width, 1, 1, dim) for t in tables.query_rows)
-        q_rows = q.index_select(0, layout.gather).view(rows, width, kv_heads, group, dim)
-        q_att = q.new_empty(rows, kv_heads, group, width, dim)
-        _rotate(q_rows, cos, sin, q_att.permute(0, 3, 1, 2, 4))
-        cos, sin = (t.view(rows, width, 1, dim) for t in tables.key_rows)
-        k_rows = k.index_select(0, layout.gather).view(rows, width, kv_heads, dim)
-        k_att = k.new_empty(rows, kv_heads, width, dim)
-        _rotate(k_rows, cos, sin, k_att.permute(0, 2, 1, 3))
-        v_att = v.index_select(0, layout.gather).view(rows, width, kv_heads, dim).permute(0, 2, 1, 3).contiguous()
+        heads = q.shape[-1] // dim
+        group = heads // kv_heads
+        index = layout.gather.view(rows, width)
+        rope, gather = kernel_for(f"rope_rows_{dim}", q, k), kernel_for("rows_of", v)
+        if rope is not None and gather is not None:  # each in one pass (`cpu_kernels.rope_rows`)
+            q_att = rope(q.view(-1, heads, dim), index, *(t.view(rows, width, dim) for t in tables.query_rows))
+            k_att = rope(k.view(-1, kv_heads, dim), index, *(t.view(rows, width, dim) for t in tables.key_rows))
+            v_att = gather(v.view(-1, kv_heads, dim), index)
+        else:
+            # gathered into rows (padding slots hold token 0, which only other padding slots see),
+            # then rotated straight into the `[rows, kv_heads, group · width, d]` layout the
+            # matmuls read
+            cos, sin = (t.view(rows, width, 1, 1, dim) for t in tables.query_rows)
+            q_rows = q.index_select(0, layout.gather).view(rows, width, kv_heads, group, dim)
+            q_att = q.new_empty(rows, kv_heads, group, width, dim)
+            _rotate(q_rows, cos, sin, q_att.permute(0, 3, 1, 2, 4))
+            cos, sin = (t.view(rows, width, 1, dim) for t in tables.key_rows)
+            k_rows = k.index_select(0, layout.gather).view(rows, width, kv_heads, dim)
+            k_att = k.new_empty(rows, kv_heads, width, dim)
+            _rotate(k_rows, cos, sin, k_att.permute(0, 2, 1, 3))
+            v_att = v.index_select(0, layout.gather).view(rows, width, kv_heads, dim).permute(0, 2, 1, 3).contiguous()
         q_att = q_att.view(rows, kv_heads, group * width, dim)
         out, lse = attend(q_att, k_att, v_att, bias, group, blocks, causal)
         ctx.save_for_backward(q_att, k_att, v_att, bias, lse)
         ctx.layout, ctx.tables, ctx.blocks, ctx.group = layout, tables, blocks, group
-        # each token's output from its slot: `[L, kv_heads, group, d]`, the heads in the model's order
-        slots = out.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)
-        return slots[tables.row, tables.column].view(q.shape)
+        # each token's output from its slot: `[L, heads, d]`, the heads in the model's order
+        return _tokens_of(out.view(rows, heads, width, dim), tables.row, tables.column).view(q.shape)
 
     @staticmethod
     def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
@@ -159,17 +199,37 @@ class _PackedAttention(torch.autograd.Function):
         layout, tables, group = ctx.layout, ctx.tables, ctx.group
         rows, kv_heads, _, dim = k_att.shape
         width = layout.allowed.shape[-1]
-        d_o = d_out.new_zeros(rows, kv_heads, group, width, dim)  # padding slots: no gradient
-        d_o.permute(0, 3, 1, 2, 4)[tables.row, tables.column] = d_out.view(-1, kv_heads, group, dim).to(d_o.dtype)
+        heads, tokens = kv_heads * group, tables.row.shape[0]
+        d_out = d_out.view(tokens, heads, dim).to(q_att.dtype)
+        gather = kernel_for("rows_of", d_out)
+        if gather is not None:
+            d_o = gather(d_out, tables.output_slots)
+        else:
+            d_o = d_out.new_zeros(rows, heads, width, dim)  # padding slots: no gradient
+            d_o.permute(0, 2, 1, 3)[tables.row, tables.column] = d_out
         d_q, d_k, d_v = attend_backward(q_att, k_att, v_att, bias, group, ctx.blocks, d_o.view(q_att.shape), lse)
-        tokens = tables.row.shape[0]
-        cos, sin = (t.view(tokens, 1, 1, dim) for t in tables.query_tokens)
-        d_q = d_q.view(rows, kv_heads, group, width, dim).permute(0, 3, 1, 2, 4)[tables.row, tables.column]
-        d_q = _rotate_back(d_q, cos, sin).view(tokens, -1)
-        cos, sin = (t.view(tokens, 1, dim) for t in tables.key_tokens)
-        d_k = _rotate_back(_token_grads(d_k, tables, layout), cos, sin).view(tokens, -1)
-        d_v = _token_grads(d_v, tables, layout).reshape(tokens, -1)
-        return d_q, d_k, d_v, None, None, None, None, None, None
+        d_q = _rotated_back_to_tokens(d_q.view(rows, heads, width, dim), tables.row, tables.column, tables.query_tokens)
+        d_k = _token_grads(d_k, tables, layout, tables.key_tokens)
+        d_v = _token_grads(d_v, tables, layout)
+        return d_q.view(tokens, -1), d_k.view(tokens, -1), d_v.reshape(tokens, -1), None, None, None, None, None, None
+
+
+def _tokens_of(rows: torch.Tensor, row: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
+    """`cpu_kernels.tokens_of`: the tokens of `[rows, heads, width, d]` at slots `(row, column)`."""
+    fused = kernel_for("tokens_of", rows)
+    return fused(rows, row, column) if fused is not None else rows.permute(0, 2, 1, 3)[row, column]
+
+
+def _rotated_back_to_tokens(
+    rows: torch.Tensor, row: torch.Tensor, column: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
+    """The gradient at slots `(row, column)` of `rows [rows, heads, width, d]`, rotated back with
+    the rotary `table` for those tokens: `[tokens, heads, d]` (`cpu_kernels.rope_tokens_back`)."""
+    fused = kernel_for(f"rope_tokens_back_{rows.shape[-1]}", rows)
+    if fused is not None:
+        return fused(rows, row, column, *table)
+    cos, sin = (t[:, None] for t in table)
+    return _rotate_back(rows.permute(0, 2, 1, 3)[row, column], cos, sin)
 
 
 def _packed_layout(module: Any, hidden_states: torch.Tensor, attention_mask: Any, cache: Any, kwargs: dict[str, Any]) -> RowLayout | None:
