@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.sft import SFTTrainer
@@ -65,3 +66,10 @@ def make_trainer(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., SFTTrain
         return trainer
 
     return make
+
+
+def shared_prefix_mask(prefix: int, lengths: list[int]) -> torch.Tensor:
+    """`[1, 1, L, L]`: `pack_examples(share_prefix=True)`'s mask for examples of `lengths` after it."""
+    ids = torch.cat([torch.full((prefix,), -2)] + [torch.full((n,), i) for i, n in enumerate(lengths)])
+    causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+    return (causal & ((ids[:, None] == ids[None, :]) | (ids[None, :] == -2)))[None, None]

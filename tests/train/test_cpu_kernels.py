@@ -11,6 +11,8 @@ import torch
 from tunehouse.train import cpu_kernels
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 
+from .conftest import shared_prefix_mask
+
 BF16 = torch.bfloat16
 
 
@@ -159,8 +161,6 @@ def test_bf16_packed_attention_on_the_kernels_matches_its_eager_path(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tunehouse.train import attention, packed_attention
-
-    from .test_speed_tricks import shared_prefix_mask
 
     monkeypatch.setattr(attention, "cpu_has_amx", lambda: True)
     torch.manual_seed(0)

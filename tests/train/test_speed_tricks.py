@@ -32,7 +32,7 @@ from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_lo
 from tunehouse.train.precision import bf16_supported, keep_adapter_inputs_as_is, weights_changed
 from tunehouse.train.sft import SFTTrainer
 
-from .conftest import varied_chat_rows
+from .conftest import shared_prefix_mask, varied_chat_rows
 
 
 def gradients(trainer: SFTTrainer, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -212,13 +212,6 @@ def test_a_one_row_pass_gathers_its_examples_into_rows_for_attention(forward_pat
     layout = packed_row_layout(mask, 11)
     assert layout is not None and layout.allowed.shape == (3, 1, 5, 5)
     assert_one_row_attention_is_sdpa(mask)
-
-
-def shared_prefix_mask(prefix: int, lengths: list[int]) -> torch.Tensor:
-    """`[1, 1, L, L]`: `pack_examples(share_prefix=True)`'s mask for examples of `lengths` after it."""
-    ids = torch.cat([torch.full((prefix,), -2)] + [torch.full((n,), i) for i, n in enumerate(lengths)])
-    causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
-    return (causal & ((ids[:, None] == ids[None, :]) | (ids[None, :] == -2)))[None, None]
 
 
 def test_a_shared_prefix_is_copied_into_every_examples_row_for_attention(forward_path: bool) -> None:

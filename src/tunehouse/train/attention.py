@@ -128,13 +128,7 @@ def _put_query_rows(out: torch.Tensor, part: torch.Tensor, group: int, start: in
 
 
 def attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    bias: torch.Tensor,
-    group: int,
-    blocks: Blocks,
-    causal: bool = False,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks, causal: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """softmax(QKᵀ + bias)V, Q already scaled, `[batch, kv_heads, group · length, dim]`, and the
     scores' log-sum-exp `[batch, kv_heads · group, length]` where the fused kernel computed it.
@@ -214,14 +208,7 @@ class _MatmulAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        bias: torch.Tensor,
-        group: int,
-        blocks: Blocks,
-        causal: bool,
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks, causal: bool
     ) -> torch.Tensor:
         out, lse = attend(q, k, v, bias, group, blocks, causal)
         ctx.save_for_backward(q, k, v, bias, lse)
