@@ -141,8 +141,8 @@ def attend(
     above the diagonal as well (the same numbers; rows wider than its 512-key blocks: 3.7 against
     5.5 ms for 2 rows of 558, 7.2 against 10.6 for 1 of 1,300). Its backward is the slower one, so
     backward is always `attend_backward`, which takes the log-sum-exp to recompute the
-    probabilities in one pass. Elsewhere the batched matmuls, a block of queries at a time (`query_blocks`): SDPA's
-    kernel was the slower one on the AVX-512 BF16 machine measured."""
+    probabilities in one pass. Elsewhere the batched matmuls, a block of queries at a time
+    (`query_blocks`): SDPA's kernel was the slower one on the AVX-512 BF16 machine measured."""
     if q.device.type == "cpu" and cpu_has_amx() and v.shape[-1] == q.shape[-1]:  # the kernel's one head size
         batch, kv_heads, rows, dim = q.shape
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(

@@ -203,18 +203,20 @@ def _trace_slots() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, _TRACE_ROWS, (_TRACE_TOKENS,)), torch.randint(0, _TRACE_QUERIES, (_TRACE_TOKENS,))
 
 
-def _dynamic_shapes(inputs: tuple[torch.Tensor, ...]) -> tuple[dict[int, Any] | None, ...]:
+def _dynamic_shapes(name: str, inputs: tuple[torch.Tensor, ...]) -> tuple[dict[int, Any] | None, ...]:
     """Every token, feature, row, head, query and key dimension of `inputs` as a symbol (a pass
-    may have a single row); a rotary kernel's head size (64 or 128) stays as traced."""
+    may have a single row); a rotary kernel's head size (the last dimension of its values and
+    tables, 64 or 128; not of its index tensors) stays as traced."""
     Dim = torch.export.Dim
     sizes = {_TRACE_TOKENS: Dim("tokens", min=2), _TRACE_FEATURES: Dim("features", min=2)}
     for size, symbol in ((_TRACE_ROWS, "rows"), (_TRACE_HEADS, "heads"), (_TRACE_QUERIES, "queries"), (_TRACE_KEYS, "keys")):
         sizes[size] = Dim(symbol, min=1)
-    return tuple(
-        {i: sizes[n] for i, n in enumerate(t.shape) if n in sizes and not (t.dim() > 1 and i == t.dim() - 1 and n in ROPE_HEAD_SIZES)}
-        or None
-        for t in inputs
-    )
+    static_head = name.startswith("rope_")
+
+    def symbolic(t: torch.Tensor, i: int) -> bool:
+        return t.shape[i] in sizes and not (static_head and t.is_floating_point() and i == t.dim() - 1)
+
+    return tuple({i: sizes[n] for i, n in enumerate(t.shape) if symbolic(t, i)} or None for t in inputs)
 
 
 @functools.cache
@@ -251,7 +253,7 @@ def build(directory: Path | None = None) -> list[Path]:
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         inputs = _example_inputs(name)
-        program = torch.export.export(_Module(function), inputs, dynamic_shapes=(_dynamic_shapes(inputs),))
+        program = torch.export.export(_Module(function), inputs, dynamic_shapes=(_dynamic_shapes(name, inputs),))
         with tempfile.TemporaryDirectory() as tmp, torch._inductor.config.patch(emulate_precision_casts=True):
             package = torch._inductor.aoti_compile_and_package(program, package_path=str(Path(tmp) / f"{name}.pt2"))
             with zipfile.ZipFile(package) as archive:

@@ -130,19 +130,17 @@ def _token_grads(
     `[L, kv_heads, d]`: each token's slot, plus the other copies of a shared prefix's tokens; the
     keys' rotated back with their `rotary` table (each copy with its token's: the same rotation,
     so the sum is rotated too)."""
-    if rotary is None:
-        tokens = _tokens_of(grad, tables.row, tables.column)
-    else:
-        tokens = _rotated_back_to_tokens(grad, tables.row, tables.column, rotary)
-    if layout.shared_tokens.numel():
-        shared = layout.shared_tokens
+
+    def at(row: torch.Tensor, column: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
         if rotary is None:
-            copies = _tokens_of(grad, tables.shared_row, tables.shared_column)
-        else:
-            table = (rotary[0][shared], rotary[1][shared])
-            copies = _rotated_back_to_tokens(grad, tables.shared_row, tables.shared_column, table)
-        tokens.index_add_(0, shared, copies)
-    return tokens
+            return _tokens_of(grad, row, column)
+        table = rotary if tokens is None else (rotary[0][tokens], rotary[1][tokens])
+        return _rotated_back_to_tokens(grad, row, column, table)
+
+    result = at(tables.row, tables.column, None)
+    if layout.shared_tokens.numel():
+        result.index_add_(0, layout.shared_tokens, at(tables.shared_row, tables.shared_column, layout.shared_tokens))
+    return result
 
 
 class _PackedAttention(torch.autograd.Function):
