@@ -95,10 +95,11 @@ def run_ours(path: Path, tokenizer_dir: Path) -> dict:
     from transformers import AutoTokenizer
 
     from tunehouse.data.stats import compute_stats
+    from tunehouse.train.hyperparams import auto_n_epochs
 
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     started = time.perf_counter()
-    stats = compute_stats(path, "bench", tokenizer=tokenizer, measure=False)
+    stats = compute_stats(path, "bench", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs)
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,

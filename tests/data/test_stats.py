@@ -8,6 +8,7 @@ from typing import Any
 from tests.data.samples import chat
 from tunehouse.data.stats import compute_stats, histogram, quantile
 from tunehouse.models.template import encode_example
+from tunehouse.train.hyperparams import auto_n_epochs
 
 
 def test_quantiles_and_histogram_from_counts() -> None:
@@ -22,7 +23,7 @@ def test_quantiles_and_histogram_from_counts() -> None:
 def test_stats_match_the_trainer_encoding(write_jsonl, tokenizer: Any) -> None:
     examples = [chat(f"Question {i}: " + "why " * i, "Because " * (i + 1), system="Be kind.") for i in range(30)]
     path = write_jsonl(examples)
-    stats = compute_stats(path, "test-model", tokenizer=tokenizer, max_length=64, throughput=1000.0)
+    stats = compute_stats(path, "test-model", tokenizer=tokenizer, max_length=64, epochs_for=auto_n_epochs, throughput=1000.0)
     lengths = [len(encode_example(tokenizer, e).input_ids) for e in examples]
     trained = [encode_example(tokenizer, e, 64).trained_tokens for e in examples]
     assert stats.validation.ok and stats.n_examples == 30
@@ -42,20 +43,20 @@ def test_stats_match_the_trainer_encoding(write_jsonl, tokenizer: Any) -> None:
 
 def test_small_files_get_more_epochs(write_jsonl, tokenizer: Any) -> None:
     path = write_jsonl([chat(f"q{i}", f"a{i}") for i in range(10)])
-    stats = compute_stats(path, "test-model", tokenizer=tokenizer, measure=False)
+    stats = compute_stats(path, "test-model", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs)
     assert stats.n_epochs == 10  # 3 x 10 < 100, so 100 // 10
     assert stats.estimated_seconds is None
 
 
 def test_a_conversation_starting_with_the_assistant_is_a_template_error(write_jsonl, tokenizer: Any) -> None:
     rows = [*[chat(f"q{i}", f"a{i}") for i in range(10)], {"messages": [{"role": "assistant", "content": "hi"}]}]
-    stats = compute_stats(write_jsonl(rows), "test-model", tokenizer=tokenizer, measure=False)
+    stats = compute_stats(write_jsonl(rows), "test-model", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs)
     assert [(p.line, p.category) for p in stats.validation.errors] == [(11, "example_starts_with_assistant")]
     assert stats.n_examples == 10
 
 
 def test_completion_files_count_the_eos_token(write_jsonl, tokenizer: Any) -> None:
     rows = [{"prompt": f"Say {i} ->", "completion": f" {i} times\n"} for i in range(12)]
-    stats = compute_stats(write_jsonl(rows), "test-model", tokenizer=tokenizer, measure=False)
+    stats = compute_stats(write_jsonl(rows), "test-model", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs)
     assert stats.total_tokens == sum(len(encode_example(tokenizer, r).input_ids) for r in rows)
     assert stats.assistant_tokens == sum(encode_example(tokenizer, r).trained_tokens for r in rows)

@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import REPO
 from tests.train.parallel_scenarios import STEPS, compute
-from tunehouse.train.launch import launch_command, launch_environment
+from tunehouse.jobs.launch import launch_command, launch_environment
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.errors import OutOfMemoryRisk
+from tunehouse.hardware import bf16_supported
 from tunehouse.models.template import IGNORE_INDEX, EncodedExample
 from tunehouse.train import attention, memory
 from tunehouse.train.attention import (
@@ -29,7 +30,7 @@ from tunehouse.train.batching import pack_examples, shared_prefix_length, token_
 from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_loss_sum
-from tunehouse.train.precision import bf16_supported, keep_adapter_inputs_as_is, weights_changed
+from tunehouse.train.precision import keep_adapter_inputs_as_is, weights_changed
 from tunehouse.train.sft import SFTTrainer
 
 from .conftest import shared_prefix_mask, varied_chat_rows

@@ -50,8 +50,8 @@ def bench_train(
     import json
     import tempfile
 
+    from tunehouse.bench.train import BenchSettings, compare
     from tunehouse.models.random_init import SHAPES, build_random_llama
-    from tunehouse.train.bench import BenchSettings, compare
 
     if random_init is not None and random_init not in SHAPES:
         raise typer.BadParameter(f"choose one of {', '.join(SHAPES)}", param_hint="--random-init")

@@ -134,17 +134,21 @@ def stats(
     jobs: int = typer.Option(0, help="Processes to use (0: one per core)."),
 ) -> None:
     """Token counts with the model's own tokenizer and chat template, auto epochs and a time estimate."""
-    from tunehouse.data.stats import DEFAULT_MAX_LENGTH, compute_stats
+    from tunehouse.bench.throughput import measure_throughput
+    from tunehouse.data.stats import compute_stats
+    from tunehouse.train.config import SFTConfig
+    from tunehouse.train.hyperparams import auto_n_epochs
 
     with _errors_as_messages(), _progress(file, "counting") as progress:
         result = compute_stats(
             file,
             model,
-            max_length=max_length or DEFAULT_MAX_LENGTH,
+            max_length=max_length or SFTConfig.max_length,
+            epochs_for=auto_n_epochs,
             format=format,
             jobs=jobs or None,
             throughput=throughput,
-            measure=measure,
+            measure_throughput=measure_throughput if measure else None,
             progress=progress,
         )
     if as_json:

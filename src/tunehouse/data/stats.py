@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,7 @@ from tunehouse.data.report import ValidationReport
 from tunehouse.data.scan import Progress, default_jobs
 from tunehouse.data.token_count import TokenCounter, TokenTally
 from tunehouse.data.validate import validate_scan
-from tunehouse.train.config import SFTConfig
-from tunehouse.train.hyperparams import auto_n_epochs
 
-DEFAULT_MAX_LENGTH: int = SFTConfig.__dataclass_fields__["max_length"].default
 HISTOGRAM_BINS = 10
 SELF_CHECK_EXAMPLES = 32
 
@@ -113,15 +111,21 @@ def compute_stats(
     path: str | Path,
     model: str = DEFAULT_BASE_MODEL,
     *,
-    max_length: int = DEFAULT_MAX_LENGTH,
+    max_length: int,
+    epochs_for: Callable[[int], int],
     format: str | None = None,
     tokenizer: Any | None = None,
     jobs: int | None = None,
     throughput: float | None = None,
-    measure: bool = True,
+    measure_throughput: Callable[[str, int], float] | None = None,
     progress: Progress | None = None,
 ) -> TokenStats:
-    """Validate and count a file in one pass; `throughput` (tokens/s) skips the measurement."""
+    """Validate and count a file in one pass, as the trainer would cut it at `max_length`.
+
+    The trainer's rules come from the caller, which sits above both parts: `epochs_for` gives the
+    `auto` epochs for a number of examples, and `measure_throughput(model, length)` the tokens/s
+    for the time estimate (not called when `throughput` is given, or when it is None).
+    """
     path = existing_file(path)
     counter = load_counter(model, tokenizer, max_length)
     started = time.perf_counter()
@@ -130,10 +134,8 @@ def compute_stats(
     seconds = time.perf_counter() - started
     tally = scanned.tally if scanned and scanned.tally else TokenTally(max_length)
     n = sum(tally.lengths.values())
-    epochs = auto_n_epochs(n)
-    if throughput is None and measure and n:
-        from tunehouse.data.throughput import measure_throughput
-
+    epochs = epochs_for(n)
+    if throughput is None and measure_throughput is not None and n:
         throughput = measure_throughput(model, min(quantile(tally.lengths, 0.5), max_length))
     return TokenStats(
         path=str(path),

@@ -71,8 +71,15 @@ def list_events(job_id: str, after: str | None, limit: int) -> Page[EventRow]:
 
 
 def all_events(job_id: str) -> list[EventRow]:
+    """Every event of a job, oldest first."""
+    return events_after(job_id, 0)
+
+
+def events_after(job_id: str, seq: int) -> list[EventRow]:
+    """A job's events written after the one numbered `seq`, oldest first: what a follower has not seen."""
     with session() as s:
-        return list(s.scalars(select(EventRow).where(EventRow.job_id == job_id).order_by(EventRow.seq)).all())
+        query = select(EventRow).where(EventRow.job_id == job_id, EventRow.seq > seq).order_by(EventRow.seq)
+        return list(s.scalars(query).all())
 
 
 def add_checkpoint(job_id: str, step: int, model_name: str, path: str, metrics: dict[str, Any]) -> CheckpointRow:

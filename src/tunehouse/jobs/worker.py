@@ -23,11 +23,11 @@ from sqlalchemy import select
 
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
+from tunehouse.jobs.launch import launch_environment, process_count, trainer_command
 from tunehouse.jobs.records import add_event, get_job, update_job
 from tunehouse.jobs.service import fail_job, validate_job_files
 from tunehouse.store.db import session
 from tunehouse.store.schema import JobRow
-from tunehouse.train.launch import launch_environment, process_count, trainer_command
 
 log = logging.getLogger(__name__)
 

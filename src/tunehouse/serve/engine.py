@@ -19,9 +19,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 
 from tunehouse.errors import InvalidRequest
+from tunehouse.hardware import default_device
 from tunehouse.models.catalog import ModelInfo, base_of, get_model, weights_dir
 from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
-from tunehouse.train.precision import training_device
 
 MAX_ADAPTERS = 16
 MAX_FULL_MODELS = 2
@@ -105,7 +105,7 @@ class Engine:
         self._lock = threading.Lock()
         self._bases: dict[str, _Loaded] = {}
         self._full: OrderedDict[str, _Loaded] = OrderedDict()
-        self.device = training_device()
+        self.device = default_device()
 
     # --- resolving a model id to weights in memory ---------------------------------------------------
     def _load_folder(self, path: str) -> _Loaded:

@@ -37,9 +37,10 @@ from typing import Any
 
 import torch
 
+from tunehouse.hardware import cpu_has_amx
 from tunehouse.train.batching import first_fit_rows
 from tunehouse.train.cpu_kernels import attention_probabilities, kernel_for
-from tunehouse.train.precision import compute_dtype, cpu_has_amx
+from tunehouse.train.precision import compute_dtype
 
 ATTENTION_NAME = "tunehouse_matmul"
 MAX_SCORE_ELEMENTS = 2**24

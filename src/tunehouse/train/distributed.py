@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tunehouse.train.precision import training_device
+from tunehouse.hardware import default_device
 
 
 def causal_lm(model: torch.nn.Module) -> Any:
@@ -56,7 +56,7 @@ class SingleProcess:
     is_main = True
 
     def __init__(self) -> None:
-        self.device = training_device()
+        self.device = default_device()
 
     def describe(self, sharded: bool) -> str:
         return ""

@@ -1,43 +1,9 @@
-"""Choosing the device and whether bf16 autocast pays off on it."""
+"""bf16 for training: which weights are stored in it, and the cast copies kept between optimizer steps."""
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
-
-
-def training_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-@functools.cache
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags, as `/proc/cpuinfo` lists them (empty where it does not)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return set()
-    return {flag for line in info.splitlines() if line.startswith("flags") for flag in line.partition(":")[2].split()}
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX-512 BF16 or AMX: there bf16 matmuls run several times faster than fp32 (4.6× measured here)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
-
-
-def cpu_has_amx() -> bool:
-    """Intel's AMX bf16 matrix units (Sapphire Rapids and later): the CPUs on which SDPA's fused
-    attention forward was measured faster than batched matmuls (`attention.attend`)."""
-    return "amx_bf16" in cpu_flags()
-
-
-def bf16_supported(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_fast_bf16()
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:

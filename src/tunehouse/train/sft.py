@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunehouse.hardware import bf16_supported
 from tunehouse.models.template import EncodedExample, encode_example
 from tunehouse.train.attention import full_causal_attention, training_sdpa_backends, use_matmul_attention
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, packed_inputs, token_budget_micro_batches
@@ -40,7 +41,6 @@ from tunehouse.train.loss import ChunkBuffers, LossSums, chunked_lm_loss_sum, ma
 from tunehouse.train.memory import bound_onednn_kernel_cache, plan_memory
 from tunehouse.train.packed_attention import fuse_packed_attention
 from tunehouse.train.precision import (
-    bf16_supported,
     frozen_weights_dtype,
     keep_adapter_inputs_as_is,
     weights_changed,

@@ -9,15 +9,12 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
 from tunehouse.api.fine_tunes.protocol import CreateFineTuneRequest, legacy_event, legacy_fine_tune
 from tunehouse.api.sse import sse_stream
 from tunehouse.errors import InvalidRequest
 from tunehouse.jobs import records, service
 from tunehouse.models import catalog
-from tunehouse.store.db import session
-from tunehouse.store.schema import EventRow
 
 router = APIRouter()
 POLL_SECONDS = 0.5
@@ -72,17 +69,11 @@ def delete_fine_tune(job_id: str) -> dict[str, Any]:
     return {"id": job.fine_tuned_model, "object": "model", "deleted": True}
 
 
-def _events_after(job_id: str, seq: int) -> list[EventRow]:
-    with session() as s:
-        query = select(EventRow).where(EventRow.job_id == job_id, EventRow.seq > seq).order_by(EventRow.seq)
-        return list(s.scalars(query).all())
-
-
 def _follow(job_id: str) -> Iterator[dict[str, Any]]:
     seq = 0
     while True:
         finished = records.get_job(job_id).status in records.TERMINAL_STATES
-        for event in _events_after(job_id, seq):
+        for event in records.events_after(job_id, seq):
             seq = event.seq
             yield legacy_event(event)
         if finished:

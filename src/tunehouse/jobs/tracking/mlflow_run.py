@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunehouse.tracking.base import MLFLOW_URI_ENV, JobContext, Tracker
+from tunehouse.jobs.tracking.base import MLFLOW_URI_ENV, JobContext, Tracker
 
 FLUSH_SECONDS = 5.0
 FLUSH_METRICS = 500

@@ -1,4 +1,4 @@
-"""Entry point of the trainer child process: `python -m tunehouse.train.runner JOB_ID`.
+"""Entry point of the trainer child process: `python -m tunehouse.jobs.run JOB_ID`.
 
 Reads the job from the store, resolves `auto` hyperparameters, trains, and reports everything —
 events, metrics, checkpoints, the result file, the fine-tuned model, the final status — back
@@ -27,10 +27,10 @@ from tunehouse.data.reader import iter_examples
 from tunehouse.errors import TunehouseError
 from tunehouse.jobs.records import add_checkpoint, add_event, all_events, get_job, list_checkpoints, update_job
 from tunehouse.jobs.service import fail_job, fine_tuned_model_name
+from tunehouse.jobs.tracking import attach_trackers
 from tunehouse.models.catalog import base_of, delete_model, get_model, register_trained_model, weights_dir
 from tunehouse.store.files import create_file, file_path, get_file
 from tunehouse.store.schema import JobRow
-from tunehouse.tracking import attach_trackers
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import SingleProcess, from_environment
 from tunehouse.train.dpo import DPOConfig, train_dpo

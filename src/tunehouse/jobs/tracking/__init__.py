@@ -5,6 +5,7 @@ message, metric and checkpoint also reaches the trackers the job asked for. A tr
 turned off with one warning event on the job; training never fails because of it.
 """
 
-from tunehouse.tracking.base import JobContext, TrackedReporter, Tracker, attach_trackers
+from tunehouse.jobs.tracking.base import JobContext, Tracker
+from tunehouse.jobs.tracking.reporter import TrackedReporter, attach_trackers
 
 __all__ = ["JobContext", "TrackedReporter", "Tracker", "attach_trackers"]

@@ -1,6 +1,6 @@
 """How the worker starts a job's trainer: one process, or several under `accelerate launch`.
 
-One process is the plain `python -m tunehouse.train.runner JOB_ID`. Several are started by
+One process is the plain `python -m tunehouse.jobs.run JOB_ID`. Several are started by
 accelerate's launcher (torchrun underneath), one rank per GPU; on a machine without CUDA they are
 CPU processes that talk over gloo (`distributed.py` asks accelerate for that in each process:
 accelerate's own `--cpu` flag would start a single process without an MPI launcher).
@@ -16,7 +16,7 @@ import torch
 from tunehouse.config import settings
 from tunehouse.errors import InvalidValue
 
-RUNNER = "tunehouse.train.runner"
+RUNNER = "tunehouse.jobs.run"
 
 
 def process_count(requested: int | None) -> int:

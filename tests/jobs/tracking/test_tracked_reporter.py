@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from tunehouse.tracking import base
-from tunehouse.tracking.base import JobContext, TrackedReporter, Tracker
-from tunehouse.tracking.mlflow_run import flatten, local_artifact_location, tracking_uri
+from tunehouse.jobs.tracking import reporter as fan_out
+from tunehouse.jobs.tracking.base import JobContext, Tracker
+from tunehouse.jobs.tracking.mlflow_run import flatten, local_artifact_location, tracking_uri
+from tunehouse.jobs.tracking.reporter import TrackedReporter
 
 
 class Recorder:
@@ -55,7 +56,7 @@ class FakeTracker(Tracker):
 @pytest.fixture
 def warnings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     seen: list[tuple[str, str]] = []
-    monkeypatch.setattr(base, "add_event", lambda job_id, message, level="info": seen.append((level, message)))
+    monkeypatch.setattr(fan_out, "add_event", lambda job_id, message, level="info": seen.append((level, message)))
     return seen
 
 

@@ -1,6 +1,6 @@
 """`tunehouse bench train`: our trainer against TRL's SFTTrainer on the same examples and settings.
 
-Each side runs in its own child process (`python -m tunehouse.train.bench SIDE ...`), so peak RSS
+Each side runs in its own child process (`python -m tunehouse.bench.train SIDE ...`), so peak RSS
 is that side's alone (read when training ends, before the final-loss measurement below, whose
 forward passes are the benchmark's, not the trainer's), and prints one JSON line. Both train the
 same model with LoRA on all linear layers, the same batch size, epochs, learning rate and seed;
@@ -69,7 +69,7 @@ def device_name() -> str:
         return torch.cuda.get_device_name()
     import platform
 
-    from tunehouse.train.precision import cpu_flags
+    from tunehouse.hardware import cpu_flags
 
     model = platform.processor() or platform.machine()
     try:
@@ -93,9 +93,9 @@ def measure_peak_matmul_flops(seconds: float = 2.0) -> dict[str, float]:
     reaches its peak by 2048. GPU work is asynchronous, so the clock starts and stops only after
     the device has finished.
     """
-    from tunehouse.train.precision import training_device
+    from tunehouse.hardware import default_device
 
-    device = training_device()
+    device = default_device()
     size = 8192 if device.type == "cuda" else 2048
     result = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -142,8 +142,8 @@ def assistant_token_loss(model: Any, tokenizer: Any, examples: list[dict[str, An
     side's peak memory."""
     import torch.nn.functional as F
 
+    from tunehouse.hardware import bf16_supported
     from tunehouse.models.template import IGNORE_INDEX
-    from tunehouse.train.precision import bf16_supported
     from tunehouse.train.sft import encode_all
 
     model.eval()
@@ -262,7 +262,7 @@ def run_trl(settings: BenchSettings) -> dict[str, Any]:
 def run_side_in_child(side: str, settings: BenchSettings) -> dict[str, Any]:
     values = {k: str(v) for k, v in asdict(settings).items()}
     process = subprocess.run(
-        [sys.executable, "-m", "tunehouse.train.bench", side, json.dumps(values)],
+        [sys.executable, "-m", "tunehouse.bench.train", side, json.dumps(values)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -15,8 +15,8 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import TINY_ID, Server, make_home, running_server
+from tests.jobs.tracking.wandb_records import read_offline_run
 from tests.support import chat_rows, upload_rows, wait_for_job
-from tests.tracking.wandb_records import read_offline_run
 
 ONE_EPOCH = {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunehouse.config import settings
-from tunehouse.tracking.base import JobContext, Tracker
+from tunehouse.jobs.tracking.base import JobContext, Tracker
 
 
 def _artifact_name(text: str) -> str:
