@@ -16,9 +16,7 @@ from tests.support import chat_rows, write_jsonl
 from tunehouse.cli.follow import Snapshot, epoch_at
 
 
-def tunehouse(
-    server: Server, *args: str, stdin: str | None = None, **env: str
-) -> subprocess.CompletedProcess[str]:
+def tunehouse(server: Server, *args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "TUNEHOUSE_BASE_URL": server.base_url, "COLUMNS": "200", **env}
     for name in ("TUNEHOUSE_API_KEY", "OPENAI_API_KEY"):
         if name not in env:
@@ -129,9 +127,7 @@ def test_list_get_events_results(server: Server, job_id: str) -> None:
     assert len(csv_text.splitlines()) == 11
 
 
-def test_plot_writes_a_png_with_train_and_validation_curves(
-    server: Server, job_id: str, tmp_path: Path
-) -> None:
+def test_plot_writes_a_png_with_train_and_validation_curves(server: Server, job_id: str, tmp_path: Path) -> None:
     output = tmp_path / "loss.png"
     result = tunehouse(server, "jobs", "plot", job_id, "-o", str(output))
     assert result.returncode == 0, result.stderr
@@ -145,9 +141,7 @@ def test_plot_writes_a_png_with_train_and_validation_curves(
 
 
 def test_follow_exits_non_zero_when_the_job_fails(server: Server, data_dir: Path) -> None:
-    created = tunehouse(
-        server, "jobs", "create", "-m", TINY_ID, "-t", str(data_dir / "too_few.jsonl"), "--json"
-    )
+    created = tunehouse(server, "jobs", "create", "-m", TINY_ID, "-t", str(data_dir / "too_few.jsonl"), "--json")
     job = json.loads(created.stdout)
     followed = tunehouse(server, "jobs", "follow", job["id"], "--interval", "0.3")
     assert followed.returncode == 1
@@ -162,9 +156,7 @@ def test_follow_a_finished_job_exits_at_once(server: Server, job_id: str) -> Non
 
 def test_chat_streams_replies_from_piped_input(server: Server, job_id: str) -> None:
     model = json.loads(tunehouse(server, "jobs", "get", job_id).stdout)["fine_tuned_model"]
-    result = tunehouse(
-        server, "chat", model, "--max-tokens", "4", stdin="What is the colour of item 1?\n/reset\nhi\n"
-    )
+    result = tunehouse(server, "chat", model, "--max-tokens", "4", stdin="What is the colour of item 1?\n/reset\nhi\n")
     assert result.returncode == 0, result.stderr
     # One streamed reply before the reset and one after (a random model's reply may hold newlines).
     _, after = result.stdout.split("\n(conversation reset)\n")  # exactly one reset line

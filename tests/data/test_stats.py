@@ -23,7 +23,9 @@ def test_quantiles_and_histogram_from_counts() -> None:
 def test_stats_match_the_trainer_encoding(write_jsonl, tokenizer: Any) -> None:
     examples = [chat(f"Question {i}: " + "why " * i, "Because " * (i + 1), system="Be kind.") for i in range(30)]
     path = write_jsonl(examples)
-    stats = compute_stats(path, "test-model", tokenizer=tokenizer, max_length=64, epochs_for=auto_n_epochs, throughput=1000.0)
+    stats = compute_stats(
+        path, "test-model", tokenizer=tokenizer, max_length=64, epochs_for=auto_n_epochs, throughput=1000.0
+    )
     lengths = [len(encode_example(tokenizer, e).input_ids) for e in examples]
     trained = [encode_example(tokenizer, e, 64).trained_tokens for e in examples]
     assert stats.validation.ok and stats.n_examples == 30
@@ -50,13 +52,17 @@ def test_small_files_get_more_epochs(write_jsonl, tokenizer: Any) -> None:
 
 def test_a_conversation_starting_with_the_assistant_is_a_template_error(write_jsonl, tokenizer: Any) -> None:
     rows = [*[chat(f"q{i}", f"a{i}") for i in range(10)], {"messages": [{"role": "assistant", "content": "hi"}]}]
-    stats = compute_stats(write_jsonl(rows), "test-model", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs)
+    stats = compute_stats(
+        write_jsonl(rows), "test-model", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs
+    )
     assert [(p.line, p.category) for p in stats.validation.errors] == [(11, "example_starts_with_assistant")]
     assert stats.n_examples == 10
 
 
 def test_completion_files_count_the_eos_token(write_jsonl, tokenizer: Any) -> None:
     rows = [{"prompt": f"Say {i} ->", "completion": f" {i} times\n"} for i in range(12)]
-    stats = compute_stats(write_jsonl(rows), "test-model", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs)
+    stats = compute_stats(
+        write_jsonl(rows), "test-model", tokenizer=tokenizer, max_length=2048, epochs_for=auto_n_epochs
+    )
     assert stats.total_tokens == sum(len(encode_example(tokenizer, r).input_ids) for r in rows)
     assert stats.assistant_tokens == sum(encode_example(tokenizer, r).trained_tokens for r in rows)

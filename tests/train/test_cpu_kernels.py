@@ -51,7 +51,9 @@ def test_compiled_kernels_compute_what_their_eager_functions_do(built: None) -> 
     torch.testing.assert_close(rstd, want_rstd, rtol=1e-6, atol=0)
     assert torch.equal(cpu_kernels.kernel("norm_output")(t["x"], t["weight"], rstd), out)
     d_x = cpu_kernels.kernel("norm_input_grad")(t["grad"], t["x"], t["weight"], rstd)
-    torch.testing.assert_close(d_x, cpu_kernels.norm_input_grad(t["grad"], t["x"], t["weight"], rstd), rtol=0.008, atol=1e-6)
+    torch.testing.assert_close(
+        d_x, cpu_kernels.norm_input_grad(t["grad"], t["x"], t["weight"], rstd), rtol=0.008, atol=1e-6
+    )
     assert torch.equal(cpu_kernels.kernel("swiglu")(t["x"], t["other"]), cpu_kernels.swiglu(t["x"], t["other"]))
     got = cpu_kernels.kernel("swiglu_grads")(t["grad"], t["x"], t["other"])
     for a, b in zip(got, cpu_kernels.swiglu_grads(t["grad"], t["x"], t["other"]), strict=True):
@@ -165,8 +167,14 @@ def test_bf16_packed_attention_on_the_kernels_matches_its_eager_path(
     monkeypatch.setattr(attention, "cpu_has_amx", lambda: True)
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=128, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=64, vocab_size=64, attn_implementation="sdpa",
+        hidden_size=128,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        vocab_size=64,
+        attn_implementation="sdpa",
     )
     model = LlamaForCausalLM(config).to(BF16)
     assert attention.use_matmul_attention(model) and packed_attention.fuse_packed_attention(model) == 1
@@ -189,7 +197,9 @@ def test_bf16_packed_attention_on_the_kernels_matches_its_eager_path(
         assert float((got.float() - want.float()).abs().max()) <= 0.01 * float(want.float().abs().max())
 
 
-def test_bf16_attention_gradients_on_the_kernel_match_its_eager_path(built: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_attention_gradients_on_the_kernel_match_its_eager_path(
+    built: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fused-forward attention's gradients in bf16 (probabilities again from the log-sum-exp,
     in two blocks of queries), with the library and without it."""
     from tunehouse.train import attention

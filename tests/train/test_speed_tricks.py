@@ -225,7 +225,6 @@ def test_a_shared_prefix_is_copied_into_every_examples_row_for_attention(forward
     assert_one_row_attention_is_sdpa(mask)
 
 
-
 @pytest.mark.parametrize("rows", ["packed", "long", "shared_prefix"])
 def test_packed_attention_layer_gives_llamas_outputs_and_gradients(
     rows: str, monkeypatch: pytest.MonkeyPatch, forward_path: bool
@@ -239,8 +238,14 @@ def test_packed_attention_layer_gives_llamas_outputs_and_gradients(
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, vocab_size=64, attn_implementation="sdpa",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        vocab_size=64,
+        attn_implementation="sdpa",
     )
     reference = LlamaForCausalLM(config).double()
     model = copy.deepcopy(reference)
@@ -360,8 +365,13 @@ def test_models_transformers_runs_without_sdpa_keep_their_attention() -> None:
     from transformers import AutoModelForCausalLM, Gemma2Config
 
     config = Gemma2Config(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, head_dim=16, vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        vocab_size=64,
     )
     model = AutoModelForCausalLM.from_config(config)
     implementation = model.config._attn_implementation
@@ -492,7 +502,9 @@ def test_adapted_layers_recompute_the_rms_norm_output_they_read_instead_of_keepi
             normed = layer.input_layernorm(inputs)
             outs = [p(normed) for p in projections]
         sum((o * u).sum() for o, u in zip(outs, upstream, strict=True)).backward()
-        lora = [p.lora_A["default"].weight.grad for p in projections] + [p.lora_B["default"].weight.grad for p in projections]
+        lora = [p.lora_A["default"].weight.grad for p in projections] + [
+            p.lora_B["default"].weight.grad for p in projections
+        ]
         return [inputs.grad, *lora, normed.detach()]
 
     fused = run()
@@ -611,9 +623,7 @@ def test_bf16_run_stores_the_frozen_base_in_bf16_and_trains_fp32_adapters(
     indices = list(range(8))
     want_loss = fp32.accumulate_gradients(indices)["train_loss"]
     got_loss = bf16.accumulate_gradients(indices)["train_loss"]
-    want, got = (
-        {n: p.grad for n, p in t.model.named_parameters() if p.requires_grad} for t in (fp32, bf16)
-    )
+    want, got = ({n: p.grad for n, p in t.model.named_parameters() if p.requires_grad} for t in (fp32, bf16))
     assert got_loss == pytest.approx(want_loss, rel=2e-2)
     for name in want:
         if not want[name].any():  # lora_A at the first step: B starts at zero

@@ -81,9 +81,7 @@ def chat(
         messages.append({"role": "assistant", "content": reply})
 
 
-def _complete(
-    client: Any, model: str, messages: list[dict[str, Any]], stream: bool, options: dict[str, Any]
-) -> str:
+def _complete(client: Any, model: str, messages: list[dict[str, Any]], stream: bool, options: dict[str, Any]) -> str:
     if not stream:
         response = client.chat.completions.create(model=model, messages=messages, **options)
         reply = response.choices[0].message.content or ""

@@ -74,10 +74,7 @@ def api_errors() -> Iterator[None]:
     except openai.APIConnectionError as exc:
         url = getattr(getattr(exc, "request", None), "url", None)
         where = f"{url.scheme}://{url.netloc.decode()}" if url is not None else "the server"
-        fail(
-            f"Cannot reach {where} ({exc.__cause__ or exc.message}). "
-            "Is `tunehouse serve` running? See --base-url."
-        )
+        fail(f"Cannot reach {where} ({exc.__cause__ or exc.message}). Is `tunehouse serve` running? See --base-url.")
     except openai.AuthenticationError as exc:
         if exc.request.headers.get("authorization") == f"Bearer {NO_KEY}":
             fail("The server requires an API key: pass --api-key or set TUNEHOUSE_API_KEY.")

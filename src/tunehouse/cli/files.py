@@ -62,9 +62,7 @@ def upload(
 
 @files_app.command("list")
 def list_files(
-    purpose: Annotated[
-        str | None, typer.Option("--purpose", "-p", help="Only files with this purpose.")
-    ] = None,
+    purpose: Annotated[str | None, typer.Option("--purpose", "-p", help="Only files with this purpose.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-l", help="At most this many, newest first.")] = 100,
     as_json: AsJson = False,
     base_url: BaseUrl = DEFAULT_BASE_URL,

@@ -22,9 +22,7 @@ PLAIN_EVERY_SECONDS = 10.0
 EVENT_PAGE = 100
 
 
-def new_events(
-    client: OpenAI, job_id: str, last_seen: str | None, first_page_only: bool = False
-) -> list[Any]:
+def new_events(client: OpenAI, job_id: str, last_seen: str | None, first_page_only: bool = False) -> list[Any]:
     """Events newer than `last_seen`, oldest first. The list is newest first and `after` pages toward
     older events, so read pages until the last seen id shows up."""
     collected: list[Any] = []
@@ -163,9 +161,7 @@ def follow_job(client: OpenAI, job_id: str, console: Console, interval: float = 
                     task, completed=snapshot.step, total=snapshot.total_steps or None, **snapshot.fields(job)
                 )
             elif snapshot.step != printed_step and (
-                ended
-                or snapshot.step == snapshot.total_steps
-                or time.monotonic() - last_plain >= PLAIN_EVERY_SECONDS
+                ended or snapshot.step == snapshot.total_steps or time.monotonic() - last_plain >= PLAIN_EVERY_SECONDS
             ):
                 console.print(snapshot.line(job), markup=False)
                 printed_step, last_plain = snapshot.step, time.monotonic()

@@ -27,9 +27,7 @@ from tunehouse.cli.client import (
 from tunehouse.cli.files import upload_file
 from tunehouse.cli.follow import all_events, epoch_at, follow_job, format_event, n_epochs_of
 
-jobs_app = typer.Typer(
-    help="Create, follow and inspect fine-tuning jobs on a tunehouse server.", no_args_is_help=True
-)
+jobs_app = typer.Typer(help="Create, follow and inspect fine-tuning jobs on a tunehouse server.", no_args_is_help=True)
 
 JobId = Annotated[str, typer.Argument(help="The job id, ftjob-…")]
 
@@ -53,9 +51,7 @@ def resolve_file(client, value: str, label: str) -> str:  # type: ignore[no-unty
     path = Path(value).expanduser()
     if path.is_file():
         file, reused = upload_file(client, path, "fine-tune", reuse=True)
-        err_console.print(
-            f"{'Reusing' if reused else 'Uploaded'} {label} {path.name}: {file.id}", markup=False
-        )
+        err_console.print(f"{'Reusing' if reused else 'Uploaded'} {label} {path.name}: {file.id}", markup=False)
         return file.id
     if value.startswith("file-"):
         return value
@@ -75,9 +71,7 @@ def _key_values(pairs: list[str], flag: str) -> dict[str, str]:
 def _finish(job: Any) -> None:
     """Report the outcome of a followed job and exit with it: 0 succeeded, 1 failed, 2 cancelled."""
     if job.status == "succeeded":
-        console.print(
-            f"Job complete! Status: succeeded. Fine-tuned model: {job.fine_tuned_model}", markup=False
-        )
+        console.print(f"Job complete! Status: succeeded. Fine-tuned model: {job.fine_tuned_model}", markup=False)
         console.print(f"Try it: tunehouse chat {job.fine_tuned_model}", markup=False)
         raise typer.Exit(0)
     if job.status == "failed":
@@ -102,9 +96,7 @@ def _follow_and_exit(client, job_id: str, interval: float) -> None:  # type: ign
 @jobs_app.command("create")
 def create(
     model: Annotated[str, typer.Option("--model", "-m", help="Base or fine-tuned model to start from.")],
-    training_file: Annotated[
-        str, typer.Option("--training-file", "-t", help="File id or local .jsonl path.")
-    ],
+    training_file: Annotated[str, typer.Option("--training-file", "-t", help="File id or local .jsonl path.")],
     validation_file: Annotated[
         str | None, typer.Option("--validation-file", "-v", help="File id or local .jsonl path.")
     ] = None,
@@ -120,14 +112,10 @@ def create(
     metadata: Annotated[list[str], typer.Option("--metadata", help="KEY=VALUE, repeatable.")] = [],  # noqa: B006
     wandb_project: Annotated[str | None, typer.Option("--wandb-project", help="Log the run to W&B.")] = None,
     wandb_entity: Annotated[str | None, typer.Option("--wandb-entity")] = None,
-    wandb_name: Annotated[
-        str | None, typer.Option("--wandb-name", help="Run name (default: job id).")
-    ] = None,
+    wandb_name: Annotated[str | None, typer.Option("--wandb-name", help="Run name (default: job id).")] = None,
     wandb_tag: Annotated[list[str], typer.Option("--wandb-tag", help="Repeatable.")] = [],  # noqa: B006
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the job until it ends.")] = False,
-    interval: Annotated[
-        float, typer.Option("--interval", help="Seconds between polls when following.")
-    ] = 1.0,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls when following.")] = 1.0,
     as_json: AsJson = False,
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
@@ -249,9 +237,7 @@ def follow(
 @jobs_app.command("plot")
 def plot(
     job_id: JobId,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the PNG.")] = Path(
-        "loss.png"
-    ),
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the PNG.")] = Path("loss.png"),
     base_url: BaseUrl = DEFAULT_BASE_URL,
     api_key: ApiKey = None,
 ) -> None:

@@ -59,7 +59,9 @@ def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, group: 
     return torch.softmax(scores, dim=-1)
 
 
-def _probabilities_from_lse(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, lse: torch.Tensor, group: int) -> torch.Tensor:
+def _probabilities_from_lse(
+    q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, lse: torch.Tensor, group: int
+) -> torch.Tensor:
     """`_probabilities` from the fused forward's log-sum-exp `lse [batch, kv_heads · group,
     queries]`: `exp(QKᵀ + bias − lse)` in one pass (`cpu_kernels.attention_probabilities`)."""
     scores = torch.matmul(q, k.transpose(-1, -2))
@@ -129,7 +131,13 @@ def _put_query_rows(out: torch.Tensor, part: torch.Tensor, group: int, start: in
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks, causal: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    bias: torch.Tensor,
+    group: int,
+    blocks: Blocks,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """softmax(QKᵀ + bias)V, Q already scaled, `[batch, kv_heads, group · length, dim]`, and the
     scores' log-sum-exp `[batch, kv_heads · group, length]` where the fused kernel computed it.
@@ -147,7 +155,13 @@ def attend(
     if q.device.type == "cpu" and cpu_has_amx() and v.shape[-1] == q.shape[-1]:  # the kernel's one head size
         batch, kv_heads, rows, dim = q.shape
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q.reshape(batch, kv_heads * group, rows // group, dim), k, v, 0.0, causal, attn_mask=bias[:, :, 0], scale=1.0
+            q.reshape(batch, kv_heads * group, rows // group, dim),
+            k,
+            v,
+            0.0,
+            causal,
+            attn_mask=bias[:, :, 0],
+            scale=1.0,
         )
         return out.view(batch, kv_heads, rows, v.shape[-1]), lse
     out = q.new_empty(*q.shape[:-1], v.shape[-1]) if len(blocks) > 1 else None
@@ -209,7 +223,14 @@ class _MatmulAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, group: int, blocks: Blocks, causal: bool
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor,
+        group: int,
+        blocks: Blocks,
+        causal: bool,
     ) -> torch.Tensor:
         out, lse = attend(q, k, v, bias, group, blocks, causal)
         ctx.save_for_backward(q, k, v, bias, lse)

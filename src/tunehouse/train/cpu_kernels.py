@@ -123,7 +123,9 @@ def rope_rows(x: torch.Tensor, index: torch.Tensor, cos: torch.Tensor, sin: torc
     return out.to(x.dtype).permute(0, 2, 1, 3).contiguous()
 
 
-def rope_tokens_back(rows: torch.Tensor, row: torch.Tensor, column: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rope_tokens_back(
+    rows: torch.Tensor, row: torch.Tensor, column: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> torch.Tensor:
     """The gradient of `rope_rows` back to the tokens: `tokens_of(rows, row, column)` rotated back,
     `g · cos + [g2, g1] · sin` with `cos` and `sin [tokens, d]`, `sin` signed as `[sin2, −sin1]`."""
     slots = tokens_of(rows, row, column).float()
@@ -209,7 +211,12 @@ def _dynamic_shapes(name: str, inputs: tuple[torch.Tensor, ...]) -> tuple[dict[i
     tables, 64 or 128; not of its index tensors) stays as traced."""
     Dim = torch.export.Dim
     sizes = {_TRACE_TOKENS: Dim("tokens", min=2), _TRACE_FEATURES: Dim("features", min=2)}
-    for size, symbol in ((_TRACE_ROWS, "rows"), (_TRACE_HEADS, "heads"), (_TRACE_QUERIES, "queries"), (_TRACE_KEYS, "keys")):
+    for size, symbol in (
+        (_TRACE_ROWS, "rows"),
+        (_TRACE_HEADS, "heads"),
+        (_TRACE_QUERIES, "queries"),
+        (_TRACE_KEYS, "keys"),
+    ):
         sizes[size] = Dim(symbol, min=1)
     static_head = name.startswith("rope_")
 

@@ -122,7 +122,13 @@ def _swiglu_forward(mlp: Any, x: torch.Tensor) -> torch.Tensor:
         return down(_SiluMul.apply(gate, up))
     base = down.base_layer
     return _SwiGLUDownLora.apply(
-        down.scaling[adapter], gate, up, down.lora_A[adapter].weight, down.lora_B[adapter].weight, base.weight, base.bias
+        down.scaling[adapter],
+        gate,
+        up,
+        down.lora_A[adapter].weight,
+        down.lora_B[adapter].weight,
+        base.weight,
+        base.bias,
     )
 
 

@@ -94,7 +94,9 @@ def _signed(sin: torch.Tensor, backward: bool) -> torch.Tensor:
 _TABLES: dict[str, tuple[tuple[Any, ...], _PassTables]] = {}
 
 
-def _pass_tables(layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale: float, dtype: torch.dtype) -> _PassTables:
+def _pass_tables(
+    layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale: float, dtype: torch.dtype
+) -> _PassTables:
     """One entry is kept: every layer of a pass brings the same layout and rotary tables."""
     cached = _TABLES.get("last")
     if cached is not None:
@@ -230,7 +232,9 @@ def _rotated_back_to_tokens(
     return _rotate_back(rows.permute(0, 2, 1, 3)[row, column], cos, sin)
 
 
-def _packed_layout(module: Any, hidden_states: torch.Tensor, attention_mask: Any, cache: Any, kwargs: dict[str, Any]) -> RowLayout | None:
+def _packed_layout(
+    module: Any, hidden_states: torch.Tensor, attention_mask: Any, cache: Any, kwargs: dict[str, Any]
+) -> RowLayout | None:
     """The row layout of a one-row packed pass that `_PackedAttention` takes, else None."""
     if (
         cache is not None

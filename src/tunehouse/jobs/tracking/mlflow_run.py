@@ -39,9 +39,7 @@ def tracking_uri(options: dict[str, Any]) -> str:
     given = options.get("tracking_uri")
     if given:
         if not str(given).startswith(("http://", "https://")):
-            raise ValueError(
-                "an mlflow integration's tracking_uri must be http(s)://; the server sets local stores"
-            )
+            raise ValueError("an mlflow integration's tracking_uri must be http(s)://; the server sets local stores")
         return str(given)
     uri = os.environ.get(MLFLOW_URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -89,9 +87,7 @@ class MlflowTracker(Tracker):
             user_tags = {str(t): "true" for t in user_tags}
         tags.update({str(k): str(v) for k, v in user_tags.items()})
         tags.update({"tunehouse.job_id": context.job_id, "tunehouse.base_model": context.base_model})
-        run = self.client.create_run(
-            experiment_id, run_name=self.options.get("run_name") or context.job_id, tags=tags
-        )
+        run = self.client.create_run(experiment_id, run_name=self.options.get("run_name") or context.job_id, tags=tags)
         self.run_id = run.info.run_id
         params = [Param(k, v) for k, v in flatten(context.config).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
