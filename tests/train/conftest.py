@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tunehouse.train.config import SFTConfig
-from tunehouse.train.sft import SFTTrainer
+from tunehouse.train.recipe import Trainer
+from tunehouse.train.sft import sft_trainer
 
 
 class QuietReporter:
@@ -48,8 +49,8 @@ def varied_chat_rows(n: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def make_trainer(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., SFTTrainer]:
-    def make(rows: list[dict[str, Any]] | None = None, **overrides: Any) -> SFTTrainer:
+def make_trainer(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., Trainer]:
+    def make(rows: list[dict[str, Any]] | None = None, **overrides: Any) -> Trainer:
         values: dict[str, Any] = {
             "base_model_dir": tiny_model_dir,
             "output_dir": tmp_path / "out",
@@ -61,7 +62,7 @@ def make_trainer(tiny_model_dir: Path, tmp_path: Path) -> Callable[..., SFTTrain
             "bf16": False,
             **overrides,
         }
-        trainer = SFTTrainer(SFTConfig(**values), QuietReporter())
+        trainer = sft_trainer(SFTConfig(**values), QuietReporter())
         trainer.setup(rows if rows is not None else varied_chat_rows(12), None)
         return trainer
 

@@ -15,8 +15,9 @@ import torch
 
 from tests.train.conftest import QuietReporter, varied_chat_rows
 from tunehouse.train.config import SFTConfig
-from tunehouse.train.dpo import DPOConfig, DPOTrainer
-from tunehouse.train.sft import SFTTrainer
+from tunehouse.train.dpo import DPOConfig, dpo_trainer
+from tunehouse.train.recipe import Trainer
+from tunehouse.train.sft import sft_trainer
 
 
 def preference_rows(n: int) -> list[dict[str, Any]]:
@@ -40,7 +41,7 @@ STEPS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_trainer(model_dir: Path, out_dir: Path, dpo: bool = False, **overrides: Any) -> SFTTrainer:
+def make_trainer(model_dir: Path, out_dir: Path, dpo: bool = False, **overrides: Any) -> Trainer:
     values: dict[str, Any] = {
         "base_model_dir": model_dir,
         "output_dir": out_dir / "out",
@@ -53,10 +54,10 @@ def make_trainer(model_dir: Path, out_dir: Path, dpo: bool = False, **overrides:
         **overrides,
     }
     if dpo:
-        trainer: SFTTrainer = DPOTrainer(DPOConfig(**values), QuietReporter())
+        trainer: Trainer = dpo_trainer(DPOConfig(**values), QuietReporter())
         trainer.setup(preference_rows(12), preference_rows(4))
     else:
-        trainer = SFTTrainer(SFTConfig(**values), QuietReporter())
+        trainer = sft_trainer(SFTConfig(**values), QuietReporter())
         trainer.setup(varied_chat_rows(12), varied_chat_rows(5))
     return trainer
 

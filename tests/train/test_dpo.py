@@ -10,7 +10,8 @@ from openai import OpenAI
 
 from tests.conftest import TINY_ID
 from tests.support import upload_rows, wait_for_job
-from tunehouse.train.dpo import DPOConfig, DPOTrainer, dpo_loss
+from tunehouse.train.dpo import DPOConfig, dpo_loss, dpo_trainer
+from tunehouse.train.recipe import Trainer
 
 from .conftest import QuietReporter
 
@@ -26,13 +27,13 @@ def preference_rows(n: int) -> list[dict[str, Any]]:
     ]
 
 
-def mean_margin(trainer: DPOTrainer) -> tuple[float, float]:
+def mean_margin(trainer: Trainer) -> tuple[float, float]:
     """Mean of (policy − reference) log-ratio of chosen minus rejected, and preference accuracy."""
     pairs = trainer.train
     with torch.no_grad():
-        policy_c, policy_r = trainer._pair_logprobs(trainer.model, pairs)
-        with trainer._reference_model() as reference:
-            ref_c, ref_r = trainer._pair_logprobs(reference, pairs)
+        policy_c, policy_r = trainer.method.pair_logprobs(trainer, trainer.model, pairs)
+        with trainer.method.reference_model(trainer) as reference:
+            ref_c, ref_r = trainer.method.pair_logprobs(trainer, reference, pairs)
     margin = (policy_c - ref_c) - (policy_r - ref_r)
     return float(margin.mean()), float((margin > 0).float().mean())
 
@@ -57,7 +58,7 @@ def test_dpo_training_moves_preference_towards_the_preferred_output(tiny_model_d
         beta=0.1,
         bf16=False,
     )
-    trainer = DPOTrainer(config, QuietReporter())
+    trainer = dpo_trainer(config, QuietReporter())
     trainer.setup(preference_rows(12), preference_rows(4))
     # Prompt tokens are context; only each output (and its end-of-turn) is trained.
     pair = trainer.train[0]

@@ -13,7 +13,7 @@ import torch
 
 from tests.conftest import TINY_ID, Server, make_home
 from tests.support import chat_rows, upload_rows, wait_for_job
-from tunehouse.train.sft import TRAINER_STATE, SFTTrainer, latest_checkpoint
+from tunehouse.train.recipe import TRAINER_STATE, Trainer, latest_checkpoint
 
 from .conftest import QuietReporter
 
@@ -22,7 +22,7 @@ class Interrupted(Exception):
     pass
 
 
-def test_checkpoint_holds_optimizer_scheduler_rng_and_data_position(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_checkpoint_holds_optimizer_scheduler_rng_and_data_position(make_trainer: Callable[..., Trainer]) -> None:
     trainer = make_trainer(n_epochs=2, batch_size=2, checkpoint_interval=4)
     trainer.run()
     assert trainer.reporter.checkpoints == [4, 6, 8, 12]  # every 4 steps and each epoch's end (6 steps)
@@ -32,7 +32,7 @@ def test_checkpoint_holds_optimizer_scheduler_rng_and_data_position(make_trainer
 
 
 def test_resuming_after_an_interruption_gives_the_uninterrupted_run(
-    make_trainer: Callable[..., SFTTrainer], tmp_path: Path
+    make_trainer: Callable[..., Trainer], tmp_path: Path
 ) -> None:
     options = {"n_epochs": 2, "batch_size": 2, "checkpoint_interval": 4, "learning_rate": 5e-3}
     uninterrupted = make_trainer(checkpoint_dir=tmp_path / "a", **options).run()

@@ -31,12 +31,12 @@ from tunehouse.train.fused_layers import fuse_norms_and_mlps
 from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_loss_sum
 from tunehouse.train.precision import keep_adapter_inputs_as_is, weights_changed
-from tunehouse.train.sft import SFTTrainer
+from tunehouse.train.recipe import Trainer
 
 from .conftest import shared_prefix_mask, varied_chat_rows
 
 
-def gradients(trainer: SFTTrainer, indices: list[int]) -> dict[str, torch.Tensor]:
+def gradients(trainer: Trainer, indices: list[int]) -> dict[str, torch.Tensor]:
     trainer.model.zero_grad(set_to_none=True)
     trainer.accumulate_gradients(indices)
     return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -74,7 +74,7 @@ def test_one_row_packing_lays_examples_end_to_end_without_padding() -> None:
     assert batch["segment_ids"].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0, 2, 2]]
 
 
-def test_packing_gives_the_unpacked_loss_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_packing_gives_the_unpacked_loss_and_gradients(make_trainer: Callable[..., Trainer]) -> None:
     rows = varied_chat_rows(12)
     rows[0]["messages"][0]["content"] += " A long preamble." * 40  # so short examples share rows
     packed = make_trainer(rows, packing=True)
@@ -82,8 +82,8 @@ def test_packing_gives_the_unpacked_loss_and_gradients(make_trainer: Callable[..
     indices = list(range(8))
     examples = [packed.train[i] for i in indices]
     assert len(pack_examples(examples, packed.pad_id)["input_ids"]) < len(examples)  # it did pack
-    packed_sums = packed._forward_sums(examples)
-    padded_sums = padded._forward_sums(examples)
+    packed_sums = packed.method.pass_sums(packed, examples)
+    padded_sums = padded.method.pass_sums(padded, examples)
     assert packed_sums.tokens == padded_sums.tokens == sum(e.trained_tokens for e in examples)
     torch.testing.assert_close(packed_sums.loss_sum, padded_sums.loss_sum, rtol=1e-5, atol=1e-4)
     assert_same_gradients(gradients(packed, indices), gradients(padded, indices))
@@ -120,7 +120,7 @@ def test_one_row_packing_computes_the_shared_prefix_once() -> None:
     assert "attention_mask" not in unshared and unshared["input_ids"].shape == (1, 9)
 
 
-def test_sharing_the_prefix_gives_the_unshared_loss_and_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_sharing_the_prefix_gives_the_unshared_loss_and_gradients(make_trainer: Callable[..., Trainer]) -> None:
     rows = varied_chat_rows(12)
     for row in rows:
         row["messages"][0]["content"] = "You are a careful assistant who answers in one sentence, always."
@@ -132,7 +132,10 @@ def test_sharing_the_prefix_gives_the_unshared_loss_and_gradients(make_trainer: 
     assert prefix > 15
     batch = pack_examples(examples, shared.pad_id, one_row=True, share_prefix=True)
     assert batch["input_ids"].shape[1] == sum(shared.lengths[i] for i in indices) - 3 * prefix
-    shared_sums, unshared_sums = shared._forward_sums(examples), unshared._forward_sums(examples)
+    shared_sums, unshared_sums = (
+        shared.method.pass_sums(shared, examples),
+        unshared.method.pass_sums(unshared, examples),
+    )
     assert shared_sums.tokens == unshared_sums.tokens == sum(e.trained_tokens for e in examples)
     torch.testing.assert_close(shared_sums.loss_sum, unshared_sums.loss_sum, rtol=1e-5, atol=1e-4)
     assert_same_gradients(gradients(shared, indices), gradients(unshared, indices))
@@ -396,7 +399,7 @@ def test_attention_leaves_queries_that_see_no_key_to_sdpa() -> None:
     assert torch.equal(got, want)
 
 
-def test_matmul_attention_in_the_trainer_gives_sdpa_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_matmul_attention_in_the_trainer_gives_sdpa_gradients(make_trainer: Callable[..., Trainer]) -> None:
     rows = varied_chat_rows(12)
     rows[0]["messages"][0]["content"] += " A long preamble." * 40  # so short examples share rows
     matmul = make_trainer(rows, matmul_attention=True)
@@ -405,7 +408,7 @@ def test_matmul_attention_in_the_trainer_gives_sdpa_gradients(make_trainer: Call
     assert_same_gradients(gradients(matmul, list(range(8))), gradients(sdpa, list(range(8))))
 
 
-def test_fused_forwards_give_the_models_own_gradients(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_fused_forwards_give_the_models_own_gradients(make_trainer: Callable[..., Trainer]) -> None:
     """LoRA addmm, RMSNorm and SwiGLU Functions against PEFT's and transformers' own forwards."""
     trainer = make_trainer()
     with torch.no_grad():  # B starts at zero, which would hide a wrong scaling
@@ -427,7 +430,7 @@ def test_fused_forwards_give_the_models_own_gradients(make_trainer: Callable[...
 
 
 def test_adapted_siblings_share_one_pass_over_their_input_and_never_a_stale_result(
-    make_trainer: Callable[..., SFTTrainer],
+    make_trainer: Callable[..., Trainer],
 ) -> None:
     """Q, K and V run together when called on one input; called on another input, K computes its own."""
     trainer = make_trainer()
@@ -453,7 +456,7 @@ def test_adapted_siblings_share_one_pass_over_their_input_and_never_a_stale_resu
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_the_adapter_copies_the_fused_layers_keep_follow_every_optimizer_step(
-    bf16: bool, make_trainer: Callable[..., SFTTrainer]
+    bf16: bool, make_trainer: Callable[..., Trainer]
 ) -> None:
     """The fused layers keep their adapters' A matrices concatenated (and cast to bf16 under bf16
     autocast) between passes; after each optimizer step they compute with the new weights: as PEFT's
@@ -484,7 +487,7 @@ def test_the_adapter_copies_the_fused_layers_keep_follow_every_optimizer_step(
 
 
 def test_adapted_layers_recompute_the_rms_norm_output_they_read_instead_of_keeping_it(
-    make_trainer: Callable[..., SFTTrainer],
+    make_trainer: Callable[..., Trainer],
 ) -> None:
     """Q, K and V read the input norm's output: backward recomputes it from what the norm keeps,
     and every gradient is PEFT's."""
@@ -551,7 +554,7 @@ def test_fused_swiglu_is_bitwise_llamas_in_bf16() -> None:
     assert all(torch.equal(got, want) for got, want in zip(results[1], results[0], strict=True))
 
 
-def test_fused_lora_forward_leaves_dropout_to_peft(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_fused_lora_forward_leaves_dropout_to_peft(make_trainer: Callable[..., Trainer]) -> None:
     trainer = make_trainer(lora_dropout=0.5)
     from peft.tuners.lora import Linear as LoraLinear
 
@@ -591,14 +594,14 @@ def test_chunked_cross_entropy_equals_plain_cross_entropy() -> None:
     assert buffers.take(2, weight)[0].data_ptr() == first  # kept, not allocated again
 
 
-def test_chunked_loss_in_the_trainer_matches_full_logits(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_chunked_loss_in_the_trainer_matches_full_logits(make_trainer: Callable[..., Trainer]) -> None:
     chunked = make_trainer(chunked_loss=True)
     full = make_trainer(chunked_loss=False)
     assert chunked.decoder is not None and full.decoder is None
     assert_same_gradients(gradients(chunked, [0, 1, 2, 3]), gradients(full, [0, 1, 2, 3]))
 
 
-def test_gradient_accumulation_one_by_eight_equals_batch_eight(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_gradient_accumulation_one_by_eight_equals_batch_eight(make_trainer: Callable[..., Trainer]) -> None:
     whole = make_trainer(pass_tokens=100_000)
     one_at_a_time = make_trainer(pass_tokens=1)  # every example its own forward pass
     indices = list(range(8))
@@ -608,7 +611,7 @@ def test_gradient_accumulation_one_by_eight_equals_batch_eight(make_trainer: Cal
 
 
 def test_bf16_run_stores_the_frozen_base_in_bf16_and_trains_fp32_adapters(
-    make_trainer: Callable[..., SFTTrainer],
+    make_trainer: Callable[..., Trainer],
 ) -> None:
     fp32 = make_trainer(bf16=False)
     bf16 = make_trainer(bf16=True)
@@ -633,14 +636,14 @@ def test_bf16_run_stores_the_frozen_base_in_bf16_and_trains_fp32_adapters(
         assert cosine > 0.98, name
 
 
-def test_gradient_checkpointing_changes_no_gradient(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_gradient_checkpointing_changes_no_gradient(make_trainer: Callable[..., Trainer]) -> None:
     plain = make_trainer(gradient_checkpointing=False)
     checkpointed = make_trainer(gradient_checkpointing=True)
     assert checkpointed.checkpointing and not plain.checkpointing
     assert_same_gradients(gradients(plain, [0, 1, 2]), gradients(checkpointed, [0, 1, 2]))
 
 
-def test_weight_zero_turns_contribute_no_loss(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_weight_zero_turns_contribute_no_loss(make_trainer: Callable[..., Trainer]) -> None:
     messages = [
         {"role": "user", "content": "Say a colour."},
         {"role": "assistant", "content": "Purple, obviously, the best of all colours.", "weight": 0},
@@ -656,7 +659,7 @@ def test_weight_zero_turns_contribute_no_loss(make_trainer: Callable[..., SFTTra
     first_turn = [i for i, (a, b) in enumerate(zip(both.labels, second_only.labels, strict=True)) if a != b]
     assert all(second_only.labels[i] == IGNORE_INDEX for i in first_turn)
     # The loss is exactly the cross-entropy of the second turn's tokens: the first adds nothing.
-    sums = trainer._forward_sums([second_only])
+    sums = trainer.method.pass_sums(trainer, [second_only])
     with torch.no_grad():
         logits = trainer.model(input_ids=torch.tensor([second_only.input_ids], device=trainer.device)).logits[0, :-1]
     targets = torch.tensor(second_only.labels[1:], device=trainer.device)
@@ -666,7 +669,7 @@ def test_weight_zero_turns_contribute_no_loss(make_trainer: Callable[..., SFTTra
     assert sums.tokens == second_only.trained_tokens
 
 
-def test_same_seed_same_run_and_another_seed_another(make_trainer: Callable[..., SFTTrainer]) -> None:
+def test_same_seed_same_run_and_another_seed_another(make_trainer: Callable[..., Trainer]) -> None:
     def curve(seed: int) -> list[float]:
         trainer = make_trainer(seed=seed, n_epochs=2, batch_size=3)
         return [round(h["train_loss"], 12) for h in trainer.run().history]
@@ -677,7 +680,7 @@ def test_same_seed_same_run_and_another_seed_another(make_trainer: Callable[...,
 
 
 def test_memory_plan_turns_on_checkpointing_then_refuses(
-    make_trainer: Callable[..., SFTTrainer], monkeypatch: pytest.MonkeyPatch
+    make_trainer: Callable[..., Trainer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trainer = make_trainer()
     model, device = trainer.model, torch.device("cpu")
@@ -703,7 +706,7 @@ def test_training_on_cuda_leaves_cudnn_attention_out() -> None:
 
 
 def test_cpu_training_bounds_onednn_kernel_caches_unless_the_user_set_them(
-    make_trainer: Callable[..., SFTTrainer], monkeypatch: pytest.MonkeyPatch
+    make_trainer: Callable[..., Trainer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for variable in memory.KERNEL_CACHE_VARIABLES:
         monkeypatch.delenv(variable, raising=False)

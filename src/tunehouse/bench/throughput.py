@@ -1,6 +1,6 @@
 """Training throughput measured on this machine, for the time estimate of `tunehouse data stats`.
 
-Measured rather than guessed: a few optimizer steps of the real trainer (`SFTTrainer`, LoRA as jobs
+Measured rather than guessed: a few optimizer steps of the real trainer (`sft_trainer`, LoRA as jobs
 default to) on synthetic examples of the file's typical length. Results are cached per model,
 length and thread count in `$TUNEHOUSE_HOME/throughput.json`, so only the first `stats` pays.
 """
@@ -51,7 +51,7 @@ def measure_throughput(model_id: str, length: int) -> float:
     from tunehouse.models.catalog import base_of, get_model, weights_dir
     from tunehouse.train.config import SFTConfig
     from tunehouse.train.reporting import SilentReporter
-    from tunehouse.train.sft import SFTTrainer
+    from tunehouse.train.sft import sft_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         config = SFTConfig(
@@ -61,7 +61,7 @@ def measure_throughput(model_id: str, length: int) -> float:
             batch_size=BATCH_EXAMPLES,
             max_length=length,
         )
-        trainer = SFTTrainer(config, SilentReporter())
+        trainer = sft_trainer(config, SilentReporter())
         trainer.setup(_synthetic_examples(length), None)
         batches = [list(range(i * BATCH_EXAMPLES, (i + 1) * BATCH_EXAMPLES)) for i in range(MEASURED_STEPS + 1)]
         trainer.train_step(batches[0])  # warm-up: allocations and kernel selection

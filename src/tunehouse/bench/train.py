@@ -169,7 +169,7 @@ class _Messages(SilentReporter):
 
 def run_ours(settings: BenchSettings) -> dict[str, Any]:
     from tunehouse.train.config import SFTConfig
-    from tunehouse.train.sft import SFTTrainer
+    from tunehouse.train.sft import sft_trainer
 
     examples = read_examples(settings)
     with tempfile.TemporaryDirectory() as tmp:
@@ -186,7 +186,7 @@ def run_ours(settings: BenchSettings) -> dict[str, Any]:
             max_length=settings.max_length,
             checkpoint_interval=10**9,  # like the TRL side: no checkpoints inside the timed loop
         )
-        trainer = SFTTrainer(config, _Messages())
+        trainer = sft_trainer(config, _Messages())
         trainer.setup(examples, None)
         trainer.save_checkpoint = lambda step, metrics: None  # type: ignore[method-assign]
         result = trainer.run()

@@ -41,7 +41,8 @@ from tunehouse.train.hyperparams import (
     resolve_hyperparameters,
 )
 from tunehouse.train.reporting import SilentReporter
-from tunehouse.train.sft import TrainResult, latest_checkpoint, train_sft
+from tunehouse.train.recipe import TrainResult, latest_checkpoint
+from tunehouse.train.sft import train_sft
 
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
 HEARTBEAT_SECONDS = 2.0

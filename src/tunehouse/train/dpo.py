@@ -6,8 +6,8 @@ their outputs. A step is: pairs → one packed forward of policy and one of the 
 model: LoRA disabled, or a frozen copy for full fine-tuning) → summed log-probabilities of each
 output → DPO loss `-log σ(β·((π_c − ref_c) − (π_r − ref_r)))` averaged over the step's pairs →
 backward → clip → optimizer step. Only the pass's loss and what it is averaged over differ from
-the SFT recipe; the step loop (passes, processes), setup, schedule, checkpoints, exact resume and
-metrics are its.
+the SFT method; the recipe (`recipe.Trainer`: passes, processes, setup, schedule, checkpoints, exact
+resume and metrics) is the same one, given `PreferenceMethod` instead of `SupervisedMethod`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.models.template import EncodedExample, encode_chat_example
-from tunehouse.train.attention import training_sdpa_backends
-from tunehouse.train.batching import pack_examples, packed_inputs
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import SingleProcess
 from tunehouse.train.loss import LossSums
+from tunehouse.train.recipe import Trainer, TrainResult, train
 from tunehouse.train.reporting import Reporter
-from tunehouse.train.sft import SFTTrainer, TrainResult
 
 
 @dataclass
@@ -78,63 +76,69 @@ def dpo_loss(
     return -F.logsigmoid(beta * margin), margin > 0
 
 
-class DPOTrainer(SFTTrainer):
-    config: DPOConfig
+class PreferenceMethod:
+    """DPO's pass loss over preference pairs against a reference model; see the module's docstring."""
 
-    def __init__(self, config: DPOConfig, reporter: Reporter, processes: SingleProcess | None = None) -> None:
-        super().__init__(config, reporter, processes)
-        # The frozen reference of full fine-tuning is a whole copy in each process anyway: DDP, not FSDP.
-        self.shard_weights = False
+    full_logits = True  # every output token's log-probability
+    shards_weights = False  # the frozen reference of full fine-tuning is a whole copy in each process
 
-    def encode(self, examples: list[dict[str, Any]]) -> list[Any]:
-        pairs = [encode_preference_example(self.tokenizer, e, self.config.max_length) for e in examples]
+    def __init__(self, beta: float) -> None:
+        self.beta = beta
+        self.reference: Any = None
+
+    def encode(self, tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> list[PreferencePair]:
+        pairs = [encode_preference_example(tokenizer, e, max_length) for e in examples]
         return [p for p in pairs if p.chosen.trained_tokens and p.rejected.trained_tokens]
 
-    def example_length(self, example: Any) -> int:
+    def length(self, example: PreferencePair) -> int:
         return len(example.chosen.input_ids) + len(example.rejected.input_ids)
 
-    def _setup_speed(self) -> None:
-        super()._setup_speed()
-        self.decoder = None  # DPO needs every output token's log-probability: full logits
-        self.reference = None
-        if not hasattr(self.model, "disable_adapter"):  # full fine-tuning: a frozen copy is the reference
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+    def trained_tokens(self, example: PreferencePair) -> int:
+        return example.trained_tokens
+
+    def normalizer(self, examples: list[PreferencePair]) -> int:
+        """The mean DPO loss over the step's pairs, however the step is split into passes."""
+        return len(examples)
+
+    def prepare(self, trainer: Trainer) -> None:
+        if not hasattr(trainer.model, "disable_adapter"):  # full fine-tuning: a frozen copy is the reference
+            self.reference = copy.deepcopy(trainer.model).eval().requires_grad_(False)
 
     @contextlib.contextmanager
-    def _reference_model(self) -> Iterator[Any]:
+    def reference_model(self, trainer: Trainer) -> Iterator[Any]:
+        """The model DPO measures the policy against: the base (adapter off) or the frozen copy."""
         if self.reference is not None:
             yield self.reference
         else:
-            with self.model.disable_adapter():
-                yield self.model
+            with trainer.model.disable_adapter():
+                yield trainer.model
 
-    def _pair_logprobs(self, model: Any, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair_logprobs(
+        self, trainer: Trainer, model: Any, pairs: list[PreferencePair]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities of each pair's chosen and rejected outputs under `model`."""
         examples = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-        packed = pack_examples(examples, self.pad_id, one_row=self.matmul_attention, share_prefix=self.share_prefix)
-        batch = {k: v.to(self.device) for k, v in packed.items()}
-        inputs = packed_inputs(batch)
-        with (
-            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
-            training_sdpa_backends(self.device),
-        ):
-            logits = model(**inputs).logits
-        logprobs = sequence_logprobs(logits, batch["labels"], batch["segment_ids"], len(examples))
+        result = trainer.forward_pass(model, examples, packed=True)
+        assert result.segment_ids is not None  # packed
+        logprobs = sequence_logprobs(result.output.logits, result.labels, result.segment_ids, len(examples))
         return logprobs[: len(pairs)], logprobs[len(pairs) :]
 
-    def _pass_losses(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad(), self._reference_model() as reference:
-            reference_chosen, reference_rejected = self._pair_logprobs(reference, pairs)
-        policy_chosen, policy_rejected = self._pair_logprobs(self.forward, pairs)
-        return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.config.beta)
+    def pair_losses(self, trainer: Trainer, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each pair's DPO loss and whether its chosen output wins."""
+        with torch.no_grad(), self.reference_model(trainer) as reference:
+            reference_chosen, reference_rejected = self.pair_logprobs(trainer, reference, pairs)
+        policy_chosen, policy_rejected = self.pair_logprobs(trainer, trainer.forward, pairs)
+        return dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, self.beta)
 
-    def _forward_sums(self, examples: list[PreferencePair]) -> LossSums:  # type: ignore[override]
+    def pass_sums(self, trainer: Trainer, examples: list[PreferencePair]) -> LossSums:
         """Summed DPO loss of the pairs, how many the chosen output wins, and how many pairs."""
-        losses, won = self._pass_losses(examples)
+        losses, won = self.pair_losses(trainer, examples)
         return LossSums(loss_sum=losses.sum(), correct=int(won.sum()), tokens=len(examples))
 
-    def loss_normalizer(self, indices: list[int]) -> int:
-        """The mean DPO loss over the step's pairs, however the step is split into passes."""
-        return len(indices)
+
+def dpo_trainer(config: DPOConfig, reporter: Reporter, processes: SingleProcess | None = None) -> Trainer:
+    """A trainer of `config` by direct preference optimization."""
+    return Trainer(config, PreferenceMethod(config.beta), reporter, processes)
 
 
 def train_dpo(
@@ -144,6 +148,4 @@ def train_dpo(
     reporter: Reporter,
     processes: SingleProcess | None = None,
 ) -> TrainResult:
-    trainer = DPOTrainer(config, reporter, processes)
-    trainer.setup(train_examples, valid_examples)
-    return trainer.run()
+    return train(config, PreferenceMethod(config.beta), train_examples, valid_examples, reporter, processes)

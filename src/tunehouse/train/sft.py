@@ -1,454 +1,71 @@
-"""Supervised fine-tuning recipe: setup → train → save, readable top to bottom (torchtune's shape).
+"""Supervised fine-tuning: the method that trains assistant (or completion) tokens by cross-entropy.
 
-A step is: batch → forward (bf16 autocast where it pays) → masked loss summed over forward passes →
-divide by the step's trained tokens → backward → clip → optimizer step → metrics → maybe checkpoint.
-
-The speed tricks are named functions, each tested to change no number it should not:
-`pack_examples` (batching.py; with `share_prefix`, a repeated system prompt computed once per pass),
-`chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
-`keep_adapter_inputs_as_is` (precision.py), `fuse_lora_forward` (fused_lora.py),
-`fuse_norms_and_mlps` (fused_layers.py, rms_norm.py),
-`use_matmul_attention` (attention.py: CPU attention in plain matmuls), `plan_memory` (memory.py: pass
-size and gradient checkpointing only when needed).
-
-Several processes (`distributed.py`) run the same recipe: each trains its shard of every step's
-examples, the loss is still normalized over the whole step, and the gradients and metrics are those
-of one process (up to float summation order). Only the main process reports and writes.
+A pass's loss is the masked cross-entropy summed over its trained tokens, and a step divides it by the
+step's trained tokens (a token-weighted mean), so splitting a step into passes or processes changes
+no gradient (PITFALLS 4). The chunked loss (loss.py) computes it from the decoder's hidden states
+without holding vocabulary-wide logits.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import random
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tunehouse.hardware import bf16_supported
 from tunehouse.models.template import EncodedExample, encode_example
-from tunehouse.train.attention import full_causal_attention, training_sdpa_backends, use_matmul_attention
-from tunehouse.train.batching import collate, epoch_batches, pack_examples, packed_inputs, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
-from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
-from tunehouse.train.fused_layers import fuse_norms_and_mlps
-from tunehouse.train.fused_lora import fuse_lora_forward
-from tunehouse.train.loss import ChunkBuffers, LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
-from tunehouse.train.memory import bound_onednn_kernel_cache, plan_memory
-from tunehouse.train.packed_attention import fuse_packed_attention
-from tunehouse.train.precision import (
-    frozen_weights_dtype,
-    keep_adapter_inputs_as_is,
-    weights_changed,
-)
+from tunehouse.train.distributed import SingleProcess
+from tunehouse.train.loss import LossSums, chunked_lm_loss_sum, masked_lm_loss_sum
+from tunehouse.train.recipe import Trainer, TrainResult, train
 from tunehouse.train.reporting import Reporter
-
-TRAINER_STATE = "trainer_state.pt"
-
-
-@dataclass
-class TrainResult:
-    steps: int
-    trained_tokens: int
-    """Tokens processed over all epochs (what OpenAI bills as trained tokens)."""
-    loss_tokens: int
-    """Tokens the loss was computed on over all epochs (assistant / completion tokens)."""
-    final_train_loss: float
-    wall_seconds: float
-    """The training loop's time, checkpoints included and the final save not (the training bench
-    compares it with TRL's `trainer.train()`, which saves nothing)."""
-    tokens_per_second: float
-    bf16: bool
-    history: list[dict[str, Any]]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % (2**32))
-    except ImportError:
-        pass
-
-
-def rng_states() -> dict[str, Any]:
-    import numpy as np
-
-    states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    import numpy as np
-
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete checkpoint: `trainer_state.pt` is written last, so its presence marks one."""
-    if not checkpoint_dir.exists():
-        return None
-    complete = [p for p in checkpoint_dir.glob("step-*") if (p / TRAINER_STATE).exists()]
-    return max(complete, key=lambda p: int(p.name.removeprefix("step-")), default=None)
-
-
-def load_model(config: SFTConfig, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-    """Base model (its weights in `dtype`) plus a new LoRA adapter, a given one, or the checkpoint
-    being resumed. Adapters are always fp32: PEFT upcasts them on a bf16 base."""
-    resume = config.resume_from
-    weights_dir = resume if (resume is not None and not config.use_lora) else config.base_model_dir
-    adapter_dir = resume if (resume is not None and config.use_lora) else config.init_adapter_dir
-    tokenizer = AutoTokenizer.from_pretrained(str(config.base_model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=dtype)
-    model.config.use_cache = False
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    elif config.use_lora:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=config.lora_target_modules,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
-    return tokenizer, model.to(device)
 
 
 def encode_all(tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> list[EncodedExample]:
+    """The examples tokenized with their loss masks, without those that train no token."""
     encoded = [encode_example(tokenizer, example, max_length) for example in examples]
     return [e for e in encoded if e.trained_tokens > 0]
 
 
-def _linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
+class SupervisedMethod:
+    """Cross-entropy on the trained tokens; see the module's docstring."""
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    full_logits = False
+    shards_weights = True
 
+    def encode(self, tokenizer: Any, examples: list[dict[str, Any]], max_length: int) -> list[EncodedExample]:
+        return encode_all(tokenizer, examples, max_length)
 
-class SFTTrainer:
-    def __init__(self, config: SFTConfig, reporter: Reporter, processes: SingleProcess | None = None) -> None:
-        self.config = config
-        self.reporter = reporter
-        self.processes = processes or from_environment()
-        self.device = self.processes.device
-        if self.device.type == "cpu":
-            bound_onednn_kernel_cache()
-        self.use_bf16 = bf16_supported(self.device) if config.bf16 is None else config.bf16
-        # Full fine-tuning over several GPUs shards weights, gradients and optimizer state (FSDP).
-        self.shard_weights = self.processes.world_size > 1 and self.device.type == "cuda" and not config.use_lora
-
-    # --- setup -----------------------------------------------------------------------------------
-    def setup(self, train_examples: list[dict[str, Any]], valid_examples: list[dict[str, Any]] | None) -> None:
-        config = self.config
-        seed_everything(config.seed)
-        dtype = frozen_weights_dtype(self.use_bf16, config.use_lora)
-        # Under FSDP the whole model stays on the CPU; each GPU receives its shard when wrapped.
-        load_device = torch.device("cpu") if self.shard_weights else self.device
-        self.tokenizer, self.model = load_model(config, load_device, dtype)
-        self.pad_id = self.tokenizer.pad_token_id
-        if self.pad_id is None:
-            self.pad_id = self.tokenizer.eos_token_id or 0
-        self.train = self.encode(train_examples)
-        self.valid = self.encode(valid_examples or [])
-        self.lengths = [self.example_length(e) for e in self.train]
-        self._setup_speed()
-        self.forward = self.processes.prepare(ForwardPass(self.model, self.decoder is not None), self.shard_weights)
-        self.steps_per_epoch = math.ceil(len(self.train) / config.batch_size)
-        self.total_steps = self.steps_per_epoch * config.n_epochs
-        params = [p for p in self.forward.parameters() if p.requires_grad]
-        # The fused kernel updates every tensor in one call; the default on CPU loops over them in
-        # Python (a LoRA adapter has 420 tensors on SmolLM2: 32 ms a step against 6 ms fused).
-        self.optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
-        )
-        # the bf16 copies of the adapter weights that the fused layers keep are stale after a step
-        self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: weights_changed())
-        warmup = int(self.total_steps * config.warmup_ratio)
-        self.scheduler = _linear_schedule(self.optimizer, warmup, self.total_steps)
-        self.eval_interval = config.eval_interval or max(1, self.total_steps // 20)
-        self.checkpoint_interval = config.checkpoint_interval or self.steps_per_epoch
-        self.state: dict[str, Any] = {
-            "step": 0,
-            "processed_tokens": 0,
-            "loss_tokens": 0,
-            "history": [],
-            "valid_cursor": 0,
-            "elapsed": 0.0,
-        }
-        n_trainable = sum(p.numel() for p in params)
-        self.reporter.message(
-            f"Training {len(self.train)} examples for {config.n_epochs} epochs ({self.total_steps} steps, "
-            f"batch {config.batch_size}, lr {config.learning_rate:g}, "
-            f"{'LoRA r=' + str(config.lora_r) if config.use_lora else 'full fine-tuning'}, "
-            f"{n_trainable:,} trainable parameters, {'bf16 autocast' if self.use_bf16 else 'fp32'}"
-            f"{', packing' if config.packing else ''}"
-            f"{', common prefixes computed once' if self.share_prefix else ''}, passes of ≤{self.pass_tokens} tokens"
-            f"{', matmul attention' if self.matmul_attention else ''}"
-            f"{', gradient checkpointing' if self.checkpointing else ''} on {self.device.type}"
-            f"{self.processes.describe(self.shard_weights)})"
-        )
-        if config.resume_from is not None:
-            self.restore(config.resume_from)
-
-    def encode(self, examples: list[dict[str, Any]]) -> list[Any]:
-        return encode_all(self.tokenizer, examples, self.config.max_length)
-
-    def example_length(self, example: Any) -> int:
+    def length(self, example: EncodedExample) -> int:
         return len(example.input_ids)
 
-    def _setup_speed(self) -> None:
-        """Adapter inputs, the forward-pass size and gradient checkpointing, from the hardware."""
-        config = self.config
-        base = causal_lm(self.model)
-        if self.use_bf16 and config.use_lora:
-            keep_adapter_inputs_as_is(self.model)
-        if config.use_lora:
-            fuse_lora_forward(self.model)
-        fuse_norms_and_mlps(base)
-        use_matmul = self.device.type == "cpu" if config.matmul_attention is None else config.matmul_attention
-        self.matmul_attention = use_matmul and use_matmul_attention(base)
-        if self.matmul_attention:
-            fuse_packed_attention(base)
-        self.share_prefix = (
-            config.packing
-            and self.matmul_attention
-            and config.share_prefix is not False
-            and full_causal_attention(base.config)
-        )
-        plan = plan_memory(
-            self.model,
-            self.device,
-            self.use_bf16,
-            max(self.lengths, default=1),
-            config.gradient_checkpointing,
-            config.pass_tokens,
-            model_shards=self.processes.world_size if self.shard_weights else 1,
-        )
-        self.pass_tokens, self.checkpointing = plan.pass_tokens, plan.gradient_checkpointing
-        if self.checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # The chunked loss takes the decoder's hidden states and the output layer's weight directly
-        # (not under FSDP, where that weight is a shard outside the wrapped forward).
-        head = base.get_output_embeddings()
-        self.decoder = base.get_decoder() if (config.chunked_loss and not self.shard_weights) else None
-        self.head_weight = head.weight if (type(head) is torch.nn.Linear and head.bias is None) else None
-        if self.head_weight is None:
-            self.decoder = None
-        self.chunk_buffers = ChunkBuffers()
-        self.computed_tokens = 0
-        """Tokens this process's training passes ran in this run (see `LossSums.computed_tokens`)."""
+    def trained_tokens(self, example: EncodedExample) -> int:
+        return example.trained_tokens
 
-    # --- one forward over a set of examples: summed masked loss -----------------------------------
-    def _forward_sums(self, examples: list[EncodedExample]) -> LossSums:
-        if self.config.packing:
-            batch = pack_examples(examples, self.pad_id, one_row=self.matmul_attention, share_prefix=self.share_prefix)
-            inputs = packed_inputs(batch)
-        else:
-            batch = collate(examples, self.pad_id)
-            inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        inputs = {k: v.to(self.device) for k, v in inputs.items()}
-        labels = batch["labels"].to(self.device)
-        with (
-            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
-            training_sdpa_backends(self.device),
-        ):
-            output = self.forward(**inputs)
-        if self.decoder is not None:
-            dtype = torch.bfloat16 if self.use_bf16 else torch.float32
+    def normalizer(self, examples: list[EncodedExample]) -> int:
+        return sum(e.trained_tokens for e in examples)
+
+    def prepare(self, trainer: Trainer) -> None:
+        pass
+
+    def pass_sums(self, trainer: Trainer, examples: list[EncodedExample]) -> LossSums:
+        result = trainer.forward_pass(trainer.forward, examples, packed=trainer.config.packing)
+        if trainer.decoder is not None:
             sums = chunked_lm_loss_sum(
-                output.last_hidden_state, labels, self.head_weight, dtype, buffers=self.chunk_buffers
+                result.output.last_hidden_state,
+                result.labels,
+                trainer.head_weight,
+                torch.bfloat16 if trainer.use_bf16 else torch.float32,
+                buffers=trainer.chunk_buffers,
             )
         else:
-            sums = masked_lm_loss_sum(output.logits, labels)
-        sums.computed_tokens = inputs["input_ids"].numel()
+            sums = masked_lm_loss_sum(result.output.logits, result.labels)
+        sums.computed_tokens = result.computed_tokens
         return sums
 
-    def step_loss_tokens(self, indices: list[int]) -> int:
-        return sum(self.train[i].trained_tokens for i in indices)
 
-    def loss_normalizer(self, indices: list[int]) -> int:
-        """What a step's summed loss is divided by: its trained tokens (a token-weighted mean)."""
-        return self.step_loss_tokens(indices)
-
-    def process_passes(self, indices: list[int], lengths: list[int]) -> list[tuple[list[int], bool]]:
-        """This process's forward passes over its shard of `indices`, each with whether it counts.
-
-        Every process runs as many passes as the busiest one (FSDP gathers weights in each forward
-        and DDP syncs buffers; a process with no examples must still join the gradient all-reduce):
-        the extra passes repeat the step's first example and are weighted zero.
-        """
-        passes = token_budget_micro_batches(self.processes.shard(indices), lengths, self.pass_tokens)
-        fillers = [indices[:1]] * (self.processes.most(len(passes)) - len(passes))
-        return [(p, True) for p in passes] + [(p, False) for p in fillers]
-
-    def accumulate_gradients(self, indices: list[int]) -> dict[str, float]:
-        """Forward and backward over one step's examples, a pass at a time, normalized by the whole
-        step's trained tokens — so how the step is split into passes, or over processes, changes no
-        gradient (PITFALLS 4). DDP averages the processes' gradients; multiplying each process's
-        loss by their number makes that average the one-process sum."""
-        normalizer = self.loss_normalizer(indices)
-        passes = self.process_passes(indices, self.lengths)
-        loss_total, correct_total = 0.0, 0
-        for number, (one_pass, counts) in enumerate(passes):
-            with self.processes.no_sync(self.forward, sync=number == len(passes) - 1):
-                sums = self._forward_sums([self.train[i] for i in one_pass])
-                weight = self.processes.world_size if counts else 0.0
-                (sums.loss_sum * weight / normalizer).backward()
-            if counts:
-                loss_total += float(sums.loss_sum.detach())
-                correct_total += sums.correct
-                self.computed_tokens += sums.computed_tokens
-        loss_total, correct_total = self.processes.sum([loss_total, correct_total])
-        return {"train_loss": loss_total / normalizer, "train_mean_token_accuracy": correct_total / normalizer}
-
-    def train_step(self, indices: list[int]) -> dict[str, float]:
-        self.forward.train()
-        metrics = self.accumulate_gradients(indices)
-        self.processes.clip_grad_norm(self.forward, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return metrics
-
-    @torch.no_grad()
-    def evaluate(self, examples: list[Any]) -> tuple[float, float]:
-        """Mean loss and accuracy over `examples`, each process evaluating its shard of them."""
-        self.forward.eval()
-        loss_total, correct_total, count_total = 0.0, 0, 0
-        lengths = [self.example_length(e) for e in examples]
-        for one_pass, counts in self.process_passes(list(range(len(examples))), lengths):
-            sums = self._forward_sums([examples[i] for i in one_pass])
-            if counts:
-                loss_total += float(sums.loss_sum)
-                correct_total += sums.correct
-                count_total += sums.tokens
-        loss_total, correct_total, count_total = self.processes.sum([loss_total, correct_total, count_total])
-        return loss_total / max(1, count_total), correct_total / max(1, count_total)
-
-    # --- the loop ----------------------------------------------------------------------------------
-    def run(self) -> TrainResult:
-        config, state = self.config, self.state
-        started = time.perf_counter() - state["elapsed"]
-        metrics: dict[str, Any] = state["history"][-1] if state["history"] else {}
-        for epoch in range(config.n_epochs):
-            for position, indices in enumerate(epoch_batches(self.lengths, config.batch_size, config.seed, epoch)):
-                step = epoch * self.steps_per_epoch + position + 1
-                if step <= state["step"]:  # done before the run was interrupted
-                    continue
-                metrics = self.train_step(indices)
-                state["step"] = step
-                state["processed_tokens"] += sum(self.lengths[i] for i in indices)
-                state["loss_tokens"] += self.step_loss_tokens(indices)
-                if self.valid and (step % self.eval_interval == 0 or step == self.total_steps):
-                    cursor = state["valid_cursor"]
-                    batch = [self.valid[(cursor + k) % len(self.valid)] for k in range(config.batch_size)]
-                    state["valid_cursor"] = cursor + config.batch_size
-                    metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = self.evaluate(batch)
-                if step % self.steps_per_epoch == 0 and self.valid:
-                    metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = self.evaluate(self.valid)
-                state["history"].append({"step": step, **metrics})
-                self.reporter.metrics(step, self.total_steps, metrics)
-                state["elapsed"] = time.perf_counter() - started
-                self.reporter.progress(step, self.total_steps, state["elapsed"] / step)
-                if step % self.checkpoint_interval == 0 or step % self.steps_per_epoch == 0:
-                    self.save_checkpoint(step, metrics)
-        wall = time.perf_counter() - started  # the training loop's: the final save is not training
-        self.save(config.output_dir)
-        return TrainResult(
-            steps=state["step"],
-            trained_tokens=state["processed_tokens"],
-            loss_tokens=state["loss_tokens"],
-            final_train_loss=float(metrics.get("train_loss", float("nan"))),
-            wall_seconds=wall,
-            tokens_per_second=state["processed_tokens"] / wall if wall > 0 else 0.0,
-            bf16=self.use_bf16,
-            history=state["history"],
-        )
-
-    # --- saving and resuming -----------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """The adapter (or full weights) plus the tokenizer, so the folder serves on its own.
-
-        Every process calls it (FSDP gathers the weights from all of them); the main one writes and
-        the others wait for it, so no process runs ahead of a save.
-        """
-        state_dict = self.processes.full_state_dict(self.forward)
-        if self.processes.is_main:
-            path.mkdir(parents=True, exist_ok=True)
-            self.model.save_pretrained(str(path), **({} if state_dict is None else {"state_dict": state_dict}))
-            self.tokenizer.save_pretrained(str(path))
-        self.processes.barrier()
-
-    def save_checkpoint(self, step: int, metrics: dict[str, Any]) -> None:
-        """Weights or adapter, then optimizer, scheduler, RNG and data position, written last and
-        atomically, so a folder with `trainer_state.pt` is always a complete checkpoint.
-
-        Several processes hold the same optimizer state under DDP (the main one saves it); under
-        FSDP each holds a shard, saved per process first. RNG states are the main process's: with
-        the default zero dropout, training draws no random numbers after setup.
-        """
-        path = self.config.checkpoint_dir / f"step-{step}"
-        self.save(path)
-        if self.shard_weights:
-            torch.save(self.optimizer.state_dict(), path / f"optimizer-{self.processes.rank}.pt")
-            self.processes.barrier()
-        if self.processes.is_main:
-            trainer_state = {
-                "optimizer": None if self.shard_weights else self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": rng_states(),
-                "state": self.state,
-                "seed": self.config.seed,
-                "total_steps": self.total_steps,
-                "processes": self.processes.world_size,
-            }
-            partial = path / (TRAINER_STATE + ".partial")
-            torch.save(trainer_state, partial)
-            os.replace(partial, path / TRAINER_STATE)
-            self.reporter.checkpoint(step, path, {"step": step, **metrics})
-        self.processes.barrier()
-
-    def restore(self, path: Path) -> None:
-        """Continue from a checkpoint: its weights were loaded in `load_model`; the rest is here."""
-        saved = torch.load(path / TRAINER_STATE, weights_only=False)
-        if saved["total_steps"] != self.total_steps or saved["seed"] != self.config.seed:
-            raise ValueError(f"checkpoint {path} belongs to a different run")
-        optimizer = saved["optimizer"]
-        if optimizer is None:  # sharded by FSDP: this process's shard, from as many processes
-            if saved["processes"] != self.processes.world_size:
-                raise ValueError(
-                    f"checkpoint {path} was written by {saved['processes']} processes; resume with as many"
-                )
-            optimizer = torch.load(path / f"optimizer-{self.processes.rank}.pt", weights_only=False)
-        self.optimizer.load_state_dict(optimizer)
-        self.scheduler.load_state_dict(saved["scheduler"])
-        restore_rng_states(saved["rng"])
-        self.state = saved["state"]
-        self.reporter.message(f"Resumed from the checkpoint at step {self.state['step']}/{self.total_steps}.")
+def sft_trainer(config: SFTConfig, reporter: Reporter, processes: SingleProcess | None = None) -> Trainer:
+    """A trainer of `config` by supervised fine-tuning."""
+    return Trainer(config, SupervisedMethod(), reporter, processes)
 
 
 def train_sft(
@@ -458,6 +75,4 @@ def train_sft(
     reporter: Reporter,
     processes: SingleProcess | None = None,
 ) -> TrainResult:
-    trainer = SFTTrainer(config, reporter, processes)
-    trainer.setup(train_examples, valid_examples)
-    return trainer.run()
+    return train(config, SupervisedMethod(), train_examples, valid_examples, reporter, processes)
