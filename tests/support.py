@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from openai import OpenAI
+from openai.types.fine_tuning import FineTuningJob
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -36,7 +37,7 @@ def upload_rows(client: OpenAI, tmp_path: Path, rows: list[dict[str, Any]], name
         return client.files.create(file=f, purpose="fine-tune").id
 
 
-def wait_for_job(client: OpenAI, job_id: str, timeout: float = 300, until: set[str] = TERMINAL):  # type: ignore[no-untyped-def]
+def wait_for_job(client: OpenAI, job_id: str, timeout: float = 300, until: set[str] = TERMINAL) -> FineTuningJob:
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = client.fine_tuning.jobs.retrieve(job_id)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import orjson
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from tests.data.samples import chat, chats
 from tunehouse.cli.main import app
@@ -14,7 +14,7 @@ from tunehouse.cli.main import app
 runner = CliRunner()
 
 
-def run(*args: str):  # type: ignore[no-untyped-def]
+def run(*args: str) -> Result:
     return runner.invoke(app, ["data", *args])
 
 

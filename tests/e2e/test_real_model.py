@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from openai.types.chat.chat_completion import Choice
 
 from tests.conftest import REPO, SHIPPED_ID
 from tests.support import wait_for_job
@@ -16,7 +17,7 @@ sys.path.insert(0, str(REPO / "examples"))
 from jonny_whizbang.story import SYSTEM, heldout_questions, is_correct, write_training_file  # noqa: E402
 
 
-def ask(client: OpenAI, model: str, question: str):  # type: ignore[no-untyped-def]
+def ask(client: OpenAI, model: str, question: str) -> Choice:
     return client.chat.completions.create(
         model=model,
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],

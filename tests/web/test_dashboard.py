@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from openai.types.fine_tuning import FineTuningJob
+from playwright.sync_api import Browser, Page
 
 from tests.conftest import REPO, TINY_ID, Server, make_home, running_server
 from tests.support import chat_rows, upload_rows, wait_for_job
@@ -35,7 +37,7 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: run `make chromium` (apt-get install -y chromium) as root")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
@@ -60,7 +62,7 @@ def web_client(web_server: Server) -> OpenAI:
 
 
 @pytest.fixture
-def page(browser, web_server: Server):  # type: ignore[no-untyped-def]
+def page(browser: Browser, web_server: Server) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.add_init_script(f"localStorage.setItem('tunehouse.apiKey', '{API_KEY}')")
     page = context.new_page()
@@ -75,13 +77,13 @@ def origin(server: Server) -> str:
     return server.base_url.removesuffix("/v1")
 
 
-def chart_points(page, chart: str, series: str) -> int:  # type: ignore[no-untyped-def]
+def chart_points(page: Page, chart: str, series: str) -> int:
     points = page.get_attribute(f"#{chart} polyline[data-series='{series}']", "points") or ""
     return len(points.split())
 
 
 @pytest.fixture(scope="module")
-def live_job(web_client: OpenAI, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def live_job(web_client: OpenAI, tmp_path_factory: pytest.TempPathFactory) -> FineTuningJob:
     """A job just created, not awaited: the first test opens its page while it is still starting."""
     tmp = tmp_path_factory.mktemp("web-files")
     train = upload_rows(web_client, tmp, chat_rows(12), "train.jsonl")
@@ -95,7 +97,9 @@ def live_job(web_client: OpenAI, tmp_path_factory: pytest.TempPathFactory):  # t
     )
 
 
-def test_job_page_follows_a_job_live_and_charts_its_points(web_server: Server, live_job, page) -> None:  # type: ignore[no-untyped-def]
+def test_job_page_follows_a_job_live_and_charts_its_points(
+    web_server: Server, live_job: FineTuningJob, page: Page
+) -> None:
     job, train = live_job, live_job.training_file
     page.goto(f"{origin(web_server)}/#/jobs/{job.id}")  # opened while the job is still starting
     page.wait_for_selector("#job-header .status.succeeded", timeout=180_000)  # the page polls: live
@@ -125,8 +129,8 @@ def test_job_page_follows_a_job_live_and_charts_its_points(web_server: Server, l
 
 
 def test_playground_shows_base_and_fine_tuned_answers_side_by_side(
-    web_client: OpenAI, web_server: Server, live_job, page
-) -> None:  # type: ignore[no-untyped-def]
+    web_client: OpenAI, web_server: Server, live_job: FineTuningJob, page: Page
+) -> None:
     done = wait_for_job(web_client, live_job.id)
     assert done.status == "succeeded", done.error
 
@@ -142,7 +146,7 @@ def test_playground_shows_base_and_fine_tuned_answers_side_by_side(
     assert all(a and a != "…" and not a.startswith("Error") for a in answers), answers
 
 
-def test_files_and_models_pages(web_client: OpenAI, web_server: Server, page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_files_and_models_pages(web_client: OpenAI, web_server: Server, page: Page, tmp_path: Path) -> None:
     file_id = upload_rows(web_client, tmp_path, chat_rows(10), "listed.jsonl")
     page.goto(f"{origin(web_server)}/#/files")
     page.wait_for_selector(f"text={file_id}")
@@ -160,7 +164,7 @@ def test_files_and_models_pages(web_client: OpenAI, web_server: Server, page, tm
     assert "base" in page.inner_text("main")
 
 
-def test_the_page_asks_for_the_key_the_server_requires(browser, web_server: Server) -> None:  # type: ignore[no-untyped-def]
+def test_the_page_asks_for_the_key_the_server_requires(browser: Browser, web_server: Server) -> None:
     context = browser.new_context()
     page = context.new_page()
     try:
@@ -240,7 +244,7 @@ def insert_long_job(home: Path, n_steps: int) -> str:
         os.environ.pop("TUNEHOUSE_HOME", None)
 
 
-def test_a_10000_step_job_page_stays_fast(web_server: Server, page) -> None:  # type: ignore[no-untyped-def]
+def test_a_10000_step_job_page_stays_fast(web_server: Server, page: Page) -> None:
     job_id = insert_long_job(web_server.home, 10_000)
     started = time.monotonic()
     page.goto(f"{origin(web_server)}/#/jobs/{job_id}")

@@ -239,7 +239,8 @@ def run_trl(settings: BenchSettings) -> dict[str, Any]:
         trainer = TRLTrainer(
             model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora
         )
-        tokens = sum(len(ids) for ids in trainer.train_dataset["input_ids"]) * settings.n_epochs
+        prepared: Any = trainer.train_dataset  # TRL's tokenized dataset, typed as any dataset or None
+        tokens = sum(len(ids) for ids in prepared["input_ids"]) * settings.n_epochs
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started

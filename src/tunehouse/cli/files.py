@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
+from openai import OpenAI
+from openai.types import FileObject, FilePurpose
 from rich.table import Table
 
 from tunehouse.cli.client import (
@@ -25,9 +27,10 @@ from tunehouse.cli.client import (
 files_app = typer.Typer(help="Upload and list files on a tunehouse server.", no_args_is_help=True)
 
 
-def upload_file(client, path: Path, purpose: str = "fine-tune", reuse: bool = True):  # type: ignore[no-untyped-def]
+def upload_file(client: OpenAI, path: Path, purpose: str = "fine-tune", reuse: bool = True) -> tuple[FileObject, bool]:
     """Upload `path`, or reuse a file already there with the same name, size and purpose (as the
-    0.x OpenAI CLI did), so re-running a command does not pile up copies."""
+    0.x OpenAI CLI did), so re-running a command does not pile up copies. Returns the file and
+    whether it was reused."""
     if not path.is_file():
         fail(f"No such file: {path}")
     size = path.stat().st_size
@@ -36,7 +39,8 @@ def upload_file(client, path: Path, purpose: str = "fine-tune", reuse: bool = Tr
             if existing.filename == path.name and existing.bytes == size and existing.status != "error":
                 return existing, True
     with open(path, "rb") as f:
-        return client.files.create(file=f, purpose=purpose), False
+        # the SDK types `purpose` as OpenAI's list; a tunehouse server names the unknown ones itself
+        return client.files.create(file=f, purpose=cast(FilePurpose, purpose)), False
 
 
 @files_app.command("upload")

@@ -91,7 +91,7 @@ class Snapshot:
         if data.get("valid_loss") is not None:
             self.valid_loss = float(data["valid_loss"])
 
-    def fields(self, job: Any) -> dict[str, str]:
+    def fields(self, job: Any) -> dict[str, Any]:
         n_epochs = n_epochs_of(job)
         epoch = epoch_at(self.step, self.total_steps, n_epochs)
         loss = "-" if self.train_loss is None else f"{self.train_loss:.4f}"

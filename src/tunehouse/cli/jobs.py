@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from openai import OpenAI
 from rich.table import Table
 
 from tunehouse.cli.client import (
@@ -46,7 +47,7 @@ def _number(value: str | None, name: str) -> Any:
         fail(f"--{name} must be 'auto' or a number, not {value!r}.")
 
 
-def resolve_file(client, value: str, label: str) -> str:  # type: ignore[no-untyped-def]
+def resolve_file(client: OpenAI, value: str, label: str) -> str:
     """A file id as is; a local path uploaded with purpose fine-tune (reusing an identical upload)."""
     path = Path(value).expanduser()
     if path.is_file():
@@ -80,7 +81,7 @@ def _finish(job: Any) -> None:
     fail(f"Job {job.id} was {job.status}.", code=2)
 
 
-def _follow_and_exit(client, job_id: str, interval: float) -> None:  # type: ignore[no-untyped-def]
+def _follow_and_exit(client: OpenAI, job_id: str, interval: float) -> None:
     try:
         job = follow_job(client, job_id, console, interval=interval)
     except KeyboardInterrupt:

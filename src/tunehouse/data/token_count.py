@@ -38,8 +38,8 @@ def chat_segments(tokenizer: Any, template: FastTemplate | None, messages: list[
     fast = template is not None and template.supports(normalized)
 
     def render(upto: list[dict[str, str]], generation: bool) -> str:
-        if fast:
-            return template.render(upto, generation)  # type: ignore[union-attr]
+        if template is not None and fast:
+            return template.render(upto, generation)
         return tokenizer.apply_chat_template(upto, add_generation_prompt=generation, tokenize=False)
 
     segments: list[Segment] = []

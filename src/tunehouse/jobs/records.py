@@ -4,9 +4,9 @@ goes through these, so the store is the one place a job's state lives (PITFALLS 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from tunehouse.errors import NotFound
 from tunehouse.ids import new_id
@@ -45,7 +45,7 @@ def update_job(job_id: str, *, only_if_status: set[str] | None = None, **values:
         statement = statement.where(JobRow.status.in_(only_if_status))
     with session() as s:
         result = s.execute(statement.values(**values))
-    return result.rowcount > 0
+    return cast(CursorResult[Any], result).rowcount > 0
 
 
 def add_event(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -54,6 +55,7 @@ def build_random_llama(shape_name: str, tokenizer_dir: Path, target: Path, seed:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    LlamaForCausalLM(config).to(shape.dtype).save_pretrained(str(target))
+    model: Any = LlamaForCausalLM(config)  # transformers' `.to` is typed for a model, not a dtype
+    model.to(shape.dtype).save_pretrained(str(target))
     tokenizer.save_pretrained(str(target))
     return target

@@ -27,7 +27,8 @@ from tunehouse.hardware import default_device
 
 def causal_lm(model: torch.nn.Module) -> Any:
     """The transformers model under a PEFT wrapper (or the model itself without one)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if get_base_model is not None else model
 
 
 class ForwardPass(torch.nn.Module):

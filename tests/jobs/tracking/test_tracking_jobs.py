@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from openai import OpenAI
+from openai.types.fine_tuning import FineTuningJob
 
 from tests.conftest import TINY_ID, Server, make_home, running_server
 from tests.jobs.tracking.wandb_records import read_offline_run
@@ -44,7 +45,7 @@ def tracked_client(tracked_server: Server) -> OpenAI:
 
 
 @pytest.fixture(scope="module")
-def finished_job(tracked_client: OpenAI, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def finished_job(tracked_client: OpenAI, tmp_path_factory: pytest.TempPathFactory) -> FineTuningJob:
     """One job with a W&B integration, trained to the end (MLflow is on server-wide)."""
     tmp = tmp_path_factory.mktemp("tracked-files")
     train = upload_rows(tracked_client, tmp, chat_rows(10), "train.jsonl")
@@ -62,13 +63,13 @@ def finished_job(tracked_client: OpenAI, tmp_path_factory: pytest.TempPathFactor
     return done
 
 
-def result_rows(client: OpenAI, job) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+def result_rows(client: OpenAI, job: FineTuningJob) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(client.files.content(job.result_files[0]).text)))
 
 
 def test_wandb_offline_run_holds_config_and_every_step(
-    tracked_server: Server, tracked_client: OpenAI, finished_job
-) -> None:  # type: ignore[no-untyped-def]
+    tracked_server: Server, tracked_client: OpenAI, finished_job: FineTuningJob
+) -> None:
     [run_dir] = (Path(tracked_server.env["WANDB_DIR"]) / "wandb").glob(f"offline-run-*-{finished_job.id}")
     run = read_offline_run(run_dir)
 
@@ -103,8 +104,8 @@ def test_wandb_offline_run_holds_config_and_every_step(
 
 
 def test_mlflow_store_holds_params_metrics_and_artifacts(
-    tracked_server: Server, tracked_client: OpenAI, finished_job
-) -> None:  # type: ignore[no-untyped-def]
+    tracked_server: Server, tracked_client: OpenAI, finished_job: FineTuningJob
+) -> None:
     from mlflow.tracking import MlflowClient
 
     mlflow = MlflowClient(tracking_uri=tracked_server.env["TUNEHOUSE_MLFLOW_TRACKING_URI"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ HEADER = 7
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def iter_payloads(path: Path):  # type: ignore[no-untyped-def]
+def iter_payloads(path: Path) -> Iterator[bytes]:
     raw = path.read_bytes()
     assert raw[:4] == b":W&B", f"{path} is not a W&B transaction log"
     pos, pending = HEADER, b""

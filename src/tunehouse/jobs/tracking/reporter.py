@@ -99,7 +99,7 @@ def job_context(job: JobRow, trainer_config: Any = None) -> JobContext:
         "training": job.training_options or {},
         "metadata": job.job_metadata or {},
     }
-    if trainer_config is not None and dataclasses.is_dataclass(trainer_config):
+    if dataclasses.is_dataclass(trainer_config) and not isinstance(trainer_config, type):
         config["trainer"] = {
             k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(trainer_config).items()
         }
