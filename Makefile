@@ -28,8 +28,15 @@ $(KERNELS): $(STAMP) src/tunehouse/train/cpu_kernels.py
 demo: install
 	$(BIN)/python examples/demo.py
 
+# ruff (lint and format), mypy, and import-linter's layering contracts (pyproject.toml).
+# ruff (lint and format) and import-linter's layering contracts (pyproject.toml).
 lint: install
 	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/lint-imports
+	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # The dashboard's browser tests drive Debian's chromium; they skip (saying why) when it is absent
 # and we cannot install it (not root, or no apt-get).
