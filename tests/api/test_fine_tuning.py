@@ -265,3 +265,95 @@ def test_full_fine_tuning_job_serves_its_own_weights(client: OpenAI, tmp_path: P
     assert reply.choices[0].message.content is not None
     events = [e.message for e in all_events(client, job.id)]
     assert any("full fine-tuning" in m for m in events)
+
+
+@pytest.fixture(scope="module")
+def ten_examples(client: OpenAI, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return upload_rows(client, tmp_path_factory.mktemp("options"), chat_rows(10))
+
+
+@pytest.mark.parametrize(
+    ("training", "param", "says"),
+    [
+        ({"lora_r": -4}, "training.lora_r", "from 1 to 1024"),
+        ({"lora_r": 10**9}, "training.lora_r", "from 1 to 1024"),
+        ({"lora_r": True}, "training.lora_r", "from 1 to 1024"),
+        ({"lora_alpha": "x"}, "training.lora_alpha", "an integer"),
+        ({"max_length": -1}, "training.max_length", "from 16 to"),
+        ({"processes": 1000}, "training.processes", "from 1 to 64"),
+        ({"checkpoint_interval": 0}, "training.checkpoint_interval", "at least 1"),
+        ({"adapter": "qlora"}, "training.adapter", '"lora" or "full"'),
+        ({"packing": None}, "training.packing", "true or false"),
+        ({"lora_dropout": 0.1}, "training", "Unknown training options: lora_dropout"),
+    ],
+)
+def test_training_options_outside_their_range_are_a_400_naming_the_option(
+    client: OpenAI, ten_examples: str, training: dict, param: str, says: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(model=TINY_ID, training_file=ten_examples, extra_body={"training": training})
+    assert err.value.param == param
+    assert says in err.value.body["message"]
+
+
+def test_valid_training_options_reach_the_trainer(client: OpenAI, ten_examples: str) -> None:
+    options = {"lora_r": 4, "lora_alpha": 8, "max_length": 64, "checkpoint_interval": 4, "packing": False}
+    job = client.fine_tuning.jobs.create(
+        model=TINY_ID,
+        training_file=ten_examples,
+        hyperparameters={"n_epochs": 1},
+        extra_body={"training": {**options, "bf16": None, "processes": 1}},
+    )
+    done = wait_for_job(client, job.id)
+    assert done.status == "succeeded", done.error
+    assert [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job.id).data] == [10, 8, 4]
+
+
+def post_raw(client: OpenAI, path: str, body: str) -> openai.BadRequestError:
+    """POST a JSON body the SDK would refuse to encode (NaN and Infinity literals); returns the 400."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.post(
+            path, content=body.encode(), cast_to=object, options={"headers": {"Content-Type": "application/json"}}
+        )
+    return err.value
+
+
+LR = "method.supervised.hyperparameters.learning_rate_multiplier"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ('"hyperparameters": {"learning_rate_multiplier": NaN}', LR),
+        ('"hyperparameters": {"learning_rate_multiplier": Infinity}', LR),
+        ('"hyperparameters": {"learning_rate_multiplier": -Infinity}', LR),
+        ('"hyperparameters": {"learning_rate_multiplier": 1e308}', LR),
+        ('"hyperparameters": {"n_epochs": Infinity}', "method.supervised.hyperparameters.n_epochs"),
+        ('"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": NaN}}}', "method.dpo.hyperparameters.beta"),
+        ('"method": {"type": "supervised", "supervised": {"hyperparameters": {}, "x": NaN}}', "method.supervised.x"),
+        ('"method": {"type": "supervised", "supervised": 5}', "method.supervised"),
+        (
+            '"integrations": [{"type": "wandb", "wandb": {"project": "p", "tags": [NaN]}}]',
+            "integrations[0].wandb.tags[0]",
+        ),
+        ('"training": {"max_length": NaN}', "training.max_length"),
+        ('"seed": NaN', "seed"),
+    ],
+)
+def test_non_finite_and_absurd_numbers_are_a_400_naming_the_field(
+    client: OpenAI, ten_examples: str, fields: str, param: str
+) -> None:
+    error = post_raw(
+        client, "/fine_tuning/jobs", f'{{"model": "{TINY_ID}", "training_file": "{ten_examples}", {fields}}}'
+    )
+    assert error.param == param
+    assert error.body["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e308"])
+def test_the_legacy_api_refuses_non_finite_and_absurd_multipliers(
+    client: OpenAI, ten_examples: str, value: str
+) -> None:
+    body = f'{{"model": "{TINY_ID}", "training_file": "{ten_examples}", "learning_rate_multiplier": {value}}}'
+    error = post_raw(client, "/fine-tunes", body)
+    assert error.param is not None and error.param.endswith("learning_rate_multiplier")

@@ -37,6 +37,14 @@ def test_resolve_keeps_explicit_values_and_fills_auto() -> None:
         {"batch_size": 0},
         {"batch_size": True},
         {"learning_rate_multiplier": 0},
+        {"learning_rate_multiplier": float("nan")},
+        {"learning_rate_multiplier": float("inf")},
+        {"learning_rate_multiplier": float("-inf")},
+        {"learning_rate_multiplier": 1e308},
+        {"learning_rate_multiplier": 100.5},
+        {"n_epochs": float("inf")},
+        {"batch_size": float("nan")},
+        {"beta": float("nan")},
         {"beta": 2.5},
         {"warmup": 3},
     ],
@@ -49,3 +57,10 @@ def test_out_of_range_values_are_rejected_with_the_field(values: dict) -> None:
 
 def test_integral_floats_are_accepted_for_integer_fields() -> None:
     check_hyperparameters({"n_epochs": 3.0, "batch_size": "auto"}, "hyperparameters")
+
+
+def test_the_multiplier_cap_is_in_the_message() -> None:
+    check_hyperparameters({"learning_rate_multiplier": 100}, "hyperparameters")
+    with pytest.raises(InvalidRequest) as err:
+        check_hyperparameters({"learning_rate_multiplier": 1e308}, "hyperparameters")
+    assert "greater than 0 and at most 100" in err.value.message

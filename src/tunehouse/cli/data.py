@@ -22,6 +22,7 @@ from rich.table import Table
 
 from tunehouse.config import DEFAULT_BASE_MODEL
 from tunehouse.errors import InvalidRequest, TunehouseError
+from tunehouse.train.options import OPTIONS_BY_NAME
 
 data_app = typer.Typer(help="Validate, count, convert and split training files.", no_args_is_help=True)
 console = Console(highlight=False, soft_wrap=True)
@@ -126,7 +127,9 @@ def validate(
 def stats(
     file: Path = typer.Argument(..., help="The JSONL file to count."),
     model: str = typer.Option(DEFAULT_BASE_MODEL, "--model", "-m", help="Base model whose tokenizer to use."),
-    max_length: int | None = typer.Option(None, help="Training max length in tokens (default: the trainer's)."),
+    max_length: int = typer.Option(
+        OPTIONS_BY_NAME["max_length"].default, help="Training max length in tokens (`training.max_length`)."
+    ),
     format: str | None = typer.Option(None, "--format", help="chat, completion or preference (default: detect)."),
     throughput: float | None = typer.Option(None, help="Training tokens/s to assume instead of measuring."),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Measure training throughput here."),
@@ -136,14 +139,13 @@ def stats(
     """Token counts with the model's own tokenizer and chat template, auto epochs and a time estimate."""
     from tunehouse.bench.throughput import measure_throughput
     from tunehouse.data.stats import compute_stats
-    from tunehouse.train.config import SFTConfig
     from tunehouse.train.hyperparams import auto_n_epochs
 
     with _errors_as_messages(), _progress(file, "counting") as progress:
         result = compute_stats(
             file,
             model,
-            max_length=max_length or SFTConfig.max_length,
+            max_length=max_length,
             epochs_for=auto_n_epochs,
             format=format,
             jobs=jobs or None,

@@ -25,6 +25,7 @@ import torch
 from tunehouse.config import settings
 from tunehouse.data.reader import iter_examples
 from tunehouse.errors import TunehouseError
+from tunehouse.jobs.launch import exit_with_worker
 from tunehouse.jobs.records import add_checkpoint, add_event, all_events, get_job, list_checkpoints, update_job
 from tunehouse.jobs.service import fail_job, fine_tuned_model_name
 from tunehouse.jobs.tracking import attach_trackers
@@ -40,8 +41,9 @@ from tunehouse.train.hyperparams import (
     ResolvedHyperparameters,
     resolve_hyperparameters,
 )
-from tunehouse.train.reporting import SilentReporter
+from tunehouse.train.options import config_values
 from tunehouse.train.recipe import TrainResult, latest_checkpoint
+from tunehouse.train.reporting import SilentReporter
 from tunehouse.train.sft import train_sft
 
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
@@ -127,12 +129,11 @@ def build_config(job: JobRow, n_examples: int) -> tuple[SFTConfig, ResolvedHyper
     method_type = job.method.get("type", "supervised")
     requested = job.method[method_type]["hyperparameters"]
     resolved = resolve_hyperparameters(requested, n_examples, method_type)
-    options = job.training_options or {}
-    use_lora = options.get("adapter", "lora") == "lora"
+    options = config_values(job.training_options or {})
     start = get_model(job.model)
     base = base_of(start)
     base_dir = start.path if (start.kind != "base" and not start.adapter) else weights_dir(base)
-    base_rate = LORA_BASE_LEARNING_RATE if use_lora else FULL_BASE_LEARNING_RATE
+    base_rate = LORA_BASE_LEARNING_RATE if options["use_lora"] else FULL_BASE_LEARNING_RATE
     home = settings()
     config_type = DPOConfig if method_type == "dpo" else SFTConfig
     config = config_type(
@@ -143,16 +144,8 @@ def build_config(job: JobRow, n_examples: int) -> tuple[SFTConfig, ResolvedHyper
         batch_size=resolved.batch_size,
         learning_rate=base_rate * resolved.learning_rate_multiplier,
         seed=job.seed,
-        use_lora=use_lora,
         init_adapter_dir=start.path if start.adapter else None,
-        lora_r=int(options.get("lora_r", 16)),
-        lora_alpha=int(options.get("lora_alpha", 32)),
-        max_length=int(options.get("max_length", 2048)),
-        checkpoint_interval=options.get("checkpoint_interval"),
-        gradient_checkpointing=options.get("gradient_checkpointing"),
-        packing=bool(options.get("packing", True)),
-        share_prefix=options.get("share_prefix"),
-        bf16=options.get("bf16"),
+        **options,
     )
     if isinstance(config, DPOConfig) and resolved.beta is not None:
         config.beta = resolved.beta
@@ -225,6 +218,7 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    exit_with_worker()
     job_id = argv[1]
     processes = SingleProcess()
     try:

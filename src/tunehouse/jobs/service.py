@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,26 +16,9 @@ from tunehouse.store.db import session
 from tunehouse.store.files import file_path, get_file
 from tunehouse.store.schema import JobRow
 from tunehouse.train.hyperparams import check_hyperparameters
+from tunehouse.train.options import check_training_options
 
 METHOD_TYPES = {"supervised", "dpo"}
-TRAINING_OPTION_KEYS = {
-    "adapter",
-    "lora_r",
-    "lora_alpha",
-    "max_length",
-    "checkpoint_interval",
-    "gradient_checkpointing",
-    "packing",
-    "share_prefix",
-    "bf16",
-    "processes",
-}
-"""tunehouse's own `training` options (see `train/config.py`); the booleans default to automatic."""
-
-POSITIVE_COUNT_OPTIONS = {
-    "processes": "trainer processes (null: one per GPU)",
-    "checkpoint_interval": "steps",
-}
 
 
 @dataclass
@@ -60,9 +44,15 @@ def _resolve_method(request: JobRequest) -> dict[str, Any]:
     """One `method` object from either the deprecated `hyperparameters` or `method`, as OpenAI does."""
     method = dict(request.method or {"type": "supervised"})
     method_type = method.get("type", "supervised")
-    if method_type not in METHOD_TYPES:
-        raise InvalidValue(f"Unsupported method.type '{method_type}'. Supported: supervised, dpo.", param="method.type")
-    section = dict(method.get(method_type) or {})
+    if not isinstance(method_type, str) or method_type not in METHOD_TYPES:
+        raise InvalidValue(f"Unsupported method.type {method_type!r}. Supported: supervised, dpo.", param="method.type")
+    section = method.get(method_type) or {}
+    if not isinstance(section, dict) or not isinstance(section.get("hyperparameters") or {}, dict):
+        raise InvalidRequest(
+            f"method.{method_type} must be an object such as {{'hyperparameters': {{'n_epochs': 3}}}}.",
+            param=f"method.{method_type}",
+        )
+    section = dict(section)
     hyperparameters = dict(section.get("hyperparameters") or {})
     if request.hyperparameters:
         if hyperparameters and request.method:
@@ -119,18 +109,21 @@ def _check_request(request: JobRequest) -> None:
                 )
             if kind == "wandb" and not integration["wandb"].get("project"):
                 raise InvalidRequest("wandb.project is required.", param=f"integrations[{index}].wandb.project")
-    unknown = set(request.training) - TRAINING_OPTION_KEYS
-    if unknown:
-        raise InvalidRequest(f"Unknown training options: {', '.join(sorted(unknown))}.", param="training")
-    if request.training.get("adapter", "lora") not in ("lora", "full"):
-        raise InvalidValue("training.adapter must be 'lora' or 'full'.", param="training.adapter")
-    for key in ("gradient_checkpointing", "packing", "share_prefix", "bf16"):
-        if key in request.training and not isinstance(request.training[key], bool | None):
-            raise InvalidValue(f"training.{key} must be true, false or null (automatic).", param=f"training.{key}")
-    for key, meaning in POSITIVE_COUNT_OPTIONS.items():
-        value = request.training.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise InvalidValue(f"training.{key} must be a positive number of {meaning}.", param=f"training.{key}")
+    check_training_options(request.training)
+    for param, part in (("method", request.method), ("integrations", request.integrations)):
+        _reject_non_finite(part, param)
+
+
+def _reject_non_finite(value: Any, param: str) -> None:
+    """NaN and ±Infinity (which JSON bodies may carry) have no JSON form to store or echo back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"{param} must be a finite number, not {value!r}.", param=param)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_non_finite(item, f"{param}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _reject_non_finite(item, f"{param}[{index}]")
 
 
 def create_job(request: JobRequest) -> JobRow:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunehouse.store.schema import CheckpointRow, EventRow, JobRow
+from tunehouse.train.options import options_summary
 
 
 class CreateJobRequest(BaseModel):
@@ -24,8 +25,7 @@ class CreateJobRequest(BaseModel):
     integrations: list[dict[str, Any]] | None = None
     training: dict[str, Any] = Field(
         default_factory=dict,
-        description="tunehouse's own options (send with extra_body): adapter 'lora'|'full', lora_r, "
-        "lora_alpha, max_length, processes (trainer processes; default one per GPU).",
+        description=f"tunehouse's own options (send with extra_body). {options_summary()}.",
     )
 
 
