@@ -8,15 +8,24 @@ accelerate's own `--cpu` flag would start a single process without an MPI launch
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
+import time
 
+import psutil
 import torch
 
 from tunehouse.config import settings
 from tunehouse.errors import InvalidValue
 
 RUNNER = "tunehouse.jobs.run"
+WORKER_ENV = "TUNEHOUSE_WORKER_PROCESS"
+"""The worker that started a trainer, as `PID:START_TIME`: the trainer lives only as long as it does."""
+WATCH_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 
 def process_count(requested: int | None) -> int:
@@ -56,10 +65,47 @@ def launch_command(processes: int, module: str, *args: str) -> list[str]:
     ]
 
 
+def process_identity(pid: int) -> str:
+    """`PID:START_TIME`: a process, told apart from a later one that reuses its pid."""
+    return f"{pid}:{psutil.Process(pid).create_time():.3f}"
+
+
+def is_alive(identity: str) -> bool:
+    """Whether the process `process_identity` named is still running (a zombie is not)."""
+    pid, _, started = identity.partition(":")
+    try:
+        process = psutil.Process(int(pid))
+        return f"{process.create_time():.3f}" == started and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def exit_with_worker() -> None:
+    """In a trainer process: exit at once when the worker that started it is gone.
+
+    A worker that is killed (SIGKILL, a crash) cannot stop its trainer, which runs in a session of
+    its own; left alone the trainer would train on as an orphan that no cancel reaches. The next
+    worker on the same store re-queues the job and resumes it from its last checkpoint.
+    """
+    worker = os.environ.get(WORKER_ENV)
+    if not worker:
+        return
+
+    def watch() -> None:
+        while is_alive(worker):
+            time.sleep(WATCH_SECONDS)
+        log.error("the worker that started this trainer is gone; stopping")
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tunehouse-worker-watch", daemon=True).start()
+
+
 def launch_environment(processes: int) -> dict[str, str]:
-    """The trainer's environment: the machine's cores shared out between its processes (torchrun
-    would give each one thread), unless OMP_NUM_THREADS says otherwise."""
+    """The trainer's environment: its worker's identity (`exit_with_worker`), and the machine's cores
+    shared out between its processes (torchrun would give each one thread) unless OMP_NUM_THREADS
+    says otherwise."""
     env = dict(os.environ)
+    env[WORKER_ENV] = process_identity(os.getpid())
     if processes > 1:
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     return env

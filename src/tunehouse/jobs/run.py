@@ -25,6 +25,7 @@ import torch
 from tunehouse.config import settings
 from tunehouse.data.reader import iter_examples
 from tunehouse.errors import TunehouseError
+from tunehouse.jobs.launch import exit_with_worker
 from tunehouse.jobs.records import add_checkpoint, add_event, all_events, get_job, list_checkpoints, update_job
 from tunehouse.jobs.service import fail_job, fine_tuned_model_name
 from tunehouse.jobs.tracking import attach_trackers
@@ -217,6 +218,7 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    exit_with_worker()
     job_id = argv[1]
     processes = SingleProcess()
     try:

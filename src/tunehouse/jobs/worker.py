@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
-from tunehouse.jobs.launch import launch_environment, process_count, trainer_command
+from tunehouse.jobs.launch import is_alive, launch_environment, process_count, process_identity, trainer_command
 from tunehouse.jobs.records import add_event, get_job, update_job
 from tunehouse.jobs.service import fail_job, validate_job_files
 from tunehouse.store.db import session
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 STALE_HEARTBEAT_SECONDS = 120
 TERMINATE_GRACE_SECONDS = 3
+TRAINER_FILE = "trainer.pid"
+"""In a job's folder: the identity (`PID:START_TIME`) of the trainer process last started for it."""
 
 
 def _oldest_job_id(status: str) -> str | None:
@@ -77,8 +79,31 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _trainer_file(job_id: str) -> Path:
+    return settings().jobs_dir / job_id / TRAINER_FILE
+
+
+def stop_leftover_trainer(job_id: str) -> None:
+    """Kill the trainer a dead worker started for `job_id`, if it still runs.
+
+    Trainers exit by themselves when their worker is gone (`launch.exit_with_worker`); this makes
+    sure of it before the job is run again, so no trainer runs that the store does not know of.
+    """
+    path = _trainer_file(job_id)
+    try:
+        identity = path.read_text().strip()
+    except OSError:
+        return
+    if is_alive(identity):
+        pid = int(identity.partition(":")[0])
+        log.warning("stopping the leftover trainer %s of job %s", pid, job_id)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            _stop_tree(psutil.Process(pid))
+    path.unlink(missing_ok=True)
+
+
 def requeue_orphaned_jobs() -> None:
-    """Jobs left `running` by a worker that died go back to the queue.
+    """Jobs left `running` by a worker that died go back to the queue, their leftover trainer stopped.
 
     The trainer resumes a re-queued job from its newest complete checkpoint (weights, optimizer,
     scheduler, RNG and data position), so it ends as if it had never stopped (PITFALLS 1).
@@ -90,7 +115,10 @@ def requeue_orphaned_jobs() -> None:
     for job in running:
         dead_here = job.worker_host == host and job.worker_pid is not None and not _pid_alive(job.worker_pid)
         stale = job.heartbeat_at is None or now - job.heartbeat_at > STALE_HEARTBEAT_SECONDS
-        if (dead_here or stale) and update_job(job.id, only_if_status={"running"}, status="queued"):
+        if not (dead_here or stale):
+            continue
+        stop_leftover_trainer(job.id)
+        if update_job(job.id, only_if_status={"running"}, status="queued"):
             add_event(
                 job.id,
                 "The worker running this job stopped; the job was re-queued and will resume from its last checkpoint.",
@@ -122,7 +150,7 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    update_job(job_id, worker_pid=child.pid)
+    _trainer_file(job_id).write_text(process_identity(child.pid))
     while child.poll() is None:
         if get_job(job_id).status == "cancelled" or (stop is not None and stop.is_set()):
             _terminate(child)
@@ -130,6 +158,7 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
         validate_pending_jobs()
         time.sleep(POLL_SECONDS)
     code = child.wait()
+    _trainer_file(job_id).unlink(missing_ok=True)
     if code != 0 and get_job(job_id).status == "running":
         if stop is not None and stop.is_set():
             update_job(job_id, only_if_status={"running"}, status="queued")
@@ -163,6 +192,16 @@ def _terminate(child: subprocess.Popen[bytes]) -> None:
     if child.poll() is None or alive:
         _signal_all(child.pid, alive, signal.SIGKILL)
         child.wait()
+
+
+def _stop_tree(leader: psutil.Process) -> None:
+    """`_terminate` for a trainer this process did not start (another worker's child)."""
+    everyone = [leader, *leader.children(recursive=True)]
+    _signal_all(leader.pid, everyone, signal.SIGTERM)
+    _, alive = psutil.wait_procs(everyone, timeout=TERMINATE_GRACE_SECONDS)
+    if alive:
+        _signal_all(leader.pid, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=5)
 
 
 def _signal_all(group: int, processes: list[psutil.Process], sig: signal.Signals) -> None:
