@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 
 # The fused CPU kernels, compiled for this machine (about two minutes; needs a C++ compiler). Without
 # them training runs the same arithmetic in eager PyTorch, so a failed build is not an error.
-$(KERNELS): $(STAMP) src/tunehouse/train/cpu_kernels.py
-	$(BIN)/python -m tunehouse.train.cpu_kernels
+$(KERNELS): $(STAMP) src/tunehouse/train/speed/kernels.py
+	$(BIN)/python -m tunehouse.train.speed.kernels
 	touch $(KERNELS)
 
 demo: install

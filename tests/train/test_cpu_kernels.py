@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from tunehouse.train import cpu_kernels
-from tunehouse.train.fused_layers import fuse_norms_and_mlps
+from tunehouse.train.speed import kernels as cpu_kernels
+from tunehouse.train.speed.fused_layers import fuse_norms_and_mlps
 
 from .conftest import shared_prefix_mask
 
@@ -110,7 +110,7 @@ def test_the_rotary_row_kernels_are_transformers_rotary_embedding_and_its_gradie
     bf16 kernels compute what the eager functions do, at sizes they were not traced with."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    from tunehouse.train.packed_attention import _signed
+    from tunehouse.train.speed.packed_attention import _signed
 
     torch.manual_seed(0)
     tokens, heads, rows, width = 10, 3, 2, 6
@@ -162,7 +162,7 @@ def test_bf16_packed_attention_on_the_kernels_matches_its_eager_path(
     and gradients, with a shared prefix's copies too."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunehouse.train import attention, packed_attention
+    from tunehouse.train.speed import attention, packed_attention
 
     monkeypatch.setattr(attention, "cpu_has_amx", lambda: True)
     torch.manual_seed(0)
@@ -202,7 +202,7 @@ def test_bf16_attention_gradients_on_the_kernel_match_its_eager_path(
 ) -> None:
     """The fused-forward attention's gradients in bf16 (probabilities again from the log-sum-exp,
     in two blocks of queries), with the library and without it."""
-    from tunehouse.train import attention
+    from tunehouse.train.speed import attention
 
     monkeypatch.setattr(attention, "cpu_has_amx", lambda: True)
     torch.manual_seed(0)

@@ -14,8 +14,12 @@ import torch.nn.functional as F
 from tunehouse.errors import OutOfMemoryRisk
 from tunehouse.hardware import bf16_supported
 from tunehouse.models.template import IGNORE_INDEX, EncodedExample
-from tunehouse.train import attention, memory
-from tunehouse.train.attention import (
+from tunehouse.train import memory
+from tunehouse.train.batching import pack_examples, shared_prefix_length, token_budget_micro_batches
+from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_loss_sum
+from tunehouse.train.recipe import Trainer
+from tunehouse.train.speed import attention
+from tunehouse.train.speed.attention import (
     MIN_SPLIT_LENGTH,
     additive_mask,
     attend,
@@ -26,12 +30,9 @@ from tunehouse.train.attention import (
     training_sdpa_backends,
     use_matmul_attention,
 )
-from tunehouse.train.batching import pack_examples, shared_prefix_length, token_budget_micro_batches
-from tunehouse.train.fused_layers import fuse_norms_and_mlps
-from tunehouse.train.fused_lora import fuse_lora_forward
-from tunehouse.train.loss import ChunkBuffers, chunked_lm_loss_sum, masked_lm_loss_sum
-from tunehouse.train.precision import keep_adapter_inputs_as_is, weights_changed
-from tunehouse.train.recipe import Trainer
+from tunehouse.train.speed.casts import keep_adapter_inputs_as_is, weights_changed
+from tunehouse.train.speed.fused_layers import fuse_norms_and_mlps
+from tunehouse.train.speed.fused_lora import fuse_lora_forward
 
 from .conftest import shared_prefix_mask, varied_chat_rows
 
@@ -237,7 +238,7 @@ def test_packed_attention_layer_gives_llamas_outputs_and_gradients(
     transformers' own forward over SDPA, in float64; a padded batch keeps the layer's own forward."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunehouse.train import packed_attention
+    from tunehouse.train.speed import packed_attention
 
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -34,21 +34,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunehouse.hardware import bf16_supported
 from tunehouse.models.template import EncodedExample
-from tunehouse.train.attention import full_causal_attention, training_sdpa_backends, use_matmul_attention
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, packed_inputs, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
-from tunehouse.train.fused_layers import fuse_norms_and_mlps
-from tunehouse.train.fused_lora import fuse_lora_forward
 from tunehouse.train.loss import ChunkBuffers, LossSums
 from tunehouse.train.memory import bound_onednn_kernel_cache, plan_memory
-from tunehouse.train.packed_attention import fuse_packed_attention
-from tunehouse.train.precision import (
-    frozen_weights_dtype,
-    keep_adapter_inputs_as_is,
-    weights_changed,
-)
+from tunehouse.train.precision import frozen_weights_dtype
 from tunehouse.train.reporting import Reporter
+from tunehouse.train.speed.attention import full_causal_attention, training_sdpa_backends, use_matmul_attention
+from tunehouse.train.speed.casts import keep_adapter_inputs_as_is, weights_changed
+from tunehouse.train.speed.fused_layers import fuse_norms_and_mlps
+from tunehouse.train.speed.fused_lora import fuse_lora_forward
+from tunehouse.train.speed.packed_attention import fuse_packed_attention
 
 TRAINER_STATE = "trainer_state.pt"
 

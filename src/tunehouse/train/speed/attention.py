@@ -39,8 +39,8 @@ import torch
 
 from tunehouse.hardware import cpu_has_amx
 from tunehouse.train.batching import first_fit_rows
-from tunehouse.train.cpu_kernels import attention_probabilities, kernel_for
-from tunehouse.train.precision import compute_dtype
+from tunehouse.train.speed.casts import compute_dtype
+from tunehouse.train.speed.kernels import attention_probabilities, kernel_for
 
 ATTENTION_NAME = "tunehouse_matmul"
 MAX_SCORE_ELEMENTS = 2**24

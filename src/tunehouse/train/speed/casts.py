@@ -1,4 +1,4 @@
-"""bf16 for training: which weights are stored in it, and the cast copies kept between optimizer steps."""
+"""The dtype the fused layers compute in, and the cast copies of adapter weights kept between optimizer steps."""
 
 from __future__ import annotations
 
@@ -11,18 +11,6 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     autocast's where it is on (backward runs outside autocast, so it must be told), else `x`'s own."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
-def frozen_weights_dtype(bf16: bool, use_lora: bool) -> torch.dtype:
-    """bf16 for the frozen base of a LoRA run under bf16 autocast, else fp32.
-
-    Autocast would cast every fp32 weight to bf16 on every call anyway; storing the frozen base in
-    bf16 saves those casts, half the weights' memory, and keeps the residual stream in bf16 so no
-    activation is copied between dtypes around each linear layer. The trainable LoRA weights stay
-    fp32 master weights (PEFT keeps adapters fp32 on a bf16 base). Full fine-tuning keeps every
-    weight fp32: they are its master weights.
-    """
-    return torch.bfloat16 if (bf16 and use_lora) else torch.float32
 
 
 def keep_adapter_inputs_as_is(model: torch.nn.Module) -> int:

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import Linear as LoraLinear
 
-from tunehouse.train.cpu_kernels import kernel_for
-from tunehouse.train.fused_lora import plain_adapter
-from tunehouse.train.precision import compute_dtype, weights_as
-from tunehouse.train.rms_norm import RMSNormFunction
+from tunehouse.train.speed.casts import compute_dtype, weights_as
+from tunehouse.train.speed.fused_lora import plain_adapter
+from tunehouse.train.speed.kernels import kernel_for
+from tunehouse.train.speed.rms_norm import RMSNormFunction
 
 
 class _SiluMul(torch.autograd.Function):

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunehouse.train.precision import compute_dtype, weights_as
-from tunehouse.train.rms_norm import NormedInput, normed_input_of
+from tunehouse.train.speed.casts import compute_dtype, weights_as
+from tunehouse.train.speed.rms_norm import NormedInput, normed_input_of
 
 SHARED_INPUT_GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 """Names of sibling layers that transformers' decoders call one after another on one input."""

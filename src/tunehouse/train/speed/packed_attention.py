@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from tunehouse.train.attention import (
+from tunehouse.train.speed.attention import (
     ATTENTION_NAME,
     SEMANTIC_KWARGS,
     Blocks,
@@ -38,9 +38,9 @@ from tunehouse.train.attention import (
     attend_backward,
     fitting_row_layout,
 )
-from tunehouse.train.cpu_kernels import kernel_for
-from tunehouse.train.fused_layers import same_code
-from tunehouse.train.precision import compute_dtype
+from tunehouse.train.speed.casts import compute_dtype
+from tunehouse.train.speed.fused_layers import same_code
+from tunehouse.train.speed.kernels import kernel_for
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

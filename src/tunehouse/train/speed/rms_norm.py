@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from tunehouse.train.cpu_kernels import kernel_for
+from tunehouse.train.speed.kernels import kernel_for
 
 
 @dataclass(frozen=True)
