@@ -22,6 +22,8 @@ class Settings:
     max_file_bytes: int
     train_processes: int | None
     """Trainer processes per job (None: one per visible CUDA GPU, one on CPU); `training.processes` overrides."""
+    allowed_outbound: tuple[str, ...]
+    """Hosts and networks a job's integrations may send data to (`jobs/integrations.py`); none by default."""
     kernels_dir: Path
     """Compiled CPU kernels (`train/cpu_kernels.py`): built for this machine, shared by every home."""
 
@@ -49,6 +51,9 @@ def settings() -> Settings:
         organization=os.environ.get("TUNEHOUSE_ORGANIZATION", "tunehouse"),
         max_file_bytes=int(os.environ.get("TUNEHOUSE_MAX_FILE_BYTES", 512 * 1024 * 1024)),
         train_processes=int(os.environ.get("TUNEHOUSE_TRAIN_PROCESSES") or 0) or None,
+        allowed_outbound=tuple(
+            entry.strip() for entry in os.environ.get("TUNEHOUSE_ALLOWED_OUTBOUND", "").split(",") if entry.strip()
+        ),
         kernels_dir=Path(
             os.environ.get("TUNEHOUSE_KERNELS_DIR", Path.home() / ".cache" / "tunehouse" / "kernels")
         ).expanduser(),

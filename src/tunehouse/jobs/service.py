@@ -10,6 +10,7 @@ from typing import Any
 from tunehouse.config import settings
 from tunehouse.errors import Conflict, InvalidRequest, InvalidValue, TunehouseError
 from tunehouse.ids import new_id
+from tunehouse.jobs.integrations import check_integrations
 from tunehouse.jobs.records import TERMINAL_STATES, add_event, get_job, update_job
 from tunehouse.models.catalog import get_model
 from tunehouse.store.db import session
@@ -98,17 +99,7 @@ def _check_request(request: JobRequest) -> None:
                     param="metadata",
                 )
     if request.integrations is not None:
-        if len(request.integrations) > 5:
-            raise InvalidRequest("At most 5 integrations.", param="integrations")
-        for index, integration in enumerate(request.integrations):
-            kind = integration.get("type")
-            if kind not in ("wandb", "mlflow") or not isinstance(integration.get(kind), dict):
-                raise InvalidRequest(
-                    f"integrations[{index}] must be {{'type': 'wandb', 'wandb': {{'project': ...}}}}.",
-                    param=f"integrations[{index}]",
-                )
-            if kind == "wandb" and not integration["wandb"].get("project"):
-                raise InvalidRequest("wandb.project is required.", param=f"integrations[{index}].wandb.project")
+        check_integrations(request.integrations)
     check_training_options(request.training)
     for param, part in (("method", request.method), ("integrations", request.integrations)):
         _reject_non_finite(part, param)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import io
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,7 @@ def tracked_server(
         "TUNEHOUSE_MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "3",
+        "TUNEHOUSE_ALLOWED_OUTBOUND": "127.0.0.1",  # the failing tracking server below
     }
     with running_server(make_home(root / "home", shipped_model_dir), tiny_model_dir, env=env) as srv:
         yield srv
@@ -135,18 +138,42 @@ def test_mlflow_store_holds_params_metrics_and_artifacts(
     assert "adapter/adapter_config.json" in {a.path for a in mlflow.list_artifacts(run.info.run_id, "adapter")}
 
 
+class _FailingTrackingServer(BaseHTTPRequestHandler):
+    """A tracking server that answers every request with a 500 whose body must not reach the job."""
+
+    def _fail(self) -> None:
+        body = b'{"error_code": "INTERNAL_ERROR", "message": "SECRET-REMOTE-BODY"}'
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _fail
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def test_failing_tracker_warns_and_training_still_succeeds(tracked_client: OpenAI, tmp_path: Path) -> None:
     train = upload_rows(tracked_client, tmp_path, chat_rows(10), "train.jsonl")
-    job = tracked_client.fine_tuning.jobs.create(
-        model=TINY_ID,
-        training_file=train,
-        method=ONE_EPOCH,
-        # Nothing listens on port 9: the tracking server is "down".
-        integrations=[{"type": "mlflow", "mlflow": {"tracking_uri": "http://127.0.0.1:9"}}],
-    )
-    done = wait_for_job(tracked_client, job.id)
+    remote = ThreadingHTTPServer(("127.0.0.1", 0), _FailingTrackingServer)
+    threading.Thread(target=remote.serve_forever, daemon=True).start()
+    try:
+        job = tracked_client.fine_tuning.jobs.create(
+            model=TINY_ID,
+            training_file=train,
+            method=ONE_EPOCH,
+            integrations=[  # type: ignore[list-item]  # the SDK types integrations as W&B only
+                {"type": "mlflow", "mlflow": {"tracking_uri": f"http://127.0.0.1:{remote.server_port}"}}
+            ],
+        )
+        done = wait_for_job(tracked_client, job.id)
+    finally:
+        remote.shutdown()
     assert done.status == "succeeded", done.error
     events = list(tracked_client.fine_tuning.jobs.list_events(job.id, limit=100))
     warnings = [e.message for e in events if e.level == "warn" and "MLflow tracking failed" in e.message]
     assert len(warnings) == 1, [e.message for e in events]
     assert "training continues" in warnings[0]
+    assert not any("SECRET-REMOTE-BODY" in e.message for e in events)

@@ -1,7 +1,7 @@
 """MLflow: one run per job in an experiment, with params, per-step metrics and the outputs as artifacts.
 
 Where runs go: an `mlflow` integration's `tracking_uri` (http/https only, so a user cannot make the
-server write to its own disk), else the server's TUNEHOUSE_MLFLOW_TRACKING_URI, else MLFLOW_TRACKING_URI.
+server write to its own disk, and only to hosts the operator allows: `jobs/integrations.py`), else the server's TUNEHOUSE_MLFLOW_TRACKING_URI, else MLFLOW_TRACKING_URI.
 The integration may also set `experiment_name` (default "tunehouse"), `run_name` and `tags`.
 Metrics are buffered and sent in batches: one request per step would slow a fast trainer.
 """
@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunehouse.jobs.integrations import check_endpoint
 from tunehouse.jobs.tracking.base import MLFLOW_URI_ENV, JobContext, Tracker
 
 FLUSH_SECONDS = 5.0
@@ -38,8 +39,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def tracking_uri(options: dict[str, Any]) -> str:
     given = options.get("tracking_uri")
     if given:
-        if not str(given).startswith(("http://", "https://")):
-            raise ValueError("an mlflow integration's tracking_uri must be http(s)://; the server sets local stores")
+        check_endpoint(given, "mlflow.tracking_uri")  # again at connection time: DNS may have changed
         return str(given)
     uri = os.environ.get(MLFLOW_URI_ENV) or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:

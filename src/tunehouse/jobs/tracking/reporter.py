@@ -9,12 +9,23 @@ import os
 from pathlib import Path
 from typing import Any
 
+from tunehouse.errors import TunehouseError
 from tunehouse.jobs.records import add_event, get_job
 from tunehouse.jobs.tracking.base import MLFLOW_URI_ENV, JobContext, Tracker, numeric_metrics
 from tunehouse.jobs.tracking.mlflow_run import MlflowTracker
 from tunehouse.jobs.tracking.wandb_run import WandbTracker
 from tunehouse.store.schema import JobRow
 from tunehouse.train.reporting import Reporter
+
+
+def failure_reason(exc: Exception) -> str:
+    """A tracker's failure in a few words for the job's events: tunehouse's own message, else the
+    exception's type and HTTP status, never the remote service's text (it may echo anything back)."""
+    if isinstance(exc, TunehouseError | ValueError):
+        return f"{type(exc).__name__}: {exc}"[:300]
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None) or getattr(exc, "status_code", None)
+    return type(exc).__name__ + (f", HTTP {status}" if status else "")
 
 
 class TrackedReporter:
@@ -38,7 +49,7 @@ class TrackedReporter:
         except Exception as exc:  # a tracker must never take training down with it
             add_event(
                 self.context.job_id,
-                f"{tracker.label} tracking failed ({what}: {type(exc).__name__}: {exc}); "
+                f"{tracker.label} tracking failed ({what}: {failure_reason(exc)}); "
                 f"it is turned off for this job, training continues.",
                 level="warn",
             )
