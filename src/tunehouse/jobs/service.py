@@ -98,11 +98,11 @@ def _check_request(request: JobRequest) -> None:
                     f"metadata['{key}']: keys are at most 64 characters, values strings of at most 512.",
                     param="metadata",
                 )
+    for param, part in (("method", request.method), ("integrations", request.integrations)):
+        _reject_non_finite(part, param)
     if request.integrations is not None:
         check_integrations(request.integrations)
     check_training_options(request.training)
-    for param, part in (("method", request.method), ("integrations", request.integrations)):
-        _reject_non_finite(part, param)
 
 
 def _reject_non_finite(value: Any, param: str) -> None:
