@@ -1,4 +1,5 @@
-"""The FastAPI application: routers under `/v1`, auth, error envelope, and the in-process worker."""
+"""The FastAPI application: routers under `/v1`, auth, error envelope, the serving engine (in app
+state, where the routes find it) and the in-process worker."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tunehouse.api.files.router import router as files_router
 from tunehouse.api.fine_tunes.router import router as fine_tunes_router
 from tunehouse.api.fine_tuning.router import router as fine_tuning_router
 from tunehouse.api.models.router import router as models_router
+from tunehouse.serve.engine import Engine
 from tunehouse.store.db import engine
 from tunehouse.web import mount_dashboard
 
@@ -35,6 +37,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
             thread.join(timeout=10)
 
     app = FastAPI(title="tunehouse", version=__version__, lifespan=lifespan)
+    app.state.engine = Engine()
     install_error_handlers(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for router in (files_router, fine_tuning_router, fine_tunes_router, models_router, chat_router, completions_router):

@@ -1,15 +1,33 @@
-"""Request fields shared by chat and legacy completions → the engine's SamplingParams."""
+"""What chat and legacy completions share: the request's null rule, its sampling fields → the engine's
+SamplingParams, the response header, and starting a stream before the response does."""
 
 from __future__ import annotations
 
+import itertools
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from tunehouse.errors import InvalidRequest
 from tunehouse.ids import new_id
 from tunehouse.serve.engine import SamplingParams
 
 FINGERPRINT = "fp_tunehouse"
+T = TypeVar("T")
+
+
+class SamplingRequest(BaseModel):
+    """Base of the completion requests: unknown fields are ignored, and an explicit JSON `null` means
+    the field's default, as OpenAI reads it (the 0.28 CLI sends `"n": null`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 def response_header(id_prefix: str, model: str) -> dict[str, Any]:
@@ -41,3 +59,10 @@ def sampling_params(
         stop=stop_list(stop),
         seed=seed,
     )
+
+
+def started(items: Iterator[T]) -> Iterator[T]:
+    """`items` with its first item already taken, so that a failure before the first token (a deleted
+    model, broken weights) raises while the response can still answer with its error status."""
+    first = next(items)
+    return itertools.chain([first], items)

@@ -66,6 +66,11 @@ def _shipped_info() -> ModelInfo:
     )
 
 
+def model_not_found(model_id: str, *, param: str = "model") -> ModelNotFound:
+    """The error for a model id that is not (or no longer) registered."""
+    return ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param=param)
+
+
 def get_model(model_id: str, *, param: str = "model") -> ModelInfo:
     """The model registered under `model_id`, or ModelNotFound naming it."""
     if model_id == SHIPPED_MODEL_ID:
@@ -73,7 +78,7 @@ def get_model(model_id: str, *, param: str = "model") -> ModelInfo:
     with session() as s:
         row = s.get(ModelRow, model_id)
         if row is None:
-            raise ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param=param)
+            raise model_not_found(model_id, param=param)
         return _from_row(row)
 
 

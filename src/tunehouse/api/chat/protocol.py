@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
+
+from tunehouse.api.sampling import SamplingRequest
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatCompletionRequest(SamplingRequest):
     model: str
     messages: list[dict[str, Any]] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tunehouse.api.chat.protocol import ChatCompletionRequest
@@ -15,7 +15,8 @@ router = APIRouter()
 
 
 @router.post("/chat/completions", response_model=None)
-def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | StreamingResponse:
+def chat_completions(body: ChatCompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+    engine = request.app.state.engine
     if body.stream:
-        return StreamingResponse(sse_stream(stream_chat_completion(body)), media_type="text/event-stream")
-    return create_chat_completion(body)
+        return StreamingResponse(sse_stream(stream_chat_completion(engine, body)), media_type="text/event-stream")
+    return create_chat_completion(engine, body)

@@ -15,10 +15,10 @@ from tunehouse.api.chat.protocol import (
     ResponseMessage,
     Usage,
 )
-from tunehouse.api.sampling import response_header, sampling_params
+from tunehouse.api.sampling import response_header, sampling_params, started
 from tunehouse.errors import InvalidRequest
 from tunehouse.models.template import render_chat_prompt
-from tunehouse.serve.engine import Generation, get_engine
+from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 DEFAULT_MAX_TOKENS = 512
@@ -39,11 +39,12 @@ def _check_messages(messages: list[dict[str, Any]]) -> None:
             )
 
 
-def _prepare(request: ChatCompletionRequest) -> tuple[str, Any]:
+def _prepare(engine: Engine, request: ChatCompletionRequest) -> tuple[ModelHandle, list[int], SamplingParams]:
+    """Resolve the model once, render the messages with its chat template and tokenize them."""
     _check_messages(request.messages)
-    engine = get_engine()
-    tokenizer = engine.tokenizer_for(request.model)  # resolves the model now: unknown ids fail as 404
-    prompt = render_chat_prompt(tokenizer, request.messages)
+    handle = engine.open(request.model)
+    prompt_ids = handle.encode(render_chat_prompt(handle.tokenizer, request.messages))
+    handle.check_prompt(prompt_ids, param="messages")
     params = sampling_params(
         max_tokens=request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS,
         temperature=request.temperature,
@@ -51,15 +52,14 @@ def _prepare(request: ChatCompletionRequest) -> tuple[str, Any]:
         stop=request.stop,
         seed=request.seed,
     )
-    return prompt, params
+    return handle, prompt_ids, params
 
 
-def create_chat_completion(request: ChatCompletionRequest) -> dict[str, Any]:
-    prompt, params = _prepare(request)
-    engine = get_engine()
+def create_chat_completion(engine: Engine, request: ChatCompletionRequest) -> dict[str, Any]:
+    handle, prompt_ids, params = _prepare(engine, request)
     choices, usage = [], Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
     for index in range(request.n):
-        result = engine.generate(request.model, prompt, params)
+        result = engine.generate(handle, prompt_ids, params)
         if index == 0 and params.seed is not None:
             params.seed = None  # later choices continue the seeded RNG, so they differ but reproduce
         choices.append(
@@ -75,10 +75,10 @@ def create_chat_completion(request: ChatCompletionRequest) -> dict[str, Any]:
     ).model_dump()
 
 
-def stream_chat_completion(request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+def stream_chat_completion(engine: Engine, request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
     """Chunks: a role delta, content deltas, a finish chunk per choice, then usage if asked."""
-    prompt, params = _prepare(request)
-    engine = get_engine()
+    handle, prompt_ids, params = _prepare(engine, request)
+    first = started(engine.stream(handle, prompt_ids, params))
     base = response_header("chatcmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
@@ -88,7 +88,7 @@ def stream_chat_completion(request: ChatCompletionRequest) -> Iterator[dict[str,
             yield ChatCompletionChunk(
                 **base, choices=[ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]
             ).to_wire()
-            for item in engine.stream(request.model, prompt, params):
+            for item in first if index == 0 else engine.stream(handle, prompt_ids, params):
                 if isinstance(item, Generation):
                     prompt_tokens = item.prompt_tokens
                     completion_tokens += item.completion_tokens

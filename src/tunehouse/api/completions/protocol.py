@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from tunehouse.api.chat.protocol import Usage
+from tunehouse.api.sampling import SamplingRequest
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class CompletionRequest(SamplingRequest):
     model: str
-    prompt: str | list[str] | list[int] | list[list[int]] = ""
+    prompt: str | list[str] | list[int] | list[list[int]]  # text, texts, token ids, or lists of token ids
     max_tokens: int | None = Field(default=16, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)

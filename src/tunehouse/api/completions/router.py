@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tunehouse.api.completions.protocol import CompletionRequest
@@ -15,7 +15,8 @@ router = APIRouter()
 
 
 @router.post("/completions", response_model=None)
-def completions(body: CompletionRequest) -> dict[str, Any] | StreamingResponse:
+def completions(body: CompletionRequest, request: Request) -> dict[str, Any] | StreamingResponse:
+    engine = request.app.state.engine
     if body.stream:
-        return StreamingResponse(sse_stream(stream_completion(body)), media_type="text/event-stream")
-    return create_completion(body)
+        return StreamingResponse(sse_stream(stream_completion(engine, body)), media_type="text/event-stream")
+    return create_completion(engine, body)

@@ -7,14 +7,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from tunehouse.api.fine_tunes.protocol import CreateFineTuneRequest, legacy_event, legacy_fine_tune
 from tunehouse.api.sse import sse_stream
 from tunehouse.errors import InvalidRequest
 from tunehouse.jobs import records, service
-from tunehouse.models import catalog
 
 router = APIRouter()
 POLL_SECONDS = 0.5
@@ -60,12 +59,12 @@ def cancel_fine_tune(job_id: str) -> dict[str, Any]:
 
 
 @router.delete("/fine-tunes/{job_id}")
-def delete_fine_tune(job_id: str) -> dict[str, Any]:
-    """The 0.x SDK's `FineTune.delete` removes the fine-tuned model the job made."""
+def delete_fine_tune(job_id: str, request: Request) -> dict[str, Any]:
+    """The 0.x SDK's `FineTune.delete` removes the fine-tuned model the job made, as `DELETE /models` does."""
     job = records.get_job(job_id)
     if job.fine_tuned_model is None:
         raise InvalidRequest(f"Fine-tune {job_id} has no fine-tuned model to delete.", param="fine_tune_id")
-    catalog.delete_model(job.fine_tuned_model)
+    request.app.state.engine.delete(job.fine_tuned_model)
     return {"id": job.fine_tuned_model, "object": "model", "deleted": True}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from tunehouse.models import catalog
@@ -37,9 +37,6 @@ def retrieve_model(model_id: str) -> dict[str, Any]:
 
 
 @router.delete("/models/{model_id:path}")
-def delete_model(model_id: str) -> dict[str, Any]:
-    from tunehouse.serve.engine import get_engine
-
-    catalog.delete_model(model_id)
-    get_engine().forget(model_id)
+def delete_model(model_id: str, request: Request) -> dict[str, Any]:
+    request.app.state.engine.delete(model_id)
     return {"id": model_id, "object": "model", "deleted": True}

@@ -1,0 +1,174 @@
+"""The engine in-process on the tiny model: one resolution per request, token ids in, deletion that
+does not wait for a running generation, and a stream that stops when its reader goes away."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.conftest import TINY_ID, make_home
+from tunehouse.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from tunehouse.models import catalog
+from tunehouse.serve import engine as engine_module
+from tunehouse.serve.engine import Engine, Generation, SamplingParams
+
+FT_ID = f"ft:{TINY_ID}:tunehouse:lora:abcd1234"
+GREEDY = SamplingParams(max_tokens=4, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter for the tiny model with non-zero weights, so it changes what the model says."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    target = tmp_path_factory.mktemp("lora")
+    get_peft_model(model, config).save_pretrained(str(target))
+    return target
+
+
+@pytest.fixture
+def engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shipped_model_dir: Path, tiny_model_dir: Path, lora_dir: Path
+) -> Engine:
+    """A fresh engine over a home with the tiny model and a LoRA fine-tune of it registered."""
+    monkeypatch.setenv("TUNEHOUSE_HOME", str(make_home(tmp_path / "home", shipped_model_dir)))
+    catalog.register_base_model(TINY_ID, tiny_model_dir)
+    adapter = tmp_path / "adapter"  # deleting the model removes its folder: give it its own copy
+    adapter.mkdir()
+    for file in lora_dir.iterdir():
+        (adapter / file.name).write_bytes(file.read_bytes())
+    catalog.register_trained_model(
+        FT_ID, kind="fine-tuned", path=adapter, base_model=TINY_ID, adapter=True, job_id="ftjob-test"
+    )
+    return Engine()
+
+
+def record_generate(monkeypatch: pytest.MonkeyPatch, model: Any, hold: threading.Event | None = None) -> list[Any]:
+    """Spy on `model.generate`: records its input ids and output; waits for `hold` first when given."""
+    calls: list[Any] = []
+    real = model.generate
+
+    def generate(**kwargs: Any) -> torch.Tensor:
+        calls.append({"input_ids": kwargs["input_ids"].tolist()})
+        if hold is not None:
+            hold.wait(timeout=60)
+        output = real(**kwargs)
+        calls[-1]["generated"] = output.shape[1] - kwargs["input_ids"].shape[1]
+        return output
+
+    monkeypatch.setattr(model, "generate", generate)
+    return calls
+
+
+def test_a_request_resolves_its_model_once_and_the_ids_reach_generation_unchanged(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups: list[str] = []
+    real_get_model = engine_module.get_model
+    monkeypatch.setattr(
+        engine_module, "get_model", lambda model_id: lookups.append(model_id) or real_get_model(model_id)
+    )
+    handle = engine.open(TINY_ID)
+    assert handle.is_base and handle.tokenizer is handle.weights.tokenizer
+    calls = record_generate(monkeypatch, handle.weights.model)
+    ids = handle.encode("he") + handle.encode("llo")  # not how "hello" encodes: a decode would merge them
+    assert handle.encode(handle.decode(ids)) != ids
+    first = engine.generate(handle, ids, GREEDY)
+    engine.generate(handle, ids, GREEDY)
+    assert lookups == [TINY_ID]
+    assert [c["input_ids"] for c in calls] == [[ids], [ids]]
+    assert first.prompt_tokens == len(ids) and first.completion_tokens == 4
+
+
+@pytest.mark.parametrize(
+    ("token_ids", "message"),
+    [([], "empty"), ([-1], "token id -1"), ([49152], "token id 49152"), ([1] * 1024, "maximum context length")],
+)
+def test_prompts_the_model_cannot_continue_are_rejected_naming_the_param(
+    engine: Engine, token_ids: list[int], message: str
+) -> None:
+    handle = engine.open(TINY_ID)
+    with pytest.raises(InvalidRequest, match=message) as err:
+        handle.check_prompt(token_ids, param="prompt")
+    assert err.value.param == "prompt"
+
+
+def test_max_tokens_is_cut_to_what_the_context_has_left(engine: Engine) -> None:
+    handle = engine.open(TINY_ID)
+    result = engine.generate(handle, [1] * 1000, SamplingParams(max_tokens=10**9, temperature=0))
+    assert result.completion_tokens <= 24 and result.finish_reason == "length"
+
+
+def test_nan_logits_are_a_model_error_not_a_crash(engine: Engine) -> None:
+    handle = engine.open(TINY_ID)
+    with torch.no_grad():
+        handle.weights.model.model.norm.weight.fill_(float("nan"))
+    for params in (GREEDY, SamplingParams(max_tokens=4, temperature=1.0)):
+        with pytest.raises(ModelLoadError, match="NaN") as err:
+            engine.generate(handle, [1, 2, 3], params)
+        assert err.value.param == "model"
+
+
+def test_a_folder_that_does_not_load_is_a_model_error(engine: Engine, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama"}')
+    (broken / "tokenizer.json").write_text("{}")
+    catalog.register_base_model("broken", broken)
+    with pytest.raises(ModelLoadError) as err:
+        engine.open("broken")
+    assert err.value.param == "model"
+
+
+def test_deleting_does_not_wait_for_a_running_generation(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from peft import PeftModel
+
+    handle = engine.open(FT_ID)
+    base = engine.open(TINY_ID)
+    assert handle.weights is base.weights  # the adapter rides on the one copy of its base
+    tuned, plain = engine.generate(handle, [1, 2, 3], GREEDY), engine.generate(base, [1, 2, 3], GREEDY)
+    assert tuned.text != plain.text
+    assert isinstance(base.weights.model, PeftModel)
+
+    hold, results = threading.Event(), []
+    calls = record_generate(monkeypatch, base.weights.model, hold)
+    running = threading.Thread(target=lambda: results.append(engine.generate(handle, [1, 2, 3], GREEDY)))
+    running.start()
+    while not calls:  # the generation holds the engine now
+        time.sleep(0.01)
+    started = time.monotonic()
+    engine.delete(FT_ID)
+    assert time.monotonic() - started < 5
+    with pytest.raises(ModelNotFound):
+        engine.open(FT_ID)
+    assert isinstance(base.weights.model, PeftModel)  # still in use: unloaded when the generation ends
+
+    hold.set()
+    running.join(timeout=60)
+    assert results[0].text == tuned.text  # the running generation finished with the adapter it had
+    assert not isinstance(base.weights.model, PeftModel)  # its last adapter gone, the base is unwrapped
+    with pytest.raises(ModelNotFound):
+        engine.generate(handle, [1, 2, 3], GREEDY)  # a handle opened before the deletion answers no more
+    assert engine.generate(base, [1, 2, 3], GREEDY).text == plain.text
+
+
+def test_closing_a_stream_stops_its_generation(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = engine.open(TINY_ID)
+    calls = record_generate(monkeypatch, handle.weights.model)
+    items: Iterator[str | Generation] = engine.stream(
+        handle, [1, 2, 3], SamplingParams(max_tokens=10**9, temperature=0)
+    )
+    assert isinstance(next(items), str)
+    items.close()  # what the server does when the client disconnects
+    engine.generate(handle, [1, 2, 3], GREEDY)  # waits for the engine, so the stream's generation has ended
+    assert calls[0]["generated"] < 200  # of the 1,021 the context allowed
