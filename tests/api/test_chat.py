@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import SHIPPED_ID, TINY_ID
+from tests.conftest import SHIPPED_ID, TINY_ID, Server
+from tests.support import add_broken_model
 
 
 def test_shipped_model_answers_and_stops(client: OpenAI) -> None:
@@ -120,3 +124,24 @@ def test_prompt_over_the_context_length_is_a_400(client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=TINY_ID, messages=[{"role": "user", "content": too_long}], max_tokens=2)
     assert err.value.code == "context_length_exceeded"
+
+
+def test_null_means_the_default_and_an_empty_body_names_the_model(server: Server) -> None:
+    http = httpx.Client(base_url=server.base_url, headers={"Authorization": "Bearer sk-local"}, timeout=120)
+    body = {"model": TINY_ID, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3}
+    nulls = {"n": None, "max_tokens": None, "temperature": None, "top_p": None, "stop": None, "stream": None}
+    response = http.post("/chat/completions", json={**body, **nulls})  # what the 0.28 CLI sends
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 1
+    empty = http.post("/chat/completions", json={})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "model"
+    bad_stop = http.post("/chat/completions", json={**body, "stop": 5})
+    assert bad_stop.status_code == 400 and bad_stop.json()["error"]["param"] == "stop"
+
+
+def test_a_model_whose_weights_do_not_load_is_a_400(server: Server, client: OpenAI, tmp_path: Path) -> None:
+    broken = add_broken_model(server, tmp_path, "broken-for-chat")
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=broken, messages=[{"role": "user", "content": "hi"}], stream=stream)
+        assert err.value.code == "model_load_error" and err.value.param == "model"

@@ -8,6 +8,7 @@ the user sent may produce a 500 or a traceback.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,14 +29,47 @@ def envelope(status: int, message: str, *, type: str, param: str | None, code: s
     )
 
 
-def _param_from_location(location: tuple[int | str, ...]) -> str | None:
-    parts = [str(p) for p in location if p not in ("body", "query", "path", "form")]
-    if not parts:
+SCALAR_TYPES = {"str", "int", "float", "bool"}
+
+
+def _is_union_member(part: int | str) -> bool:
+    """Pydantic names the union member a value did not fit in its location: `str`, `list[int]`, …"""
+    return isinstance(part, str) and (part in SCALAR_TYPES or part.endswith("]") or part.startswith("constrained-"))
+
+
+def _split_location(location: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], str | None]:
+    """The field the user sent (without the request part) and the union member its value failed, if any."""
+    parts = [p for p in location if p not in ("body", "query", "path", "form")]
+    for index, part in enumerate(parts):
+        if _is_union_member(part):
+            return tuple(parts[:index]), str(part)
+    return tuple(parts), None
+
+
+def _param(field: tuple[int | str, ...]) -> str | None:
+    if not field:
         return None
-    text = parts[0]
-    for part in parts[1:]:
-        text += f"[{part}]" if part.isdigit() else f".{part}"
+    text = str(field[0])
+    for part in field[1:]:
+        text += f"[{part}]" if isinstance(part, int) or part.isdigit() else f".{part}"
     return text
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """The message and param for the first problem in the request."""
+    first = errors[0] if errors else {"loc": (), "msg": "Invalid request.", "type": "value_error"}
+    field, _ = _split_location(tuple(first.get("loc", ())))
+    param = _param(field)
+    if first.get("type") == "json_invalid":
+        return "We could not parse the JSON body of your request.", None
+    if param is None:
+        return "The request body must be a JSON object.", None
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{param}'.", param
+    members = [m for f, m in (_split_location(tuple(e.get("loc", ()))) for e in errors) if f == field and m]
+    if members:  # the value fits none of the union's members
+        return f"Invalid type for '{param}': expected one of {', '.join(dict.fromkeys(members))}.", param
+    return f"Invalid value for '{param}': {first.get('msg', 'invalid')}.", param
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -45,14 +79,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "Invalid request."}
-        param = _param_from_location(tuple(first.get("loc", ())))
-        if first.get("type") == "json_invalid":
-            message, param = "We could not parse the JSON body of your request.", None
-        elif first.get("type") == "missing":
-            message = f"Missing required parameter: '{param}'."
-        else:
-            message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+        message, param = _validation_message(list(exc.errors()))
         return envelope(400, message, type="invalid_request_error", param=param, code="invalid_request")
 
     @app.exception_handler(StarletteHTTPException)
