@@ -227,7 +227,8 @@ class Engine:
     def _load_folder(self, model_id: str, path: str) -> LoadedModel:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
+            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+            model = model.to(self.device).eval()
         except Exception as exc:  # whatever a broken folder raises, it is the model's fault, not the request's
             raise ModelLoadError(f"The model '{model_id}' could not be loaded: {exc}", param="model") from exc
         context = getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
