@@ -22,6 +22,12 @@ class Settings:
     max_file_bytes: int
     train_processes: int | None
     """Trainer processes per job (None: one per visible CUDA GPU, one on CPU); `training.processes` overrides."""
+    max_request_bytes: int
+    """Largest request body other than a file upload (chat, completions, job creation)."""
+    allowed_hosts: tuple[str, ...]
+    """Host names the server answers besides loopback (`api/guard.py`), e.g. a reverse proxy's."""
+    allowed_origins: tuple[str, ...]
+    """Web origins (`https://app.example.com`) that may send state-changing requests (`api/guard.py`)."""
     allowed_outbound: tuple[str, ...]
     """Hosts and networks a job's integrations may send data to (`jobs/integrations.py`); none by default."""
     kernels_dir: Path
@@ -40,6 +46,11 @@ class Settings:
         return self.home / "jobs"
 
 
+def _entries(variable: str) -> tuple[str, ...]:
+    """A comma-separated list setting, blanks dropped."""
+    return tuple(entry.strip() for entry in os.environ.get(variable, "").split(",") if entry.strip())
+
+
 def settings() -> Settings:
     """Read settings now (not at import), so changing the environment in tests takes effect."""
     home = Path(os.environ.get("TUNEHOUSE_HOME", Path.home() / ".tunehouse")).expanduser().resolve()
@@ -51,9 +62,10 @@ def settings() -> Settings:
         organization=os.environ.get("TUNEHOUSE_ORGANIZATION", "tunehouse"),
         max_file_bytes=int(os.environ.get("TUNEHOUSE_MAX_FILE_BYTES", 512 * 1024 * 1024)),
         train_processes=int(os.environ.get("TUNEHOUSE_TRAIN_PROCESSES") or 0) or None,
-        allowed_outbound=tuple(
-            entry.strip() for entry in os.environ.get("TUNEHOUSE_ALLOWED_OUTBOUND", "").split(",") if entry.strip()
-        ),
+        max_request_bytes=int(os.environ.get("TUNEHOUSE_MAX_REQUEST_BYTES", 8 * 1024 * 1024)),
+        allowed_hosts=_entries("TUNEHOUSE_ALLOWED_HOSTS"),
+        allowed_origins=_entries("TUNEHOUSE_ALLOWED_ORIGINS"),
+        allowed_outbound=_entries("TUNEHOUSE_ALLOWED_OUTBOUND"),
         kernels_dir=Path(
             os.environ.get("TUNEHOUSE_KERNELS_DIR", Path.home() / ".cache" / "tunehouse" / "kernels")
         ).expanduser(),

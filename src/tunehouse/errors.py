@@ -58,9 +58,25 @@ class Conflict(TunehouseError):
     code = "conflict"
 
 
+class Forbidden(TunehouseError):
+    """A request refused for where it comes from (a foreign Host or Origin), not for who sent it (403)."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "forbidden"
+
+
 class PayloadTooLarge(TunehouseError):
     status_code = 413
     code = "file_too_large"
+
+
+class InsufficientStorage(TunehouseError):
+    """The server's disk is full (507): nothing was stored, the request may be retried later."""
+
+    status_code = 507
+    error_type = "server_error"
+    code = "insufficient_storage"
 
 
 class UnprocessableEntity(TunehouseError):

@@ -16,9 +16,11 @@ from tunehouse.api.errors import install_error_handlers
 from tunehouse.api.files.router import router as files_router
 from tunehouse.api.fine_tunes.router import router as fine_tunes_router
 from tunehouse.api.fine_tuning.router import router as fine_tuning_router
+from tunehouse.api.guard import RequestGuard
 from tunehouse.api.models.router import router as models_router
 from tunehouse.serve.engine import Engine
-from tunehouse.store.db import engine
+from tunehouse.store.blobs import remove_stale_temporaries
+from tunehouse.store.db import checkpoint, engine
 from tunehouse.web import mount_dashboard
 
 
@@ -26,6 +28,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         engine()  # create the schema before the first request
+        remove_stale_temporaries()
         stop = None
         if run_worker:
             from tunehouse.jobs.worker import start_worker_thread
@@ -35,10 +38,12 @@ def create_app(run_worker: bool = False) -> FastAPI:
         if stop is not None:
             stop.set()
             thread.join(timeout=10)
+        checkpoint()  # a copy of tunehouse.db alone, after a clean stop, is then the whole store
 
     app = FastAPI(title="tunehouse", version=__version__, lifespan=lifespan)
     app.state.engine = Engine()
     install_error_handlers(app)
+    app.add_middleware(RequestGuard)  # foreign hosts and origins, body sizes: before any route
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for router in (files_router, fine_tuning_router, fine_tunes_router, models_router, chat_router, completions_router):
         v1.include_router(router)

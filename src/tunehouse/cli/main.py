@@ -39,6 +39,9 @@ def fail(exc: TunehouseError) -> None:
     raise typer.Exit(1)
 
 
+SHUTDOWN_GRACE_SECONDS = 10
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -70,7 +73,26 @@ def serve(
         os.environ["TUNEHOUSE_API_KEY"] = api_key
     from tunehouse.api.app import create_app
 
-    uvicorn.run(create_app(run_worker=worker), host=host, port=port, log_level="info")
+    # On SIGTERM, requests in flight get SHUTDOWN_GRACE_SECONDS to finish; then the server stops anyway.
+    uvicorn.run(
+        create_app(run_worker=worker),
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
+
+
+@app.command()
+def backup(target: Path = typer.Argument(..., help="The new file to write the copy to.")) -> None:
+    """Copy the store's database to TARGET, consistently, while the server runs (SQLite)."""
+    from tunehouse.store.db import backup as backup_store
+
+    try:
+        backup_store(target)
+    except TunehouseError as exc:
+        fail(exc)
+    console.print(f"Backed up the store to {target}")
 
 
 @app.command()

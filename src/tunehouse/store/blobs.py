@@ -1,17 +1,27 @@
 """Blobs on local disk, written atomically: a temporary file in the same folder, fsync, rename.
 
-A crash mid-upload leaves at most a `.tmp` file, never a half-written blob that the store points at.
+A crash mid-upload leaves at most a `.tmp` file, never a half-written blob that the store points at;
+`remove_stale_temporaries` clears those at start. A full disk is `InsufficientStorage` (507), with
+the partial file removed.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 from tunehouse.config import settings
-from tunehouse.errors import PayloadTooLarge
+from tunehouse.errors import InsufficientStorage, NotFound, PayloadTooLarge
+
+STALE_TEMPORARY_SECONDS = 3600
+"""A `.tmp` blob this old is no upload in progress (another server may share the folder)."""
+
+log = logging.getLogger(__name__)
 
 
 def blob_path(key: str) -> Path:
@@ -36,10 +46,38 @@ def write_blob(key: str, chunks: Iterable[bytes], max_bytes: int | None = None) 
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage("The server has not enough disk space to store this file.") from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return size
+
+
+def existing_blob(key: str, param: str) -> Path:
+    """The blob's path; a blob missing from disk (deleted by hand, a lost volume) is a logged 404."""
+    path = blob_path(key)
+    if not path.is_file():
+        log.error("blob %s is missing from %s", key, path)
+        raise NotFound("The content of this file is missing from the server's storage.", param=param)
+    return path
+
+
+def remove_stale_temporaries() -> int:
+    """Delete `.tmp` files left by uploads that were killed midway; returns how many."""
+    removed = 0
+    cutoff = time.time() - STALE_TEMPORARY_SECONDS
+    for path in settings().blobs_dir.rglob("*.tmp"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def delete_blob(key: str) -> None:

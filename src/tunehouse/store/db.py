@@ -16,6 +16,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunehouse.config import settings
+from tunehouse.errors import InvalidRequest
 from tunehouse.store.schema import Base
 
 
@@ -45,6 +46,26 @@ def engine() -> Engine:
 @lru_cache(maxsize=8)
 def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=_engine(url), expire_on_commit=False)
+
+
+def checkpoint() -> None:
+    """Fold SQLite's write-ahead log into the database file, so `tunehouse.db` alone is whole (a naive
+    copy of it after a clean stop has every table and row). Other databases need nothing."""
+    if engine().dialect.name == "sqlite":
+        with engine().connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def backup(target: Path) -> None:
+    """A consistent copy of the database at `target`, taken while servers and trainers write to it
+    (SQLite's `VACUUM INTO`: one read transaction, so the copy is one moment of the store)."""
+    if engine().dialect.name != "sqlite":
+        raise InvalidRequest("tunehouse backup copies SQLite stores; back PostgreSQL up with pg_dump.")
+    if target.exists():
+        raise InvalidRequest(f"{target} already exists; name a new file.", param="target")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with engine().connect() as connection:
+        connection.exec_driver_sql("VACUUM INTO ?", (str(target),))
 
 
 @contextmanager

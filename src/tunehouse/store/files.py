@@ -19,6 +19,13 @@ from tunehouse.store.schema import FileRow
 UPLOAD_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
 
 
+def safe_filename(name: str) -> str:
+    """The name's last path part, without control characters (NUL included), at most 255 characters."""
+    base = Path(name.replace("\\", "/")).name
+    cleaned = "".join(c for c in base if c.isprintable()).strip()
+    return cleaned[:255] or "upload"
+
+
 def create_file(
     filename: str,
     purpose: str,
@@ -39,7 +46,7 @@ def create_file(
     now = int(time.time())
     row = FileRow(
         id=file_id,
-        filename=Path(filename).name or "upload",
+        filename=safe_filename(filename),
         bytes=size,
         purpose=purpose,
         created_at=now,

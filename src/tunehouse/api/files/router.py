@@ -13,6 +13,7 @@ from tunehouse.api.files.protocol import FileDeleted, FileObject
 from tunehouse.api.pagination import check_limit
 from tunehouse.errors import InvalidRequest
 from tunehouse.store import files
+from tunehouse.store.blobs import existing_blob
 
 router = APIRouter()
 CHUNK = 1024 * 1024
@@ -99,4 +100,5 @@ def delete_file(file_id: str) -> dict[str, Any]:
 @router.get("/files/{file_id}/content")
 def file_content(file_id: str) -> FileResponse:
     row = files.get_file(file_id)
-    return FileResponse(files.file_path(row), media_type="application/octet-stream", filename=row.filename)
+    path = existing_blob(row.blob, param="file_id")
+    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
