@@ -71,6 +71,12 @@ class PayloadTooLarge(TunehouseError):
     code = "file_too_large"
 
 
+class TrainingDiverged(TunehouseError):
+    """A job's loss became NaN or infinite: it fails, and no model is published."""
+
+    code = "training_diverged"
+
+
 class InsufficientStorage(TunehouseError):
     """The server's disk is full (507): nothing was stored, the request may be retried later."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import shutil
 import sys
 import time
@@ -24,7 +25,7 @@ import torch
 
 from tunehouse.config import settings
 from tunehouse.data.reader import iter_examples
-from tunehouse.errors import TunehouseError
+from tunehouse.errors import TrainingDiverged, TunehouseError
 from tunehouse.jobs.launch import exit_with_worker
 from tunehouse.jobs.records import add_checkpoint, add_event, all_events, get_job, list_checkpoints, update_job
 from tunehouse.jobs.service import fail_job, fine_tuned_model_name
@@ -66,6 +67,11 @@ class StoreReporter:
         add_event(self.job.id, text, level=level)
 
     def metrics(self, step: int, total_steps: int, data: dict[str, Any]) -> None:
+        if not math.isfinite(data["train_loss"]):
+            raise TrainingDiverged(
+                f"Training diverged at step {step}/{total_steps}: the loss became {data['train_loss']}. "
+                "Lower learning_rate_multiplier, or check the training data."
+            )
         if step in self._reported_steps:
             return
         text = f"Step {step}/{total_steps}: training loss={data['train_loss']:.2f}"
