@@ -31,7 +31,7 @@ class Settings:
     allowed_outbound: tuple[str, ...]
     """Hosts and networks a job's integrations may send data to (`jobs/integrations.py`); none by default."""
     kernels_dir: Path
-    """Compiled CPU kernels (`train/cpu_kernels.py`): built for this machine, shared by every home."""
+    """Compiled CPU kernels (`train/speed/kernels.py`): built for this machine, shared by every home."""
 
     @property
     def blobs_dir(self) -> Path:

@@ -3,7 +3,7 @@
 A child process means a crash (or an out-of-memory kill) fails one job, not the server, and a cancel
 can stop training at once by terminating the process. The store is the only channel between them.
 With several GPUs (or `training.processes`) the child is `accelerate launch`, which starts one
-trainer process per GPU (`train/launch.py`); a cancel stops all of them.
+trainer process per GPU (`jobs/launch.py`); a cancel stops all of them.
 """
 
 from __future__ import annotations
