@@ -1,6 +1,6 @@
 """Data-parallel training over several processes through accelerate, and the one-process case.
 
-`accelerate launch` (see `launch.py`) starts one trainer process per GPU (or several CPU processes
+`accelerate launch` (see `jobs/launch.py`) starts one trainer process per GPU (or several CPU processes
 talking over gloo where there is no GPU). Each process runs the same recipe; only these operations
 differ between one process and several, so the recipe reads the same either way:
 
