@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 import subprocess
 import time
@@ -39,8 +40,12 @@ def test_stale_upload_temporaries_are_removed_at_start_and_the_db_file_is_whole_
     leftover.write_bytes(b"half an upload")
     old = time.time() - 2 * 3600
     os.utime(leftover, (old, old))
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a writer on this host that is gone: its temporary goes at once, whatever its age
+    fresh = leftover.parent / f"file-other.{socket.gethostname().replace('.', '_')}~{dead.pid}.abc123.tmp"
+    fresh.write_bytes(b"another half")
     with running_server(home, tiny_model_dir) as server:
-        assert not leftover.exists()
+        assert not leftover.exists() and not fresh.exists()
         client = server.client()
         upload_rows(client, tmp_path, chat_rows(10))
         backup = tmp_path / "backup" / "live.db"

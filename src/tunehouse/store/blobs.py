@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Iterable
@@ -19,7 +20,7 @@ from tunehouse.config import settings
 from tunehouse.errors import InsufficientStorage, NotFound, PayloadTooLarge
 
 STALE_TEMPORARY_SECONDS = 3600
-"""A `.tmp` blob this old is no upload in progress (another server may share the folder)."""
+"""A `.tmp` blob this old is no upload in progress, whoever wrote it."""
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def write_blob(key: str, chunks: Iterable[bytes], max_bytes: int | None = None) 
     """Write `chunks` to the blob `key`; returns its size. Raises PayloadTooLarge past `max_bytes`."""
     target = blob_path(key)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f"{target.name}.{_writer()}.", suffix=".tmp")
     size = 0
     try:
         with os.fdopen(fd, "wb") as out:
@@ -66,13 +67,40 @@ def existing_blob(key: str, param: str) -> Path:
     return path
 
 
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")
+
+
+def _writer() -> str:
+    """`HOST~PID` of this process, in a temporary's name (`KEY.HOST~PID.RANDOM.tmp`): who may
+    still be writing it."""
+    return f"{_host()}~{os.getpid()}"
+
+
+def _writer_is_gone(path: Path) -> bool:
+    """Whether the process named in a temporary's name is known dead (on this host), or the file
+    is older than any upload (a writer on another host sharing the folder)."""
+    if path.stat().st_mtime < time.time() - STALE_TEMPORARY_SECONDS:
+        return True
+    parts = path.name.split(".")
+    host, _, pid = parts[-3].partition("~") if len(parts) >= 4 else ("", "", "")
+    if host != _host() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def remove_stale_temporaries() -> int:
     """Delete `.tmp` files left by uploads that were killed midway; returns how many."""
     removed = 0
-    cutoff = time.time() - STALE_TEMPORARY_SECONDS
     for path in settings().blobs_dir.rglob("*.tmp"):
         try:
-            if path.stat().st_mtime < cutoff:
+            if _writer_is_gone(path):
                 path.unlink()
                 removed += 1
         except OSError:
