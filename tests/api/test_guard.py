@@ -47,7 +47,8 @@ def test_a_cross_site_form_post_is_refused_and_same_origin_is_not(server: Server
 
 
 def test_a_32_mb_chat_body_is_refused_before_it_is_read(server: Server) -> None:
-    process = psutil.Process(server.process.pid)  # type: ignore[union-attr]
+    assert server.process is not None
+    process = psutil.Process(server.process.pid)
     before = process.memory_info().rss
     body = b'{"model": "' + TINY_ID.encode() + b'", "messages": [{"role": "user", "content": "' + b"x" * (32 << 20)
     response = httpx.post(_url(server, CHAT), content=body + b'"}]}', headers={"Content-Type": "application/json"})

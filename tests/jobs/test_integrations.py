@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import openai
 import pytest
 from openai import OpenAI
@@ -24,26 +26,26 @@ PARAM = "integrations[0].mlflow.tracking_uri"
         "https://mlflow.example.com",  # a public name, but not allowed by the operator
     ],
 )
-def test_a_jobs_tracking_server_is_refused_by_default(client: OpenAI, tmp_path: object, uri: str) -> None:
-    train = upload_rows(client, tmp_path, chat_rows(10))  # type: ignore[arg-type]
+def test_a_jobs_tracking_server_is_refused_by_default(client: OpenAI, tmp_path: Path, uri: str) -> None:
+    train = upload_rows(client, tmp_path, chat_rows(10))
     with pytest.raises(openai.BadRequestError) as caught:
         client.fine_tuning.jobs.create(
             model=TINY_ID,
             training_file=train,
             integrations=[{"type": "mlflow", "mlflow": {"tracking_uri": uri}}],  # type: ignore[list-item]
         )
-    assert caught.value.body["param"] == PARAM  # type: ignore[index]
+    assert caught.value.param == PARAM
 
 
-def test_an_oversized_integrations_object_is_refused(client: OpenAI, tmp_path: object) -> None:
-    train = upload_rows(client, tmp_path, chat_rows(10))  # type: ignore[arg-type]
+def test_an_oversized_integrations_object_is_refused(client: OpenAI, tmp_path: Path) -> None:
+    train = upload_rows(client, tmp_path, chat_rows(10))
     with pytest.raises(openai.BadRequestError) as caught:
         client.fine_tuning.jobs.create(
             model=TINY_ID,
             training_file=train,
             integrations=[{"type": "wandb", "wandb": {"project": "p", "tags": ["x" * 60] * 90_000}}],
         )
-    assert caught.value.body["param"].startswith("integrations[0]")  # type: ignore[index]
+    assert (caught.value.param or "").startswith("integrations[0]")
 
 
 def test_allowed_names_must_not_resolve_to_private_addresses(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,7 +78,7 @@ def test_a_missing_blob_is_a_404_and_a_filename_keeps_only_its_safe_basename(
     (server.home / "blobs" / "files" / created.id).unlink()
     with pytest.raises(openai.NotFoundError) as caught:
         client.files.content(created.id)
-    assert caught.value.body["param"] == "file_id"  # type: ignore[index]
+    assert caught.value.param == "file_id"
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from openai import OpenAI
 
 from tests.conftest import TINY_ID, Server, make_home
 from tests.support import chat_rows, upload_rows, wait_for_job
@@ -60,7 +61,7 @@ def test_resuming_after_an_interruption_gives_the_uninterrupted_run(
     assert resumed.trained_tokens == uninterrupted.trained_tokens
 
 
-def _final_train_loss(client, job_id: str) -> tuple[float, list[int]]:  # type: ignore[no-untyped-def]
+def _final_train_loss(client: OpenAI, job_id: str) -> tuple[float, list[int]]:
     events = list(client.fine_tuning.jobs.list_events(job_id, limit=100))
     steps = [e.data["step"] for e in events if e.type == "metrics"]
     return next(e.data["train_loss"] for e in events if e.type == "metrics"), steps

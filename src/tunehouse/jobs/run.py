@@ -44,7 +44,7 @@ from tunehouse.train.hyperparams import (
 )
 from tunehouse.train.options import config_values
 from tunehouse.train.recipe import TrainResult, latest_checkpoint
-from tunehouse.train.reporting import SilentReporter
+from tunehouse.train.reporting import Reporter, SilentReporter
 from tunehouse.train.sft import train_sft
 
 RESULT_COLUMNS = ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
@@ -167,15 +167,27 @@ def record_resolved_hyperparameters(job: JobRow, resolved: ResolvedHyperparamete
     update_job(job.id, hyperparameters={k: v for k, v in resolved.as_dict().items() if k != "beta"}, method=method)
 
 
+def _train(
+    config: SFTConfig,
+    train_examples: list[dict[str, Any]],
+    valid_examples: list[dict[str, Any]] | None,
+    reporter: Reporter,
+    processes: SingleProcess,
+) -> TrainResult:
+    """The job's method: DPO for a DPO config, else supervised fine-tuning."""
+    if isinstance(config, DPOConfig):
+        return train_dpo(config, train_examples, valid_examples, reporter, processes)
+    return train_sft(config, train_examples, valid_examples, reporter, processes)
+
+
 def run_job(job_id: str, processes: SingleProcess) -> None:
     job = get_job(job_id)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train_examples = _read_examples(job.training_file)
     valid_examples = _read_examples(job.validation_file) if job.validation_file else None
     config, resolved = build_config(job, len(train_examples))
-    train = train_dpo if isinstance(config, DPOConfig) else train_sft
     if not processes.is_main:  # trains its share of every step; the main process records the job
-        train(config, train_examples, valid_examples, SilentReporter(), processes)  # type: ignore[arg-type]
+        _train(config, train_examples, valid_examples, SilentReporter(), processes)
         return
     record_resolved_hyperparameters(job, resolved)
     if config.resume_from is None:
@@ -188,7 +200,7 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
         step = int(config.resume_from.name.removeprefix("step-"))
         store_reporter.checkpoint(step, config.resume_from, {"step": step})
     reporter = attach_trackers(store_reporter, job, config)  # + W&B / MLflow, if asked
-    result: TrainResult = train(config, train_examples, valid_examples, reporter, processes)  # type: ignore[arg-type]
+    result = _train(config, train_examples, valid_examples, reporter, processes)
     results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_csv(result.history)], internal=True)
     reporter.finish(result_csv(result.history), config.output_dir, model_name)
     register_trained_model(

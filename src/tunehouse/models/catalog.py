@@ -12,6 +12,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -175,7 +176,7 @@ def tokenizer_dir(model_id: str) -> Path:
     return model.path
 
 
-def load_tokenizer(model_id: str):  # type: ignore[no-untyped-def]
+def load_tokenizer(model_id: str) -> Any:
     """The model's own tokenizer (with its chat template), loaded offline from disk."""
     from transformers import AutoTokenizer
 
