@@ -64,7 +64,7 @@ class RequestGuard:
         except TunehouseError as exc:
             await _refuse(scope, receive, send, exc)
             return
-        await self.app(scope, _bounded(receive, limit), send)
+        await _BoundedBody(limit).run(self.app, scope, receive, send)
 
     def _check_origin(self, scope: Scope, headers: dict[str, str]) -> None:
         config = settings()
@@ -102,20 +102,35 @@ def _too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-def _bounded(receive: Receive, limit: int) -> Receive:
-    """`receive` that raises PayloadTooLarge once more than `limit` body bytes have arrived."""
-    seen = 0
+class _BoundedBody:
+    """Runs the app with a body cut off after `limit` bytes: past it the client gets the 413 here,
+    and the app sees the client go away (so no route turns the error into one of its own)."""
 
-    async def bounded() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _too_large(limit)
-        return message
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen = 0
+        self.started = False  # whoever answers first owns the response
+        self.refused = False
 
-    return bounded
+    async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+        async def bounded_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                self.seen += len(message.get("body", b""))
+                if self.seen > self.limit:
+                    if not self.started:
+                        self.started = self.refused = True
+                        await _refuse(scope, receive, send, _too_large(self.limit))
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if self.refused:
+                return
+            self.started = True
+            await send(message)
+
+        await app(scope, bounded_receive, guarded_send)
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, exc: TunehouseError) -> None:
