@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 # The fused CPU kernels, compiled for this machine (about two minutes; needs a C++ compiler). Without
 # them training runs the same arithmetic in eager PyTorch, so a failed build is not an error.
-$(KERNELS): $(STAMP) src/tunehouse/train/speed/kernels.py
+$(KERNELS): $(STAMP) src/tunehouse/train/speed/reference.py src/tunehouse/train/speed/kernels.py
 	$(BIN)/python -m tunehouse.train.speed.kernels
 	touch $(KERNELS)
 

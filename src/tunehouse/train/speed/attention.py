@@ -40,7 +40,8 @@ import torch
 from tunehouse.hardware import cpu_has_amx
 from tunehouse.train.batching import first_fit_rows
 from tunehouse.train.speed.casts import compute_dtype
-from tunehouse.train.speed.kernels import attention_probabilities, kernel_for
+from tunehouse.train.speed.kernels import kernel_for
+from tunehouse.train.speed.reference import attention_probabilities
 
 ATTENTION_NAME = "tunehouse_matmul"
 MAX_SCORE_ELEMENTS = 2**24
@@ -63,7 +64,7 @@ def _probabilities_from_lse(
     q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, lse: torch.Tensor, group: int
 ) -> torch.Tensor:
     """`_probabilities` from the fused forward's log-sum-exp `lse [batch, kv_heads · group,
-    queries]`: `exp(QKᵀ + bias − lse)` in one pass (`cpu_kernels.attention_probabilities`)."""
+    queries]`: `exp(QKᵀ + bias − lse)` in one pass (`reference.attention_probabilities`)."""
     scores = torch.matmul(q, k.transpose(-1, -2))
     batch, kv_heads, rows, keys = scores.shape
     queries = rows // group
