@@ -1,8 +1,9 @@
-"""Trainers on the tiny random Llama, built the way the job runner builds them."""
+"""Shared by the train tests: trainers on the tiny random Llama, built the way the job runner builds
+them, their gradients, masks of packed passes, both attention forwards, and the compiled kernels."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.recipe import Trainer
 from tunehouse.train.sft import sft_trainer
+from tunehouse.train.speed import attention, kernels
 
 
 class QuietReporter:
@@ -74,3 +76,38 @@ def shared_prefix_mask(prefix: int, lengths: list[int]) -> torch.Tensor:
     ids = torch.cat([torch.full((prefix,), -2)] + [torch.full((n,), i) for i, n in enumerate(lengths)])
     causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
     return (causal & ((ids[:, None] == ids[None, :]) | (ids[None, :] == -2)))[None, None]
+
+
+def gradients(trainer: Trainer, indices: list[int]) -> dict[str, torch.Tensor]:
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.accumulate_gradients(indices)
+    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def assert_same_gradients(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=tol, atol=tol, msg=name)
+
+
+@pytest.fixture(params=[True, False], ids=["fused-forward", "matmul-forward"])
+def forward_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both forwards of the matmul attention on any machine: SDPA's fused kernel (chosen where the
+    CPU has AMX) and the batched matmuls (elsewhere); the backward is the same for both."""
+    monkeypatch.setattr(attention, "cpu_has_amx", lambda: request.param)
+    return bool(request.param)
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[None]:
+    """The libraries in the kernels directory, built there if `make install` has not (a minute).
+    A machine without a C++ compiler cannot build them: those tests skip, saying why."""
+    try:
+        kernels.build()
+    except Exception as error:  # what the compiler or AOTInductor raised
+        pytest.skip(f"the CPU kernels cannot be built here: {type(error).__name__}: {error}")
+    kernels.kernel.cache_clear()
+    missing = [name for name in kernels.KERNELS if kernels.kernel(name) is None]
+    assert not missing, f"built but not loadable: {missing}"
+    yield
+    kernels.kernel.cache_clear()

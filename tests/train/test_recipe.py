@@ -4,6 +4,7 @@ bit for bit). A change that alters a loss here changed what training computes.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tests.train.test_dpo import preference_rows
 from tunehouse.hardware import cpu_has_amx, cpu_has_fast_bf16
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.dpo import DPOConfig, dpo_trainer
+from tunehouse.train.recipe import Trainer
 from tunehouse.train.sft import sft_trainer
 
 # (train_loss, valid_loss) per step: 12 chats, batch 4, 2 epochs, seed 7, on the tiny random Llama.
@@ -89,3 +91,13 @@ def test_dpo_run_gives_the_pinned_losses(tiny_model_dir: Path, tmp_path: Path, b
     trainer.setup(preference_rows(12), None)
     losses = [row["train_loss"] for row in trainer.run().history]
     assert losses == pytest.approx(DPO_BF16_AVX512 if bf16 else DPO_FP32, rel=1e-5)
+
+
+def test_same_seed_same_run_and_another_seed_another(make_trainer: Callable[..., Trainer]) -> None:
+    def curve(seed: int) -> list[float]:
+        trainer = make_trainer(seed=seed, n_epochs=2, batch_size=3)
+        return [round(h["train_loss"], 12) for h in trainer.run().history]
+
+    first = curve(5)
+    assert first == curve(5)
+    assert first != curve(6)

@@ -1,9 +1,12 @@
-"""Batches of encoded examples: seeded order, length grouping, right padding."""
+"""Batches of encoded examples: seeded order, length grouping, right padding, packing."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypedDict
 
 import torch
 
@@ -30,13 +33,53 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     return batches
 
 
-def micro_batches(indices: list[int], lengths: Sequence[int], micro_batch_size: int) -> list[list[int]]:
-    """Split one optimizer step's examples into forward passes of similar length."""
-    ordered = sorted(indices, key=lambda i: lengths[i])
-    return [ordered[i : i + micro_batch_size] for i in range(0, len(ordered), micro_batch_size)]
+@dataclass(frozen=True)
+class PackedRow:
+    """Where the examples of a one-row pass lie, as `pack_examples(one_row=True)` laid them out.
+
+    The trainer hands it with the pass to an attention that lays the examples out in rows for
+    itself (the speed wing's), so attention keeps the examples apart by what the packer says
+    rather than by reading it back from a mask.
+    """
+
+    segments: tuple[tuple[int, int], ...]
+    """Each example's own tokens, `(start, end)` in the row; end to end, in row order."""
+    prefix: int
+    """Tokens `0..prefix` are a prefix every example shares and sees (`share_prefix`); 0: none."""
+    rows: tuple[tuple[int, ...], ...]
+    """The examples (indices into `segments`) side by side in each of attention's rows: rows as
+    wide as the longest example with the prefix, filled first-fit (`first_fit_rows`), as a padded
+    packing would fill them."""
+
+    @classmethod
+    def of(cls, lengths: Sequence[int], prefix: int = 0) -> PackedRow:
+        """Examples of `lengths` (their tokens after the prefix) end to end after a `prefix`.
+
+        >>> PackedRow.of([5, 3, 2, 1])
+        PackedRow(segments=((0, 5), (5, 8), (8, 10), (10, 11)), prefix=0, rows=((0,), (1, 2), (3,)))
+        >>> PackedRow.of([3, 1], prefix=2).rows
+        ((0,), (1,))
+        """
+        ends = [prefix + n for n in itertools.accumulate(lengths)]
+        segments = tuple(zip([prefix, *ends[:-1]], ends, strict=True))
+        widths = [prefix + n for n in lengths]
+        return cls(segments, prefix, tuple(tuple(row) for row in first_fit_rows(widths, max(widths))))
 
 
-def collate(examples: list[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
+class Batch(TypedDict, total=False):
+    """One forward pass's tensors (`[rows, length]` each; a shared prefix's mask `[1, 1, L, L]`)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    segment_ids: torch.Tensor
+    """Which of the pass's examples each token belongs to: -1 for padding, -2 for a shared prefix."""
+    packed_row: PackedRow
+    """A one-row pass's example boundaries (`pack_examples(one_row=True)` only)."""
+
+
+def collate(examples: list[EncodedExample], pad_token_id: int) -> Batch:
     """Right-pad to the longest example; padding is masked out of attention and loss."""
     width = max(len(e.input_ids) for e in examples)
     input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
@@ -105,7 +148,7 @@ def shared_prefix_length(examples: Sequence[EncodedExample]) -> int:
     return max(common, 0)
 
 
-def _pack_with_shared_prefix(examples: list[EncodedExample], prefix: int) -> dict[str, torch.Tensor]:
+def _pack_with_shared_prefix(examples: list[EncodedExample], prefix: int) -> Batch:
     """One row: the examples' common `prefix` once, then each example's remaining tokens, at the
     positions they have in the example; a 4D attention mask lets every token see the prefix and the
     earlier tokens of its own example. The prefix's segment id is -2."""
@@ -129,25 +172,30 @@ def _pack_with_shared_prefix(examples: list[EncodedExample], prefix: int) -> dic
         "position_ids": torch.cat(positions)[None],
         "segment_ids": segment_ids[None],
         "attention_mask": allowed[None, None],
+        "packed_row": PackedRow.of([len(examples[i].input_ids) - prefix for i in order], prefix),
     }
 
 
-def packed_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def packed_inputs(batch: Batch) -> dict[str, torch.Tensor]:
     """The model's inputs from a `pack_examples` batch: token and position ids, and the batch's own
     4D attention mask where it has one (a shared prefix's)."""
-    return {k: batch[k] for k in ("input_ids", "position_ids", "attention_mask") if k in batch}
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"]}
+    if "attention_mask" in batch:
+        inputs["attention_mask"] = batch["attention_mask"]
+    return inputs
 
 
 def pack_examples(
     examples: list[EncodedExample], pad_token_id: int, one_row: bool = False, share_prefix: bool = False
-) -> dict[str, torch.Tensor]:
+) -> Batch:
     """Sequence packing: several examples per row, none attending to another, with no loss change.
 
     Rows are as wide as the longest example; the others fill them first-fit by decreasing length, so
     the padding that a padded batch spends on short examples is spent on more examples instead.
     `one_row`: all examples end to end in a single row with no padding at all, for an attention that
-    lays them out in rows for itself (`attention.py`'s CPU attention does); an attention over the
-    whole row would cost its full square.
+    lays them out in rows for itself (the speed wing's CPU attention does); an attention over the
+    whole row would cost its full square. `packed_row` then says where each example lies and which
+    share one of attention's rows (`PackedRow`).
     `segment_ids` says which of `examples` each token belongs to (-1 for padding).
     Position ids restart at 0 for every example (and for a row's padding tail): transformers reads
     those restarts as sequence boundaries and gives attention a block-diagonal causal mask (its
@@ -182,4 +230,7 @@ def pack_examples(
             position_ids[r, start : start + n] = torch.arange(n)
             start += n
         position_ids[r, start:] = torch.arange(width - start)
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_ids": segment_ids}
+    batch: Batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "segment_ids": segment_ids}
+    if one_row:
+        batch["packed_row"] = PackedRow.of([lengths[i] for i in rows[0]])
+    return batch

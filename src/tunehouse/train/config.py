@@ -51,9 +51,13 @@ class SFTConfig:
     None picks it wherever passes run packed in one row (the CPU attention) (`training.share_prefix`)."""
     chunked_loss: bool = True
     """Cross-entropy a chunk of trained positions at a time, never holding vocabulary-wide logits."""
+    speed: bool = True
+    """The speed wing (`train/speed/`: fused LoRA, norms and MLPs, attention over packed rows,
+    compiled kernels). False trains on transformers' and PEFT's own forwards: the same numbers
+    (tests/train/speed/test_apply.py), slower."""
     matmul_attention: bool | None = None
-    """Attention as plain batched matmuls (`attention.py`) instead of PyTorch's SDPA kernel; None
-    picks it on CPUs, where it is faster for training passes."""
+    """Attention as plain batched matmuls (`speed/attention.py`) instead of PyTorch's SDPA kernel;
+    None picks it on CPUs, where it is faster for training passes."""
     gradient_checkpointing: bool | None = config_default("gradient_checkpointing")
     """Recompute activations in backward; None turns it on only when memory needs it
     (`training.gradient_checkpointing`)."""

@@ -6,13 +6,13 @@ checkpoint. What differs between methods — how examples are encoded and measur
 what a step's loss is divided by — is a `Method` the trainer is given (`sft.py`, `dpo.py`), not a
 subclass: the recipe is composed, never overridden (torchtune's rule).
 
-The speed tricks are named functions, each tested to change no number it should not:
+The recipe's own speed tricks are named functions, each tested to change no number it should not:
 `pack_examples` (batching.py; with `share_prefix`, a repeated system prompt computed once per pass),
-`chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` and
-`keep_adapter_inputs_as_is` (precision.py), `fuse_lora_forward` (fused_lora.py),
-`fuse_norms_and_mlps` (fused_layers.py, rms_norm.py),
-`use_matmul_attention` (attention.py: CPU attention in plain matmuls), `plan_memory` (memory.py: pass
-size and gradient checkpointing only when needed).
+`chunked_lm_loss_sum` (loss.py), `frozen_weights_dtype` (precision.py), `plan_memory` (memory.py:
+pass size and gradient checkpointing only when needed). The patches over transformers and PEFT
+(fused LoRA, norms and MLPs, CPU attention over packed rows, compiled kernels) are one optional
+wing, `speed/`, entered once by `speed.apply` in `_setup_speed`; the recipe is correct without it
+(`SFTConfig.speed`).
 
 Several processes (`distributed.py`) run the same recipe: each trains its shard of every step's
 examples, the loss is still normalized over the whole step, and the gradients and metrics are those
@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunehouse.hardware import bf16_supported
 from tunehouse.models.template import EncodedExample
+from tunehouse.train import speed
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, packed_inputs, token_budget_micro_batches
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
@@ -41,11 +42,6 @@ from tunehouse.train.loss import ChunkBuffers, LossSums
 from tunehouse.train.memory import bound_onednn_kernel_cache, plan_memory
 from tunehouse.train.precision import frozen_weights_dtype
 from tunehouse.train.reporting import Reporter
-from tunehouse.train.speed.attention import full_causal_attention, training_sdpa_backends, use_matmul_attention
-from tunehouse.train.speed.casts import keep_adapter_inputs_as_is, weights_changed
-from tunehouse.train.speed.fused_layers import fuse_norms_and_mlps
-from tunehouse.train.speed.fused_lora import fuse_lora_forward
-from tunehouse.train.speed.packed_attention import fuse_packed_attention
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -235,8 +231,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             params, lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
         )
-        # the bf16 copies of the adapter weights that the fused layers keep are stale after a step
-        self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: weights_changed())
+        # the copies of the adapter weights that the speed wing's layers keep are stale after a step
+        self.optimizer.register_step_post_hook(lambda optimizer, args, kwargs: self.speed.weights_changed())
         warmup = int(self.total_steps * config.warmup_ratio)
         self.scheduler = _linear_schedule(self.optimizer, warmup, self.total_steps)
         self.eval_interval = config.eval_interval or max(1, self.total_steps // 20)
@@ -257,9 +253,8 @@ class Trainer:
             f"{n_trainable:,} trainable parameters, {'bf16 autocast' if self.use_bf16 else 'fp32'}"
             f"{', packing' if config.packing else ''}"
             f"{', common prefixes computed once' if self.share_prefix else ''}, passes of ≤{self.pass_tokens} tokens"
-            f"{', matmul attention' if self.matmul_attention else ''}"
             f"{', gradient checkpointing' if self.checkpointing else ''} on {self.device.type}"
-            f"{self.processes.describe(self.shard_weights)})"
+            f"{self.processes.describe(self.shard_weights)}). Speed wing: {self.speed.report if config.speed else 'off'}."
         )
         if config.resume_from is not None:
             self.restore(config.resume_from)
@@ -268,24 +263,19 @@ class Trainer:
         return self.method.encode(self.tokenizer, examples, self.config.max_length)
 
     def _setup_speed(self) -> None:
-        """Adapter inputs, the forward-pass size and gradient checkpointing, from the hardware."""
+        """The speed wing (`speed.apply`, switched off by `config.speed`), the forward-pass size and
+        gradient checkpointing, from the hardware."""
         config = self.config
         base = causal_lm(self.model)
-        if self.use_bf16 and config.use_lora:
-            keep_adapter_inputs_as_is(self.model)
-        if config.use_lora:
-            fuse_lora_forward(self.model)
-        fuse_norms_and_mlps(base)
-        use_matmul = self.device.type == "cpu" if config.matmul_attention is None else config.matmul_attention
-        self.matmul_attention = use_matmul and use_matmul_attention(base)
-        if self.matmul_attention:
-            fuse_packed_attention(base)
-        self.share_prefix = (
-            config.packing
-            and self.matmul_attention
-            and config.share_prefix is not False
-            and full_causal_attention(base.config)
+        self.speed = speed.apply(
+            self.model,
+            device=self.device,
+            bf16=self.use_bf16,
+            lora=config.use_lora,
+            matmul_attention=config.matmul_attention,
+            enabled=config.speed,
         )
+        self.share_prefix = config.packing and self.speed.shares_prefixes and config.share_prefix is not False
         plan = plan_memory(
             self.model,
             self.device,
@@ -315,17 +305,20 @@ class Trainer:
     def forward_pass(self, model: Any, examples: list[EncodedExample], packed: bool) -> PassOutput:
         """`model` on `examples` packed into rows (or padded, one per row), under the run's autocast."""
         if packed:
-            batch = pack_examples(examples, self.pad_id, one_row=self.matmul_attention, share_prefix=self.share_prefix)
+            one_row = self.speed.matmul_attention  # the wing's attention lays the examples out in rows
+            batch = pack_examples(examples, self.pad_id, one_row=one_row, share_prefix=self.share_prefix)
             inputs = packed_inputs(batch)
         else:
             batch = collate(examples, self.pad_id)
             inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        # the packer's example boundaries go to the wing's attention with this pass, and only it
+        extra = self.speed.pass_inputs(batch.get("packed_row"))
         with (
             torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16),
-            training_sdpa_backends(self.device),
+            self.speed.pass_context(),
         ):
-            output = model(**inputs)
+            output = model(**inputs, **extra)
         segment_ids = batch.get("segment_ids")
         return PassOutput(
             output=output,

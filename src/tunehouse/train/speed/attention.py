@@ -1,31 +1,29 @@
 """Training attention: on CPUs a backward in batched matmuls instead of PyTorch's fused SDPA kernel
 (and its forward too, but on AMX CPUs); on CUDA, SDPA without its cuDNN backend.
 
-On a CPU, `scaled_dot_product_attention`'s forward+backward over a training pass's short rows
-(a few hundred tokens, 9 heads) runs at about a tenth of the machine's matmul speed: measured on
-the 2-core AVX-512 BF16 machine, 22.6 ms for 4 rows of 263 tokens against 9.5 ms for the same
-attention written as `softmax(QKᵀ)V` in plain bf16 matmuls under autograd; on the AMX machine, 26.4
-against 15.2 ms for 4 rows of 270. Autograd would keep the heads × length² probabilities of every
-layer for backward (150-260 MB per 962-token pass here), so `_MatmulAttention` keeps only Q, K and
-V, like a fused kernel, and recomputes the probabilities in backward with one more matmul (15.9 ms
-for those rows). SDPA's forward alone is the faster one on the AMX machine (`attend`).
+On a CPU, `scaled_dot_product_attention`'s forward+backward over a training pass's short rows (a
+few hundred tokens) runs far below the machine's matmul speed, slower than the same attention
+written as `softmax(QKᵀ)V` in plain matmuls. Autograd would keep every layer's heads × length²
+probabilities for backward, so `_MatmulAttention` keeps only Q, K and V, like a fused kernel, and
+recomputes the probabilities in backward with one more matmul. SDPA's forward alone is the faster
+one on AMX CPUs (`attend`).
 
 Grouped-query attention needs no copies of K and V: a group's query heads are laid end to end,
 `[batch, kv_heads, group · length, head_dim]`, and multiply their shared K and V head directly.
 The rows of a long example (where the score matrix would be large) keep PyTorch's kernel.
 
-A pass packed into one row with no padding (`pack_examples(one_row=True)`) gets a block-diagonal
-causal mask from transformers. `packed_row_layout` finds its examples in that mask, and
-`rows_attention` gathers them into rows as wide as the longest for attention alone: the projections
-and MLPs, nine tenths of a pass, run on the examples' own tokens only (on the training bench, rows
-for the whole layer carried 4.5 % padding). Each example's attention on its own would waste no
-score either, but was slower: many small matmuls (in-process A/B over the bench's steps, rows for
-the whole layer = 1: 1.022 per example, 1.032 gathered into rows).
+A pass packed into one row with no padding (`pack_examples(one_row=True)`) comes with its examples'
+boundaries (`PackedRow`), which the trainer hands to every attention layer in a `PackedPass` (the
+model's `PASS_KWARG` keyword argument; attention never reads them back from a mask).
+`rows_attention` gathers the examples into the rows the packer chose, as wide as the longest, for
+attention alone: the projections and MLPs, most of a pass, run on the examples' own tokens only.
+(Each example's attention on its own wastes no score either, but is slower: many small matmuls.)
+What every layer of the pass shares, the row layout, its additive mask and the rotary tables
+(`packed_attention.py`), is computed once into the `PackedPass`, and goes with the pass.
 
-On CUDA, PyTorch 2.11 picks cuDNN's attention on Hopper GPUs; cuDNN builds an execution plan for
-each new sequence length, and packed batches have a new length almost every step: measured on an
-H100 (1B Llama, batch 8), a step over new lengths took 776 ms against 250 ms once the same lengths
-had been seen. `training_sdpa_backends` leaves cuDNN out, so flash or memory-efficient attention run.
+On CUDA, cuDNN's attention (PyTorch's pick on Hopper GPUs) builds an execution plan for each new
+sequence length, and packed batches have a new length almost every step: `training_sdpa_backends`
+leaves it out, so flash or memory-efficient attention run.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ from typing import Any
 import torch
 
 from tunehouse.hardware import cpu_has_amx
-from tunehouse.train.batching import first_fit_rows
+from tunehouse.train.batching import PackedRow
 from tunehouse.train.speed.casts import compute_dtype
 from tunehouse.train.speed.kernels import kernel_for
 from tunehouse.train.speed.reference import attention_probabilities
@@ -50,6 +48,10 @@ where SDPA's fixed costs matter less, go to SDPA."""
 SEMANTIC_KWARGS = ("softcap", "position_bias", "s_aux", "sinks")
 """Attention-function arguments that change what attention computes; a call with any of them set
 goes to SDPA (which rejects what it does not support, rather than dropping it)."""
+PASS_KWARG = "tunehouse_pass"
+"""The keyword argument that hands a forward pass's `PackedPass` to every attention layer:
+transformers' models pass their keyword arguments on to each attention layer and its attention
+function (as they do `cu_seq_lens_q`), and gradient checkpointing replays them in backward."""
 
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor, group: int) -> torch.Tensor:
@@ -81,14 +83,12 @@ see; the block that sees every key comes first."""
 MIN_SPLIT_LENGTH = 64
 """Rows at least this long have the first half of their queries computed against the first half
 of the keys only (`query_blocks`)."""
-_BIAS_CACHE: dict[str, tuple[torch.Tensor, torch.Tensor, Blocks, bool]] = {}
 
 
 def query_blocks(bias: torch.Tensor, length: int) -> Blocks:
     """Where no query of a row's first half may see a key of its second half (every causal mask),
     the first half's scores skip those keys: a quarter of the score matrix and of its softmax is
-    never computed, for a few more (smaller) matmuls and copies. In-process A/B on the training
-    bench: +1.6 % and +4.0 % tokens/s."""
+    never computed, for a few more (smaller) matmuls and copies."""
     half = length // 2
     if length >= MIN_SPLIT_LENGTH and bool(torch.isneginf(bias[..., :half, half:]).all()):
         return ((half, length, length), (0, half, half))
@@ -99,19 +99,14 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tens
     """`allowed [b, 1, L, L]` as a bias to add to the grouped scores (0 where allowed, −inf where
     not), `[b, 1, 1, L, L]` in `dtype`, its `query_blocks`, and whether it is causal (no query sees
     a later key: the fused forward may then skip the blocks above the diagonal). Adding a broadcast
-    bias takes about a third of the time of `masked_fill_` with the negated mask (measured: 1.8 →
-    0.7 ms over 4 rows of 263 tokens, 9 heads), and every layer of a forward pass gets the same mask
-    object, so the bias is built once per pass (one entry is kept: the last mask seen)."""
-    cached = _BIAS_CACHE.get("last")
-    if cached is not None and cached[0] is allowed and cached[1].dtype == dtype:
-        return cached[1], cached[2], cached[3]
+    bias is faster than `masked_fill_` with the negated mask; a pass builds it once for all its
+    layers (`PackedPass.additive_mask`)."""
     bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
     bias = bias[:, :, None]
     length = allowed.shape[-1]
     blocks = query_blocks(bias, length)
     above_diagonal = torch.ones(length, length, dtype=torch.bool, device=allowed.device).triu(1)
     causal = not bool((allowed & above_diagonal).any())
-    _BIAS_CACHE["last"] = (allowed, bias, blocks, causal)
     return bias, blocks, causal
 
 
@@ -143,16 +138,13 @@ def attend(
     """softmax(QKᵀ + bias)V, Q already scaled, `[batch, kv_heads, group · length, dim]`, and the
     scores' log-sum-exp `[batch, kv_heads · group, length]` where the fused kernel computed it.
 
-    On a CPU with AMX, by SDPA's fused (flash) kernel: it keeps no probabilities either, takes
-    about half the time of the batched matmuls in bf16 there (6.8 against 14.3 ms for 2 rows of
-    558 tokens, 11.0 against 21.0 for one row of 1,000; no slower in fp32), and keeps its scores
-    in fp32, so its bf16 output is the nearer to exact (max error 0.015 against 0.11 for bf16
-    scores and softmax, measured against float64); given a `causal` mask it skips the key blocks
-    above the diagonal as well (the same numbers; rows wider than its 512-key blocks: 3.7 against
-    5.5 ms for 2 rows of 558, 7.2 against 10.6 for 1 of 1,300). Its backward is the slower one, so
-    backward is always `attend_backward`, which takes the log-sum-exp to recompute the
-    probabilities in one pass. Elsewhere the batched matmuls, a block of queries at a time
-    (`query_blocks`): SDPA's kernel was the slower one on the AVX-512 BF16 machine measured."""
+    On a CPU with AMX, by SDPA's fused (flash) kernel: it keeps no probabilities either, is the
+    faster there, and keeps its scores in fp32, so its bf16 output is the nearer to exact; given a
+    `causal` mask it skips the key blocks above the diagonal as well (the same numbers). Its
+    backward is the slower one, so backward is always `attend_backward`, which takes the
+    log-sum-exp to recompute the probabilities in one pass. Elsewhere the batched matmuls, a block
+    of queries at a time (`query_blocks`): SDPA's kernel was the slower one on the AVX-512 BF16
+    machine measured."""
     if q.device.type == "cpu" and cpu_has_amx() and v.shape[-1] == q.shape[-1]:  # the kernel's one head size
         batch, kv_heads, rows, dim = q.shape
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
@@ -263,16 +255,16 @@ class RowLayout:
     """The token in each of `shared_slots`."""
 
 
-def row_layout(segments: list[tuple[int, int]], device: torch.device, prefix: int = 0) -> RowLayout:
-    """Rows for the examples at `segments` (`(start, end)` each, end to end), filled first-fit as
-    `pack_examples` fills them; with a shared `prefix` (tokens `0..prefix`, before the segments),
-    each example's slots start with a copy of it."""
+def row_layout(packed: PackedRow, device: torch.device) -> RowLayout:
+    """The slots of `packed`'s examples in the rows the packer chose for them (`PackedRow.rows`);
+    with a shared prefix (tokens `0..prefix`, before the examples), each example's slots start
+    with a copy of it."""
+    prefix, segments = packed.prefix, packed.segments
     lengths = [prefix + end - start for start, end in segments]
     width = max(lengths)
-    rows = first_fit_rows(lengths, width)
-    gather = torch.zeros(len(rows), width, dtype=torch.long)
-    owner = torch.full((len(rows), width), -1, dtype=torch.long)
-    for r, row in enumerate(rows):
+    gather = torch.zeros(len(packed.rows), width, dtype=torch.long)
+    owner = torch.full((len(packed.rows), width), -1, dtype=torch.long)
+    for r, row in enumerate(packed.rows):
         at = 0
         for i in row:
             start, end = segments[i]
@@ -298,8 +290,44 @@ def row_layout(segments: list[tuple[int, int]], device: torch.device, prefix: in
     )
 
 
+class PackedPass:
+    """One forward pass's examples as the packer laid them out (`PackedRow`, None for a pass it did
+    not pack in one row), and what attention derives from them once for all the pass's layers: the
+    row layout, additive masks and (`packed_attention.py`) rotary tables. The speed wing makes one
+    for each pass (`Speedups.pass_inputs`); nothing in it outlives the pass, so no layer's result
+    depends on what an earlier pass left behind."""
+
+    def __init__(self, packed: PackedRow | None, device: torch.device) -> None:
+        self.packed = packed
+        self.device = device
+        self._layout: RowLayout | None = None
+        self._masks: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, Blocks, bool]] = {}
+        self.rotary_tables: dict[tuple[float, torch.dtype], Any] = {}
+        """`packed_attention`'s tables for this pass, by the attention's scaling and dtype."""
+
+    def layout(self, length: int, heads: int) -> RowLayout | None:
+        """The row layout of a one-row pass of `length` tokens and several examples whose rows'
+        score matrices for `heads` heads fit in `MAX_SCORE_ELEMENTS`; else None."""
+        packed = self.packed
+        if packed is None or len(packed.segments) < 2 or packed.segments[-1][1] != length:
+            return None
+        width = max(packed.prefix + end - start for start, end in packed.segments)
+        if len(packed.rows) * heads * width * width > MAX_SCORE_ELEMENTS:
+            return None
+        if self._layout is None:
+            self._layout = row_layout(packed, self.device)
+        return self._layout
+
+    def additive_mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, Blocks, bool]:
+        """`additive_mask(allowed, dtype)`, built once per pass: every layer brings the same mask."""
+        kept = self._masks.get(dtype)
+        if kept is None or kept[0] is not allowed:
+            kept = self._masks[dtype] = (allowed, *additive_mask(allowed, dtype))
+        return kept[1], kept[2], kept[3]
+
+
 def rows_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: RowLayout, scale: float
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: RowLayout, scale: float, packed: PackedPass
 ) -> torch.Tensor:
     """`matmul_attention` of a one-row pass (`[1, heads, L, d]`) over its examples laid out in rows;
     returns `[1, L, heads, d]`. Gathering into rows and back costs a copy of Q, K, V and the output;
@@ -310,83 +338,22 @@ def rows_attention(
         tokens = x[0].transpose(0, 1)  # [L, heads, d]
         return tokens.index_select(0, layout.gather).view(rows, width, *tokens.shape[1:]).transpose(1, 2)
 
-    out = matmul_attention(to_rows(query), to_rows(key), to_rows(value), layout.allowed, scale)
+    out = matmul_attention(to_rows(query), to_rows(key), to_rows(value), layout.allowed, scale, packed)
     slots = out.transpose(1, 2).reshape(rows * width, *out.shape[1:2], out.shape[-1])
     return slots.index_select(0, layout.scatter)[None]
 
 
-_LAYOUT_CACHE: dict[str, tuple[torch.Tensor, RowLayout | None]] = {}
-
-
-def packed_row_layout(allowed: torch.Tensor, length: int) -> RowLayout | None:
-    """If `allowed [1, 1, L, L]` is the block-diagonal causal mask of several examples packed end to
-    end (each query sees its own example's keys up to itself), or of examples after a shared
-    prefix (`_shared_prefix_layout`), their row layout; else None.
-
-    Read from the mask itself, so a mask of any other shape (padding, a sliding window) keeps the
-    general path; every layer of a pass gets the same mask object, so the last answer is kept.
-    """
-    cached = _LAYOUT_CACHE.get("last")
-    if cached is not None and cached[0] is allowed:
-        return cached[1]
-    layout = None
-    if allowed.shape == (1, 1, length, length):
-        square = allowed[0, 0]
-        starts = _causal_block_starts(square)
-        if starts is not None and len(starts) > 1:
-            layout = row_layout(list(zip(starts, starts[1:] + [length], strict=True)), allowed.device)
-        else:
-            layout = _shared_prefix_layout(square)
-    _LAYOUT_CACHE["last"] = (allowed, layout)
-    return layout
-
-
-def _causal_block_starts(square: torch.Tensor) -> list[int] | None:
-    """Where the blocks of `square [L, L]` start if it is block-diagonal causal, else None."""
-    length = square.shape[0]
-    positions = torch.arange(length, device=square.device)
-    first_key = square.to(torch.uint8).argmax(dim=-1)  # where each query's visible keys start
-    block_start = torch.where(first_key == positions, positions, 0).cummax(dim=0).values
-    causal_blocks = (positions[None, :] >= block_start[:, None]) & (positions[None, :] <= positions[:, None])
-    if torch.equal(first_key, block_start) and torch.equal(causal_blocks, square):
-        return positions[first_key == positions].tolist()
-    return None
-
-
-def _shared_prefix_layout(square: torch.Tensor) -> RowLayout | None:
-    """The row layout of `pack_examples(share_prefix=True)`'s mask: every query sees the first
-    `prefix` keys (causally within them), and after them the mask is block-diagonal causal with
-    at least two blocks. None for any other mask."""
-    length = square.shape[0]
-    prefix = int(square[-1].to(torch.uint8).argmin())  # the last query's first hidden key (0: none)
-    if prefix == 0:
-        return None
-    causal = torch.ones(length, prefix, dtype=torch.bool, device=square.device).tril()
-    if not torch.equal(square[:, :prefix], causal) or bool(square[:prefix, prefix:].any()):
-        return None
-    starts = _causal_block_starts(square[prefix:, prefix:])
-    if starts is None or len(starts) < 2:
-        return None
-    ends = starts[1:] + [length - prefix]
-    segments = [(prefix + start, prefix + end) for start, end in zip(starts, ends, strict=True)]
-    return row_layout(segments, square.device, prefix)
-
-
-def fitting_row_layout(attention_mask: torch.Tensor | None, length: int, heads: int) -> RowLayout | None:
-    """`packed_row_layout` of a one-row pass's mask, if its rows' score matrices for `heads` heads
-    fit in `MAX_SCORE_ELEMENTS`; else None."""
-    layout = packed_row_layout(attention_mask, length) if attention_mask is not None else None
-    if layout is None:
-        return None
-    rows, _, width, _ = layout.allowed.shape
-    return layout if rows * heads * width * width <= MAX_SCORE_ELEMENTS else None
-
-
 def matmul_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    scale: float,
+    packed: PackedPass | None = None,
 ) -> torch.Tensor:
     """Attention of `query [b, heads, L, d]` over `key`/`value [b, kv_heads, L, d]` where `allowed
-    [b or 1, 1, L, L]` (True: the query may see the key); returns `[b, heads, L, d]`."""
+    [b or 1, 1, L, L]` (True: the query may see the key); returns `[b, heads, L, d]`. `packed`:
+    the pass's, which keeps the mask's bias for the pass's other layers."""
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     group = heads // kv_heads
@@ -394,7 +361,7 @@ def matmul_attention(
     dtype = compute_dtype(query)
     q = (query.to(dtype) * scale).reshape(batch, kv_heads, group * length, dim)
     k, v = key.to(dtype), value.to(dtype)
-    bias, blocks, causal = additive_mask(allowed, dtype)
+    bias, blocks, causal = additive_mask(allowed, dtype) if packed is None else packed.additive_mask(allowed, dtype)
     out = _MatmulAttention.apply(q, k, v, bias, group, blocks, causal)
     return out.view(batch, heads, length, value.shape[-1])
 
@@ -412,9 +379,12 @@ def attention_forward(
     """transformers' attention-function contract (see `sdpa_attention_forward`): returns
     `[batch, length, heads, head_dim]`. Anything but plain causal or masked self-attention of a
     moderate size (dropout, a KV cache, softcapping, position biases, attention sinks) goes to SDPA
-    unchanged. A sliding window needs nothing here: it is in the mask, as for SDPA."""
+    unchanged. A sliding window needs nothing here: it is in the mask, as for SDPA (and the wing
+    hands no boundaries to a model with one, `full_causal_attention`). A one-row pass's examples
+    are laid out in rows from the boundaries in its `PackedPass` (`PASS_KWARG`)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    packed: PackedPass | None = kwargs.pop(PASS_KWARG, None)
     batch, heads, length, dim = query.shape
     plain = (
         key.shape[2] == length
@@ -428,29 +398,29 @@ def attention_forward(
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     scale = scaling if scaling is not None else dim**-0.5
-    layout = fitting_row_layout(attention_mask, length, heads) if batch == 1 else None
+    layout = packed.layout(length, heads) if packed is not None and batch == 1 else None
     if layout is not None:
-        return rows_attention(query, key, value, layout, scale), None
+        return rows_attention(query, key, value, layout, scale, packed), None
     if batch * heads * length * length > MAX_SCORE_ELEMENTS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     if attention_mask is None:  # transformers leaves the mask out when it is plain causal
         attention_mask = _causal_mask(length, query.device)
     elif not bool(attention_mask.any(dim=-1).all()):  # a query that sees no key (left padding): SDPA's rules
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    out = matmul_attention(query, key, value, attention_mask, scale)
+    out = matmul_attention(query, key, value, attention_mask, scale, packed)
     return out.transpose(1, 2).contiguous(), None
 
 
 @functools.lru_cache(maxsize=4)
 def _causal_mask(length: int, device: torch.device) -> torch.Tensor:
-    """One object per length, so every layer of a pass finds its bias in `additive_mask`'s cache."""
+    """One object per length, so every layer of a pass finds its bias in the `PackedPass`."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()[None, None]
 
 
 def full_causal_attention(config: Any) -> bool:
     """Whether every attention layer of a model with this config sees all earlier tokens (no
-    sliding window): then a pass's own 4D mask (a shared prefix's) is all its attention needs,
-    since transformers uses a 4D mask as given, window or not."""
+    sliding window): then a pass's example boundaries are all its attention needs, and so is its
+    own 4D mask (a shared prefix's), which transformers uses as given, window or not."""
     layer_types = getattr(config, "layer_types", None)
     if layer_types is not None:
         return all(kind == "full_attention" for kind in layer_types)

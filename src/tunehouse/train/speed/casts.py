@@ -1,6 +1,9 @@
-"""The dtype the fused layers compute in, and the cast copies of adapter weights kept between optimizer steps."""
+"""The dtype the fused layers compute in, and the cast copies of adapter weights they keep between
+optimizer steps."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -13,48 +16,40 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
-def keep_adapter_inputs_as_is(model: torch.nn.Module) -> int:
-    """Stop PEFT copying each activation to the adapter's fp32 dtype before the LoRA matmuls.
+class WeightCasts:
+    """The fused layers' copies of fp32 adapter weights in the compute dtype (sibling layers' A
+    matrices concatenated), kept from one pass to the next: cast in every layer, forward and
+    backward, of every pass, they were thousands of small copies per pass.
 
-    Under bf16 autocast that copy is undone at once (autocast casts it back to bf16 for the
-    matmul), so it costs two full-size copies per adapted layer and changes nothing. Returns how
-    many adapted layers were switched.
+    One per trainer, owned by its speed wing (`Speedups.casts`) and handed to the fused layers when
+    they are switched on. The optimizer → cast protocol: a copy is kept until its weight changes,
+    either by an in-place update that moves the weight's version counter or by an optimizer step,
+    after which the trainer's optimizer post-step hook calls `weights_changed` (fused optimizers
+    update weights in place without moving their version counters).
     """
-    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    switched = 0
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
-            switched += 1
-    return switched
+    def __init__(self) -> None:
+        self._copies: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._generation = 0
 
+    def weights_changed(self) -> None:
+        """Forget every copy: the optimizer has just updated the weights."""
+        self._generation += 1
 
-_CASTS: WeakIdKeyDictionary = WeakIdKeyDictionary()
-_GENERATION = [0]
+    def __call__(self, dtype: torch.dtype, *weights: torch.Tensor) -> torch.Tensor:
+        """`weights` in `dtype`, concatenated along the first dimension when there are several."""
+        if len(weights) == 1 and weights[0].dtype == dtype:
+            return weights[0]
+        key = (self._generation, dtype, tuple((id(w), w._version) for w in weights))
+        kept = self._copies.get(weights[0])
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        with torch.no_grad():
+            result = (torch.cat(weights) if len(weights) > 1 else weights[0]).to(dtype)
+        self._copies[weights[0]] = (key, result)
+        return result
 
-
-def weights_changed() -> None:
-    """Forget every copy `weights_as` keeps: called after each optimizer step (fused optimizers
-    update weights in place without moving their version counters)."""
-    _GENERATION[0] += 1
-
-
-def weights_as(dtype: torch.dtype, *weights: torch.Tensor) -> torch.Tensor:
-    """`weights` in `dtype`, concatenated along the first dimension when there are several.
-
-    The fp32 LoRA weights of a bf16 run were cast in every layer, forward and backward, of every
-    pass: about 2,200 small copies per pass on SmolLM2, ~20 ms of fixed cost. The copy is kept until
-    a weight changes: an in-place update that moves its version counter, or `weights_changed`
-    (the trainers call it after each optimizer step).
-    """
-    if len(weights) == 1 and weights[0].dtype == dtype:
-        return weights[0]
-    key = (_GENERATION[0], dtype, tuple((id(w), w._version) for w in weights))
-    cached = _CASTS.get(weights[0])
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    with torch.no_grad():
-        result = (torch.cat(weights) if len(weights) > 1 else weights[0]).to(dtype)
-    _CASTS[weights[0]] = (key, result)
-    return result
+    def __deepcopy__(self, memo: dict[int, Any]) -> WeightCasts:
+        """A copy of the model (DPO's frozen reference) shares its trainer's casts: they are keyed
+        by the weights themselves."""
+        return self

@@ -10,13 +10,13 @@ additions. `_PackedAttention` does the same arithmetic in a few passes: the exam
 gathered into rows once, the rotary embedding (with the attention's scaling folded into it for the
 queries) is written straight into the layout the attention's matmuls read, and backward gathers
 the gradients back to the tokens and rotates them back in one pass each. In bf16 on a CPU those
-passes are compiled kernels (`cpu_kernels.rope_rows` and the others, for heads of 64 or 128): one
+passes are compiled kernels (`reference.rope_rows` and the others, for heads of 64 or 128): one
 loop each for the gather, the rotation and the layout change.
 
-Only the plain case is taken: one row of examples packed end to end (the block-diagonal causal
-mask `packed_row_layout` reads), no KV cache, no dropout, the module's forward being transformers'
-Llama code (Qwen2, Mistral and other models that copy it included); any other call runs the
-module's own forward.
+Only the plain case is taken: one row of examples packed end to end, whose boundaries the pass
+hands over (`attention.PackedPass`), no KV cache, no dropout, the module's forward being
+transformers' Llama code (Qwen2, Mistral and other models that copy it included); any other call
+runs the module's own forward.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import torch
 
 from tunehouse.train.speed.attention import (
     ATTENTION_NAME,
+    PASS_KWARG,
     SEMANTIC_KWARGS,
     Blocks,
+    PackedPass,
     RowLayout,
-    additive_mask,
     attend,
     attend_backward,
-    fitting_row_layout,
 )
 from tunehouse.train.speed.casts import compute_dtype
 from tunehouse.train.speed.fused_layers import same_code
@@ -91,18 +91,14 @@ def _signed(sin: torch.Tensor, backward: bool) -> torch.Tensor:
     return torch.cat([second, -first] if backward else [-first, second], dim=-1)
 
 
-_TABLES: dict[str, tuple[tuple[Any, ...], _PassTables]] = {}
-
-
 def _pass_tables(
-    layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale: float, dtype: torch.dtype
+    packed: PackedPass, layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale: float, dtype: torch.dtype
 ) -> _PassTables:
-    """One entry is kept: every layer of a pass brings the same layout and rotary tables."""
-    cached = _TABLES.get("last")
-    if cached is not None:
-        (last_layout, last_cos, last_sin, last_scale, last_dtype), tables = cached
-        if last_layout is layout and last_cos is cos and last_sin is sin and (last_scale, last_dtype) == (scale, dtype):
-            return tables
+    """The pass's tables, computed by its first layer and kept in its `PackedPass` for the others:
+    every layer of a pass brings the same layout and rotary embedding."""
+    kept = packed.rotary_tables.get((scale, dtype))
+    if kept is not None:
+        return kept
     width = layout.allowed.shape[-1]
     cos_tokens, sin_tokens = cos[0].to(dtype), sin[0].to(dtype)
     cos_rows = cos_tokens.index_select(0, layout.gather)
@@ -121,7 +117,7 @@ def _pass_tables(
         .index_copy_(0, layout.scatter, torch.arange(len(layout.scatter), device=layout.gather.device))
         .view(-1, width),
     )
-    _TABLES["last"] = ((layout, cos, sin, scale, dtype), tables)
+    packed.rotary_tables[(scale, dtype)] = tables
     return tables
 
 
@@ -169,7 +165,7 @@ class _PackedAttention(torch.autograd.Function):
         group = heads // kv_heads
         index = layout.gather.view(rows, width)
         rope, gather = kernel_for(f"rope_rows_{dim}", q, k), kernel_for("rows_of", v)
-        if rope is not None and gather is not None:  # each in one pass (`cpu_kernels.rope_rows`)
+        if rope is not None and gather is not None:  # each in one pass (`reference.rope_rows`)
             q_att = rope(q.view(-1, heads, dim), index, *(t.view(rows, width, dim) for t in tables.query_rows))
             k_att = rope(k.view(-1, kv_heads, dim), index, *(t.view(rows, width, dim) for t in tables.key_rows))
             v_att = gather(v.view(-1, kv_heads, dim), index)
@@ -215,7 +211,7 @@ class _PackedAttention(torch.autograd.Function):
 
 
 def _tokens_of(rows: torch.Tensor, row: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
-    """`cpu_kernels.tokens_of`: the tokens of `[rows, heads, width, d]` at slots `(row, column)`."""
+    """`reference.tokens_of`: the tokens of `[rows, heads, width, d]` at slots `(row, column)`."""
     fused = kernel_for("tokens_of", rows)
     return fused(rows, row, column) if fused is not None else rows.permute(0, 2, 1, 3)[row, column]
 
@@ -224,7 +220,7 @@ def _rotated_back_to_tokens(
     rows: torch.Tensor, row: torch.Tensor, column: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
     """The gradient at slots `(row, column)` of `rows [rows, heads, width, d]`, rotated back with
-    the rotary `table` for those tokens: `[tokens, heads, d]` (`cpu_kernels.rope_tokens_back`)."""
+    the rotary `table` for those tokens: `[tokens, heads, d]` (`reference.rope_tokens_back`)."""
     fused = kernel_for(f"rope_tokens_back_{rows.shape[-1]}", rows)
     if fused is not None:
         return fused(rows, row, column, *table)
@@ -233,20 +229,19 @@ def _rotated_back_to_tokens(
 
 
 def _packed_layout(
-    module: Any, hidden_states: torch.Tensor, attention_mask: Any, cache: Any, kwargs: dict[str, Any]
+    module: Any, hidden_states: torch.Tensor, packed: PackedPass | None, cache: Any, kwargs: dict[str, Any]
 ) -> RowLayout | None:
     """The row layout of a one-row packed pass that `_PackedAttention` takes, else None."""
     if (
-        cache is not None
+        packed is None
+        or cache is not None
         or module.config._attn_implementation != ATTENTION_NAME
         or (module.training and module.attention_dropout > 0)
         or any(kwargs.get(name) is not None for name in SEMANTIC_KWARGS)
         or hidden_states.shape[0] != 1
-        or not isinstance(attention_mask, torch.Tensor)
-        or attention_mask.dtype != torch.bool
     ):
         return None
-    return fitting_row_layout(attention_mask, hidden_states.shape[1], module.config.num_attention_heads)
+    return packed.layout(hidden_states.shape[1], module.config.num_attention_heads)
 
 
 def _llama_attention_forward(
@@ -257,10 +252,11 @@ def _llama_attention_forward(
     cache: Any = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
+    packed: PackedPass | None = kwargs.get(PASS_KWARG)
     layout = None
     if position_embeddings is not None and "past_key_values" not in kwargs:
-        layout = _packed_layout(module, hidden_states, attention_mask, cache, kwargs)
-    if layout is None:
+        layout = _packed_layout(module, hidden_states, packed, cache, kwargs)
+    if layout is None or packed is None:
         return type(module).forward(module, hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
     tokens = hidden_states.shape[1]
     q = module.q_proj(hidden_states).view(tokens, -1)
@@ -269,8 +265,8 @@ def _llama_attention_forward(
     dtype = compute_dtype(q)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     cos, sin = position_embeddings
-    tables = _pass_tables(layout, cos, sin, module.scaling, dtype)
-    bias, blocks, causal = additive_mask(layout.allowed, dtype)
+    tables = _pass_tables(packed, layout, cos, sin, module.scaling, dtype)
+    bias, blocks, causal = packed.additive_mask(layout.allowed, dtype)
     kv_heads = module.config.num_key_value_heads
     out = _PackedAttention.apply(q, k, v, layout, tables, bias, blocks, causal, kv_heads)
     return module.o_proj(out.view(1, tokens, -1)), None

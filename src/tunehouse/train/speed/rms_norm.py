@@ -2,19 +2,20 @@
 token, and whose output the layers reading it can recompute instead of keeping.
 
 Each decoder layer's two norms feed adapted projections (Q, K, V; gate and up) whose LoRA weight
-gradients need the norm's output: kept by them, it is `hidden` more values per token twice a layer
-(63 MB per 962-token pass on SmolLM2 in bf16), while the norm already keeps everything it takes to
-recompute it with two element-wise multiplies. `normed_input_of` tells such a layer whether its
-input is the output of the last norm computed, and how to recompute it (one entry is kept: the
-last norm's output, weakly, with what it was computed from).
+gradients need the norm's output: kept by them, it is `hidden` more values per token twice a layer,
+while the norm already keeps everything it takes to recompute it with two element-wise multiplies.
+
+The norm → LoRA protocol (the LoRA end is `fused_lora._SharedInputLora`): the norm's output tensor
+carries how it was computed (`NormedInput`, under the attribute `NORMED_INPUT`), and a layer that
+reads it asks `normed_input_of(x)` and keeps that instead of `x`. The recipe travels with the
+tensor, so no state is kept between calls and a layer handed any other tensor keeps it as usual.
 
 In bf16 on a CPU, the forward, the recomputation and the input's gradient each run as one compiled
-kernel (`cpu_kernels.py`) instead of eight to twelve tensor operations.
+kernel (`reference.norm_forward` and the others) instead of eight to twelve tensor operations.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ class NormedInput:
     def recompute(self) -> torch.Tensor:
         """The norm's output, bit for bit: `x · rstd` in fp32, rounded to `x`'s dtype, times the
         weight. `x` is widened before the product, which is the same arithmetic as the mixed-dtype
-        product but about a third faster: PyTorch's CPU loops over mixed dtypes are not vectorized."""
+        product but faster: PyTorch's CPU loops over mixed dtypes are not vectorized."""
         fused = kernel_for("norm_output", self.x, self.weight)
         if fused is not None:
             return fused(self.x, self.weight, self.rstd)
@@ -47,18 +48,18 @@ def _normalized(x: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
     return x.to(rstd.dtype, copy=True).mul_(rstd).to(x.dtype)
 
 
-_LAST_OUTPUT: dict[str, tuple[weakref.ref[torch.Tensor], NormedInput]] = {}
+NORMED_INPUT = "tunehouse_normed_input"
+"""The attribute of an `RMSNormFunction` output that holds its `NormedInput`."""
 
 
 def normed_input_of(tensor: torch.Tensor) -> NormedInput | None:
-    """How `tensor` was computed, if it is the output of the last `RMSNormFunction` call."""
-    last = _LAST_OUTPUT.get("last")
-    return last[1] if last is not None and last[0]() is tensor else None
+    """How `tensor` was computed, if it is an `RMSNormFunction` output (see the module docstring)."""
+    return getattr(tensor, NORMED_INPUT, None)
 
 
 class RMSNormFunction(torch.autograd.Function):
     """`weight * (x · rsqrt(mean(x²) + eps)).to(x.dtype)` with the statistics in fp32; its output can
-    be recomputed from what it keeps (`NormedInput`)."""
+    be recomputed from what it keeps, and says how (`normed_input_of`)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
@@ -72,7 +73,7 @@ class RMSNormFunction(torch.autograd.Function):
             recipe = NormedInput(x, weight, squares.div_(x.shape[-1]).add_(eps).rsqrt_())
             out = recipe.recompute()
         ctx.save_for_backward(x, weight, recipe.rstd)
-        _LAST_OUTPUT["last"] = (weakref.ref(out), recipe)
+        setattr(out, NORMED_INPUT, recipe)
         return out
 
     @staticmethod
@@ -87,8 +88,7 @@ class RMSNormFunction(torch.autograd.Function):
         elif ctx.needs_input_grad[0]:
             d_normed = (grad * weight).to(x.dtype)  # the gradient autograd would round to x's dtype
             # d/dx of x·rstd(x): rstd·d − x·rstd³·mean(d·x) = s − x·rstd²·mean(s·x) with s = rstd·d,
-            # in fp32 on widened copies, in place (mixed-dtype loops are not vectorized: 1.9 against
-            # 3.2 ms for 939 tokens of 576 here)
+            # in fp32 on widened copies, in place (mixed-dtype loops are not vectorized)
             x32 = x.to(rstd.dtype, copy=True)
             scaled = d_normed.to(rstd.dtype, copy=True).mul_(rstd)
             coefficient = (scaled * x32).sum(-1, keepdim=True).mul_(rstd.square()).div_(x.shape[-1])
