@@ -111,7 +111,7 @@ def load_model(config: SFTConfig, device: torch.device, dtype: torch.dtype = tor
     weights_dir = resume if (resume is not None and not config.use_lora) else config.base_model_dir
     adapter_dir = resume if (resume is not None and config.use_lora) else config.init_adapter_dir
     tokenizer = AutoTokenizer.from_pretrained(str(config.base_model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(weights_dir), dtype=dtype)  # or PEFT's wrapper, below
     model.config.use_cache = False
     if adapter_dir is not None:
         from peft import PeftModel
@@ -348,6 +348,7 @@ class Trainer:
         loss by their number makes that average the one-process sum."""
         normalizer = self.method.normalizer([self.train[i] for i in indices])
         passes = self.process_passes(indices, self.lengths)
+        correct_total: float  # an integer count until the processes' sum
         loss_total, correct_total = 0.0, 0
         for number, (one_pass, counts) in enumerate(passes):
             with self.processes.no_sync(self.forward, sync=number == len(passes) - 1):
@@ -374,6 +375,8 @@ class Trainer:
     def evaluate(self, examples: list[Any]) -> tuple[float, float]:
         """Mean loss and accuracy over `examples`, each process evaluating its shard of them."""
         self.forward.eval()
+        correct_total: float  # integer counts until the processes' sum
+        count_total: float
         loss_total, correct_total, count_total = 0.0, 0, 0
         lengths = [self.method.length(e) for e in examples]
         for one_pass, counts in self.process_passes(list(range(len(examples))), lengths):

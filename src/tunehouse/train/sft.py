@@ -49,7 +49,7 @@ class SupervisedMethod:
 
     def pass_sums(self, trainer: Trainer, examples: list[EncodedExample]) -> LossSums:
         result = trainer.forward_pass(trainer.forward, examples, packed=trainer.config.packing)
-        if trainer.decoder is not None:
+        if trainer.decoder is not None and trainer.head_weight is not None:  # set together
             sums = chunked_lm_loss_sum(
                 result.output.last_hidden_state,
                 result.labels,
