@@ -9,7 +9,7 @@ import torch
 
 from tests.train.conftest import assert_same_gradients, gradients, varied_chat_rows
 from tunehouse.models.template import EncodedExample
-from tunehouse.train.batching import pack_examples, shared_prefix_length, token_budget_micro_batches
+from tunehouse.train.batching import PackedRow, pack_examples, shared_prefix_length, token_budget_micro_batches
 from tunehouse.train.recipe import Trainer
 
 BF16 = torch.bfloat16
@@ -116,3 +116,24 @@ def test_gradient_accumulation_one_by_eight_equals_batch_eight(make_trainer: Cal
     assert len(token_budget_micro_batches(indices, one_at_a_time.lengths, 1)) == 8
     assert len(token_budget_micro_batches(indices, whole.lengths, 100_000)) == 1
     assert_same_gradients(gradients(whole, indices), gradients(one_at_a_time, indices))
+
+
+def test_the_packer_says_where_each_example_of_a_one_row_pass_lies() -> None:
+    """The boundaries it hands to attention with the pass (`PackedRow`): each example's span in the
+    row order, a shared prefix, and which examples share each of attention's rows (first-fit by
+    decreasing length in rows as wide as the longest, as a padded packing fills its rows)."""
+    examples = [EncodedExample(input_ids=[1] * n, labels=[1] * n) for n in (3, 5, 1, 2)]
+    batch = pack_examples(examples, pad_token_id=0, one_row=True)
+    assert batch["segment_ids"].tolist() == [[1, 1, 1, 1, 1, 0, 0, 0, 3, 3, 2]]
+    assert batch["packed_row"] == PackedRow(
+        segments=((0, 5), (5, 8), (8, 10), (10, 11)), prefix=0, rows=((0,), (1, 2), (3,))
+    )
+    padded = pack_examples(examples, pad_token_id=0)
+    assert "packed_row" not in padded
+    assert [sorted(set(row) - {-1}) for row in padded["segment_ids"].tolist()] == [[1], [0, 3], [2]]  # the same rows
+    shared = [
+        EncodedExample(input_ids=[1, 2, 3, 4], labels=[-100, -100, -100, 4]),
+        EncodedExample(input_ids=[1, 2, 5, 6, 7], labels=[-100, -100, -100, 6, 7]),
+    ]
+    batch = pack_examples(shared, pad_token_id=0, one_row=True, share_prefix=True)
+    assert batch["packed_row"] == PackedRow(segments=((2, 5), (5, 7)), prefix=2, rows=((0,), (1,)))

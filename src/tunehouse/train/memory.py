@@ -2,11 +2,11 @@
 checkpointing is needed, or fail early saying what to lower.
 
 Per token, a decoder layer keeps at most about `(16·hidden + 6·intermediate)` activation values for
-backward (attention projections, norms, MLP gates; no attention score matrix is kept). The fused
-norms and SwiGLU (`fused_layers.py`) keep less — about `(10·hidden + 3·intermediate)` on SmolLM2 —
-so the estimate has headroom for the freed temporaries the allocator holds on to. With gradient
-checkpointing a layer keeps only its input (`hidden` values) and recomputes the rest, for about a
-third more compute.
+backward (attention projections, norms, MLP gates; no attention score matrix is kept). The speed
+wing's fused norms and SwiGLU (`speed/fused_layers.py`) keep less — about `(10·hidden +
+3·intermediate)` on SmolLM2 — so the estimate has headroom for the freed temporaries the allocator
+holds on to. With gradient checkpointing a layer keeps only its input (`hidden` values) and
+recomputes the rest, for about a third more compute.
 """
 
 from __future__ import annotations

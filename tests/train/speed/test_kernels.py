@@ -150,3 +150,29 @@ def test_without_a_library_the_layers_run_their_eager_code(tmp_path: object, mon
         assert torch.equal(fused(x), norm(x))
     finally:
         kernels.kernel.cache_clear()
+
+
+def test_the_libraries_are_named_by_the_reference_arithmetic_and_the_trace_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A change to `reference.py` or to how it is traced names new libraries (a stale one is never
+    loaded); the build system's own source is not hashed, so rewording it rebuilds nothing."""
+    import dataclasses
+    import inspect
+
+    original = inspect.getsource
+
+    def key(reworded: object = None) -> str:
+        monkeypatch.setattr(inspect, "getsource", lambda obj: original(obj) + ("# x" if obj is reworded else ""))
+        kernels._source_key.cache_clear()
+        return kernels.library_path("swiglu").name
+
+    try:
+        built_key = key()
+        assert key(reworded=kernels) == built_key
+        assert key(reworded=reference) != built_key
+        monkeypatch.setattr(kernels, "TRACE", dataclasses.replace(kernels.TRACE, queries=302))
+        assert key() != built_key
+    finally:
+        monkeypatch.undo()
+        kernels._source_key.cache_clear()

@@ -4,12 +4,15 @@ transformers' numbers, on the compiled kernels and off them."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 
 from tests.train.conftest import shared_prefix_mask
 from tunehouse.train.batching import PackedRow
+from tunehouse.train.recipe import Trainer
 from tunehouse.train.speed import attention, kernels, packed_attention
 from tunehouse.train.speed.attention import (
     MIN_SPLIT_LENGTH,
@@ -114,3 +117,29 @@ def test_bf16_packed_attention_on_the_kernels_matches_its_eager_path(
     monkeypatch.setattr(kernels, "kernel", lambda name: None)
     for got, want in zip(compiled, run(), strict=True):  # bf16 roundings, at the tensor's scale
         assert float((got.float() - want.float()).abs().max()) <= 0.01 * float(want.float().abs().max())
+
+
+def test_what_a_passs_layers_share_is_computed_once_and_goes_with_the_pass(
+    make_trainer: Callable[..., Trainer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every training pass gets a new `PackedPass` with the packer's boundaries; its layers share
+    one row layout, one additive mask and one set of rotary tables, kept in it and nowhere else."""
+    from tunehouse.train import speed
+
+    made: list[PackedPass] = []
+
+    class Recorded(PackedPass):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(speed, "PackedPass", Recorded)
+    trainer = make_trainer()
+    if not trainer.speed.matmul_attention:
+        pytest.skip("the CPU's attention")
+    trainer.accumulate_gradients([0, 1, 2, 3])
+    trainer.accumulate_gradients([4, 5, 6, 7])
+    assert len(made) == 2 and made[0].packed != made[1].packed
+    for packed in made:
+        assert packed.packed is not None and len(packed.packed.segments) == 4
+        assert packed._layout is not None and len(packed._masks) == 1 and len(packed.rotary_tables) == 1

@@ -64,3 +64,22 @@ def test_adapted_layers_recompute_the_rms_norm_output_they_read_instead_of_keepi
         module.__dict__.pop("forward")  # PEFT's own forward
     for got, want in zip(fused, run(), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_a_norms_output_says_how_it_was_computed_and_no_other_tensor_does() -> None:
+    """The norm's end of the norm → LoRA protocol: its output carries a `NormedInput` that
+    recomputes it bit for bit; its input, a copy or a later norm's output say nothing of it."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from tunehouse.train.speed.rms_norm import normed_input_of
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(32, eps=1e-5)
+    assert fuse_norms_and_mlps(norm, WeightCasts()) == 1
+    x = torch.randn(3, 5, 32)
+    first, second = norm(x), norm(x * 2)
+    recipe = normed_input_of(first)
+    assert recipe is not None and recipe.x is x
+    assert torch.equal(recipe.recompute(), first)
+    assert normed_input_of(second) is not recipe  # each output its own, whatever ran since
+    assert normed_input_of(x) is None and normed_input_of(first.clone()) is None

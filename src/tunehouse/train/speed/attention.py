@@ -302,8 +302,9 @@ class PackedPass:
         self.device = device
         self._layout: RowLayout | None = None
         self._masks: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor, Blocks, bool]] = {}
-        self.rotary_tables: dict[tuple[float, torch.dtype], Any] = {}
-        """`packed_attention`'s tables for this pass, by the attention's scaling and dtype."""
+        self.rotary_tables: dict[tuple[float, torch.dtype], tuple[torch.Tensor, torch.Tensor, Any]] = {}
+        """`packed_attention`'s tables for this pass, by the attention's scaling and dtype, with the
+        rotary `cos` and `sin` they were computed from."""
 
     def layout(self, length: int, heads: int) -> RowLayout | None:
         """The row layout of a one-row pass of `length` tokens and several examples whose rows'
@@ -399,7 +400,7 @@ def attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     scale = scaling if scaling is not None else dim**-0.5
     layout = packed.layout(length, heads) if packed is not None and batch == 1 else None
-    if layout is not None:
+    if packed is not None and layout is not None:
         return rows_attention(query, key, value, layout, scale, packed), None
     if batch * heads * length * length > MAX_SCORE_ELEMENTS:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)

@@ -95,10 +95,10 @@ def _pass_tables(
     packed: PackedPass, layout: RowLayout, cos: torch.Tensor, sin: torch.Tensor, scale: float, dtype: torch.dtype
 ) -> _PassTables:
     """The pass's tables, computed by its first layer and kept in its `PackedPass` for the others:
-    every layer of a pass brings the same layout and rotary embedding."""
+    every layer of a pass brings the same layout and, in Llama's code, the same rotary tables."""
     kept = packed.rotary_tables.get((scale, dtype))
-    if kept is not None:
-        return kept
+    if kept is not None and kept[0] is cos and kept[1] is sin:
+        return kept[2]
     width = layout.allowed.shape[-1]
     cos_tokens, sin_tokens = cos[0].to(dtype), sin[0].to(dtype)
     cos_rows = cos_tokens.index_select(0, layout.gather)
@@ -117,7 +117,7 @@ def _pass_tables(
         .index_copy_(0, layout.scatter, torch.arange(len(layout.scatter), device=layout.gather.device))
         .view(-1, width),
     )
-    packed.rotary_tables[(scale, dtype)] = tables
+    packed.rotary_tables[(scale, dtype)] = (cos, sin, tables)
     return tables
 
 
