@@ -215,7 +215,7 @@ class _MatmulAttention(torch.autograd.Function):
     """`attend`, saving its inputs rather than the probabilities."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         q: torch.Tensor,
         k: torch.Tensor,
@@ -231,7 +231,7 @@ class _MatmulAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:
         q, k, v, bias, lse = ctx.saved_tensors
         return *attend_backward(q, k, v, bias, ctx.group, ctx.blocks, d_out, lse), None, None, None, None
 
@@ -438,12 +438,13 @@ def use_matmul_attention(model: torch.nn.Module) -> bool:
 
     AttentionInterface.register(ATTENTION_NAME, attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
-    if model.config._attn_implementation != "sdpa":
+    transformers_model: Any = model  # a PreTrainedModel; torch types its attributes as tensors or modules
+    if transformers_model.config._attn_implementation != "sdpa":
         return False
-    if not getattr(model, "_can_set_attn_implementation", lambda: False)():
+    if not getattr(transformers_model, "_can_set_attn_implementation", lambda: False)():
         return False
-    model.set_attn_implementation(ATTENTION_NAME)
-    return model.config._attn_implementation == ATTENTION_NAME
+    transformers_model.set_attn_implementation(ATTENTION_NAME)
+    return transformers_model.config._attn_implementation == ATTENTION_NAME
 
 
 def training_sdpa_backends(device: torch.device) -> contextlib.AbstractContextManager[Any]:

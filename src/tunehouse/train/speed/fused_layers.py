@@ -39,7 +39,7 @@ class _SiluMul(torch.autograd.Function):
     """`silu(gate) * up`, recomputing `silu(gate)` in backward instead of keeping it."""
 
     @staticmethod
-    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
         fused = kernel_for("swiglu", gate, up)
         if fused is not None:
@@ -47,7 +47,7 @@ class _SiluMul(torch.autograd.Function):
         return F.silu(gate) * up
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gate, up = ctx.saved_tensors
         fused = kernel_for("swiglu_grads", grad, gate, up)
         if fused is not None:
@@ -68,7 +68,7 @@ class _SwiGLUDownLora(torch.autograd.Function):
     kept in `casts`."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         casts: WeightCasts,
         scaling: float,
@@ -91,7 +91,7 @@ class _SwiGLUDownLora(torch.autograd.Function):
         return out.view(*gate.shape[:-1], -1)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gate, up, low, lora_a, lora_b, weight = ctx.saved_tensors
         dtype, casts, scaling = low.dtype, ctx.casts, ctx.scaling
         gate, up = gate.to(dtype), up.to(dtype)

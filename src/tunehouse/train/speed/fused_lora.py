@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +65,7 @@ class _SharedInputLora(torch.autograd.Function):
     The adapter weights' copies in that dtype are kept from one pass to the next (`casts`)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, casts: WeightCasts, scalings: tuple[float, ...], x: torch.Tensor, *weights: torch.Tensor | None
     ) -> tuple[torch.Tensor, ...]:
         k = len(scalings)
@@ -91,7 +91,7 @@ class _SharedInputLora(torch.autograd.Function):
         return tuple(outs)
 
     @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
         low, *weights = ctx.saved_tensors
         k = len(ctx.scalings)
         lora_as, lora_bs, bases, inputs = weights[:k], weights[k : 2 * k], weights[2 * k : 3 * k], weights[3 * k :]
@@ -196,7 +196,8 @@ def fuse_lora_forward(model: torch.nn.Module, casts: WeightCasts) -> int:
     for module in model.modules():
         if isinstance(module, LoraLinear) and "forward" not in module.__dict__:  # not already switched
             group = groups.get(id(module)) or _SharedInput((module,), casts)
-            module.forward = functools.partial(_fused_forward, module, module.forward, group)
+            # this instance's forward becomes the fused one; PEFT's stays on the class
+            module.forward = functools.partial(_fused_forward, module, module.forward, group)  # type: ignore[method-assign]
             switched += 1
     return switched
 
@@ -213,6 +214,6 @@ def keep_adapter_inputs_as_is(model: torch.nn.Module) -> int:
     switched = 0
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
+            cast(Any, module).cast_input_dtype_enabled = False  # a plain flag that torch types as a tensor
             switched += 1
     return switched

@@ -147,7 +147,7 @@ class _PackedAttention(torch.autograd.Function):
     input), computed over the examples laid out in rows (`RowLayout`)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         q: torch.Tensor,
         k: torch.Tensor,
@@ -190,7 +190,7 @@ class _PackedAttention(torch.autograd.Function):
         return _tokens_of(out.view(rows, heads, width, dim), tables.row, tables.column).view(q.shape)
 
     @staticmethod
-    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, d_out: torch.Tensor) -> tuple[Any, ...]:
         q_att, k_att, v_att, bias, lse = ctx.saved_tensors
         layout, tables, group = ctx.layout, ctx.tables, ctx.group
         rows, kv_heads, _, dim = k_att.shape
@@ -256,7 +256,7 @@ def _llama_attention_forward(
     layout = None
     if position_embeddings is not None and "past_key_values" not in kwargs:
         layout = _packed_layout(module, hidden_states, packed, cache, kwargs)
-    if layout is None or packed is None:
+    if layout is None or packed is None or position_embeddings is None:
         return type(module).forward(module, hidden_states, position_embeddings, attention_mask, cache=cache, **kwargs)
     tokens = hidden_states.shape[1]
     q = module.q_proj(hidden_states).view(tokens, -1)

@@ -62,7 +62,7 @@ class RMSNormFunction(torch.autograd.Function):
     be recomputed from what it keeps, and says how (`normed_input_of`)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         fused = kernel_for("norm_forward", x, weight)
         if fused is not None:
             out, rstd = fused(x, weight, torch.tensor(eps))
@@ -77,7 +77,7 @@ class RMSNormFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         x, weight, rstd = ctx.saved_tensors
         d_x = d_weight = None
         if ctx.needs_input_grad[1]:
