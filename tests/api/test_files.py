@@ -52,7 +52,7 @@ def test_list_is_newest_first_and_pages_with_after(client: OpenAI, tmp_path: Pat
 def test_unknown_purpose_is_a_400_naming_the_field(client: OpenAI, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "x.jsonl", chat_rows(1))
     with open(path, "rb") as f, pytest.raises(openai.BadRequestError) as err:
-        client.files.create(file=f, purpose="bogus")  # type: ignore[arg-type]
+        client.files.create(file=f, purpose="bogus")  # type: ignore[arg-type]  # deliberately invalid
     assert err.value.param == "purpose"
     assert "bogus" in err.value.message
 

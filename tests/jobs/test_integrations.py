@@ -32,7 +32,7 @@ def test_a_jobs_tracking_server_is_refused_by_default(client: OpenAI, tmp_path: 
         client.fine_tuning.jobs.create(
             model=TINY_ID,
             training_file=train,
-            integrations=[{"type": "mlflow", "mlflow": {"tracking_uri": uri}}],  # type: ignore[list-item]
+            integrations=[{"type": "mlflow", "mlflow": {"tracking_uri": uri}}],  # type: ignore[list-item]  # the SDK knows W&B only
         )
     assert caught.value.param == PARAM
 

@@ -46,7 +46,7 @@ def test_resuming_after_an_interruption_gives_the_uninterrupted_run(
         if step == 7:  # mid-epoch 2, three steps after the checkpoint at step 4 (and epoch 1's at 6)
             raise Interrupted
 
-    interrupted.reporter.metrics = stop_at_step_7  # type: ignore[method-assign]
+    interrupted.reporter.metrics = stop_at_step_7  # type: ignore[method-assign]  # a kill at step 7
     with pytest.raises(Interrupted):
         interrupted.run()
     checkpoint = latest_checkpoint(tmp_path / "b")

@@ -91,10 +91,10 @@ def test_apply_says_what_each_module_kind_got(make_trainer: Callable[..., Traine
         lora="shared-input LoRA (14)",  # seven adapted projections per layer
         kernels="unused (bf16 on a CPU only)",
     )
-    assert f"Speed wing: {trainer.speed.report}." in trainer.reporter.messages[0]  # type: ignore[attr-defined]
+    assert f"Speed wing: {trainer.speed.report}." in trainer.reporter.messages[0]  # type: ignore[attr-defined]  # the tests' QuietReporter
     off = make_trainer(speed=False)
     assert off.speed.report.as_dict() == dict.fromkeys(("attention", "norm", "mlp", "lora"), "the model's own") | {
         "kernels": "unused"
     }
-    assert "Speed wing: off." in off.reporter.messages[0]  # type: ignore[attr-defined]
+    assert "Speed wing: off." in off.reporter.messages[0]  # type: ignore[attr-defined]  # the tests' QuietReporter
     assert not any("forward" in m.__dict__ for m in off.model.modules())  # nothing switched

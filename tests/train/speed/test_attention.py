@@ -145,11 +145,11 @@ def test_attention_lays_out_rows_from_the_packers_boundaries_never_from_a_mask()
     taken = []
     original = attention.rows_attention
     try:
-        attention.rows_attention = lambda *a: taken.append(1) or original(*a)  # type: ignore[assignment]
+        attention.rows_attention = lambda *a: taken.append(1) or original(*a)  # type: ignore[assignment]  # counts the calls
         for mask in (blocks, window, padded):
             assert_attention_forward_is_sdpa(mask)
     finally:
-        attention.rows_attention = original  # type: ignore[assignment]
+        attention.rows_attention = original  # type: ignore[assignment]  # restored
     assert not taken
 
 

@@ -73,7 +73,7 @@ class _SharedInputLora(torch.autograd.Function):
         bases, biases = weights[2 * k : 3 * k], weights[3 * k :]
         dtype = compute_dtype(x)
         x2 = x.reshape(-1, x.shape[-1]).to(dtype)
-        low = torch.mm(x2, casts(dtype, *lora_as).t())  # type: ignore[arg-type]
+        low = torch.mm(x2, casts(dtype, *lora_as).t())  # type: ignore[arg-type]  # A matrices: never None
         outs, start = [], 0
         for b, w, bias, scaling in zip(lora_bs, bases, biases, scalings, strict=True):
             assert b is not None and w is not None
@@ -146,10 +146,10 @@ class _SharedInput:
     def forward_all(self, x: torch.Tensor) -> torch.Tensor | None:
         """All the layers' outputs on `x`; returns the first's and keeps the others' for their calls.
         None if some layer is not the plain case."""
-        names = [plain_adapter(layer) for layer in self.layers]
-        if any(name is None for name in names):
+        names = [name for layer in self.layers if (name := plain_adapter(layer)) is not None]
+        if len(names) != len(self.layers):
             return None
-        outs = _adapted_outputs(self.layers, names, x, self.casts)  # type: ignore[arg-type]
+        outs = _adapted_outputs(self.layers, names, x, self.casts)
         self.ahead = {id(layer): (x, out) for layer, out in zip(self.layers[1:], outs[1:], strict=True)}
         return outs[0]
 
