@@ -24,6 +24,8 @@ class Settings:
     """Trainer processes per job (None: one per visible CUDA GPU, one on CPU); `training.processes` overrides."""
     max_request_bytes: int
     """Largest request body other than a file upload (chat, completions, job creation)."""
+    max_queued_generations: int
+    """Chat and completion requests that may wait for the serving engine; one more is refused with a 429."""
     allowed_hosts: tuple[str, ...]
     """Host names the server answers besides loopback (`api/guard.py`), e.g. a reverse proxy's."""
     allowed_origins: tuple[str, ...]
@@ -63,6 +65,7 @@ def settings() -> Settings:
         max_file_bytes=int(os.environ.get("TUNEHOUSE_MAX_FILE_BYTES", 512 * 1024 * 1024)),
         train_processes=int(os.environ.get("TUNEHOUSE_TRAIN_PROCESSES") or 0) or None,
         max_request_bytes=int(os.environ.get("TUNEHOUSE_MAX_REQUEST_BYTES", 8 * 1024 * 1024)),
+        max_queued_generations=int(os.environ.get("TUNEHOUSE_MAX_QUEUED_GENERATIONS", 64)),
         allowed_hosts=_entries("TUNEHOUSE_ALLOWED_HOSTS"),
         allowed_origins=_entries("TUNEHOUSE_ALLOWED_ORIGINS"),
         allowed_outbound=_entries("TUNEHOUSE_ALLOWED_OUTBOUND"),

@@ -85,6 +85,16 @@ class InsufficientStorage(TunehouseError):
     code = "insufficient_storage"
 
 
+class ServerBusy(TunehouseError):
+    """Too many generations are already waiting for the engine (429): nothing was done; retry later.
+
+    OpenAI's rate-limit envelope, so the SDK raises RateLimitError and retries with backoff."""
+
+    status_code = 429
+    error_type = "requests"
+    code = "rate_limit_exceeded"
+
+
 class UnprocessableEntity(TunehouseError):
     status_code = 422
     code = "unprocessable_entity"

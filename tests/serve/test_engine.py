@@ -1,8 +1,10 @@
 """The engine in-process on the tiny model: one resolution per request, token ids in, deletion that
-does not wait for a running generation, and a stream that stops when its reader goes away."""
+does not wait for a running generation, a stream that stops when its reader goes away, and the
+bounded line of requests in front of the generation thread."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_ID, make_home
-from tunehouse.errors import InvalidRequest, ModelLoadError, ModelNotFound
+from tunehouse.errors import InvalidRequest, ModelLoadError, ModelNotFound, ServerBusy
 from tunehouse.models import catalog
 from tunehouse.serve import engine as engine_module
 from tunehouse.serve.engine import Engine, Generation, SamplingParams
@@ -39,7 +41,7 @@ def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.fixture
 def engine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shipped_model_dir: Path, tiny_model_dir: Path, lora_dir: Path
-) -> Engine:
+) -> Iterator[Engine]:
     """A fresh engine over a home with the tiny model and a LoRA fine-tune of it registered."""
     monkeypatch.setenv("TUNEHOUSE_HOME", str(make_home(tmp_path / "home", shipped_model_dir)))
     catalog.register_base_model(TINY_ID, tiny_model_dir)
@@ -50,16 +52,19 @@ def engine(
     catalog.register_trained_model(
         FT_ID, kind="fine-tuned", path=adapter, base_model=TINY_ID, adapter=True, job_id="ftjob-test"
     )
-    return Engine()
+    monkeypatch.setenv("TUNEHOUSE_MAX_QUEUED_GENERATIONS", "2")
+    engine = Engine()
+    yield engine
+    engine.close()
 
 
 def record_generate(monkeypatch: pytest.MonkeyPatch, model: Any, hold: threading.Event | None = None) -> list[Any]:
-    """Spy on `model.generate`: records its input ids and output; waits for `hold` first when given."""
+    """Spy on `model.generate`: records its input ids, thread and output; waits for `hold` first when given."""
     calls: list[Any] = []
     real = model.generate
 
     def generate(**kwargs: Any) -> torch.Tensor:
-        calls.append({"input_ids": kwargs["input_ids"].tolist()})
+        calls.append({"input_ids": kwargs["input_ids"].tolist(), "thread": threading.current_thread().name})
         if hold is not None:
             hold.wait(timeout=60)
         output = real(**kwargs)
@@ -172,3 +177,98 @@ def test_closing_a_stream_stops_its_generation(engine: Engine, monkeypatch: pyte
     items.close()  # what the server does when the client disconnects
     engine.generate(handle, [1, 2, 3], GREEDY)  # waits for the engine, so the stream's generation has ended
     assert calls[0]["generated"] < 200  # of the 1,021 the context allowed
+
+
+LONG = SamplingParams(max_tokens=10**9, temperature=0)  # the rest of the context: ~1,000 tokens
+
+
+def wait_for(condition: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_requests_wait_in_a_bounded_line_for_the_generation_thread(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = engine.open(TINY_ID)
+    hold = threading.Event()
+    calls = record_generate(monkeypatch, handle.weights.model, hold)
+    running = engine.submit(handle, [[1, 2, 3]], GREEDY)
+    wait_for(lambda: calls)
+    waiting = [engine.submit(handle, [[4, 5]], GREEDY), engine.submit(handle, [[6], [7]], GREEDY)]
+    with pytest.raises(ServerBusy, match="busy") as refused:  # TUNEHOUSE_MAX_QUEUED_GENERATIONS=2
+        engine.submit(handle, [[8]], GREEDY)
+    assert refused.value.status_code == 429 and refused.value.code == "rate_limit_exceeded"
+
+    hold.set()
+    results = [work.future.result(timeout=60) for work in (running, *waiting)]
+    assert [len(r) for r in results] == [1, 1, 2]  # a request's choices run back to back
+    assert [c["input_ids"] for c in calls] == [[[1, 2, 3]], [[4, 5]], [[6]], [[7]]]  # in the order they came
+    assert {c["thread"] for c in calls} == {"tunehouse-generate"}  # never the caller's thread
+    assert engine.generate(handle, [8], GREEDY).completion_tokens == 4  # room again
+
+
+def test_a_request_given_up_while_it_waits_never_runs(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = engine.open(TINY_ID)
+    hold = threading.Event()
+    calls = record_generate(monkeypatch, handle.weights.model, hold)
+    running = engine.submit(handle, [[1, 2, 3]], GREEDY)
+    wait_for(lambda: calls)
+    abandoned = engine.submit(handle, [[4, 5]], GREEDY)
+    engine.cancel(abandoned)  # what the server does when a waiting client hangs up
+    assert abandoned.future.cancelled()
+    hold.set()
+    running.future.result(timeout=60)
+    engine.generate(handle, [6], GREEDY)
+    assert [c["input_ids"] for c in calls] == [[[1, 2, 3]], [[6]]]
+
+
+def test_cancelling_an_awaiting_task_stops_its_generation(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = engine.open(TINY_ID)
+    calls = record_generate(monkeypatch, handle.weights.model)
+
+    async def give_up() -> None:
+        task = asyncio.ensure_future(engine.generate_async(handle, [[1, 2, 3]], LONG))
+        while not calls:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        task.cancel()  # the client hung up, or the server stops
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(give_up())
+    engine.generate(handle, [1, 2, 3], GREEDY)  # waits for the engine, so the cancelled generation has ended
+    assert calls[0]["generated"] < 200  # of the 1,021 the context allowed
+
+
+def test_stream_async_hands_out_each_choice_s_deltas_then_its_generation(engine: Engine) -> None:
+    handle = engine.open(TINY_ID)
+    expected = engine.generate(handle, [1, 2, 3], GREEDY).text
+
+    async def collect() -> list[Any]:
+        return [event async for event in engine.stream_async(handle, [[1, 2, 3], [1, 2, 3]], GREEDY)]
+
+    events = asyncio.run(collect())
+    for index in (0, 1):
+        mine = [item for i, item in events if i == index]
+        assert isinstance(mine[-1], Generation) and mine[-1].text == expected
+        assert "".join(str(item) for item in mine[:-1]) == expected
+
+
+def test_close_stops_the_running_generation_and_drops_the_waiting(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handle = engine.open(TINY_ID)
+    calls = record_generate(monkeypatch, handle.weights.model)
+    running = engine.submit(handle, [[1, 2, 3]], LONG)
+    waiting = engine.submit(handle, [[4, 5]], LONG)
+    wait_for(lambda: calls)
+    started = time.monotonic()
+    engine.close()  # the server's lifespan ends
+    assert time.monotonic() - started < 5
+    assert waiting.future.cancelled() and len(calls) == 1
+    assert running.future.result(timeout=5)[0].completion_tokens < 200
+    with pytest.raises(ServerBusy, match="shutting down"):
+        engine.submit(handle, [[1]], GREEDY)

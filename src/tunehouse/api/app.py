@@ -26,7 +26,7 @@ from tunehouse.web import mount_dashboard
 
 def create_app(run_worker: bool = False) -> FastAPI:
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine()  # create the schema before the first request
         remove_stale_temporaries()
         stop = None
@@ -35,6 +35,9 @@ def create_app(run_worker: bool = False) -> FastAPI:
 
             thread, stop = start_worker_thread()
         yield
+        # uvicorn gave requests in flight their grace period and cancelled the rest; a generation still
+        # running ends at its next token, and nothing waiting starts.
+        app.state.engine.close()
         if stop is not None:
             stop.set()
             thread.join(timeout=10)

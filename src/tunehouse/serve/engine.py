@@ -7,21 +7,32 @@ generates from token ids, never from text it would have to tokenize again.
 Keeps one copy of each base model in memory. LoRA fine-tunes are adapters loaded onto that copy and
 switched per request (LRU-evicted past `MAX_ADAPTERS`), so serving many fine-tunes costs adapter
 memory, not a model each (PITFALLS 10). Full fine-tunes are separate models, few kept at once.
-Generation is serialized with a lock: on a CPU a second concurrent generation only slows both.
-Deleting a model never waits for that lock: the model is marked deleted at once, so no generation
-starts on it again, and its adapter leaves memory as soon as no generation runs.
+
+Requests wait in one bounded line. A request first resolves its model and tokenizes its prompt on
+the engine's preparation threads (`prepare`), then its generations run one request at a time on the
+engine's own generation thread (`submit`): on a CPU a second concurrent generation only slows both,
+and neither stage ever holds the threads that serve other routes. Past `max_queued` waiting requests
+(TUNEHOUSE_MAX_QUEUED_GENERATIONS) a new one is refused with ServerBusy (429). A caller that gives
+up (the client hung up) drops its request from the line, or stops its generation at the next token;
+`close` does that to every request when the server stops.
+
+Deleting a model never waits for a generation: the model is marked deleted at once, so no
+generation starts on it again, and its adapter leaves memory as soon as no generation runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import queue
 import threading
-from collections import OrderedDict
-from collections.abc import Iterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Callable, Iterator
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from functools import partial
+from typing import Any, ParamSpec, TypeVar
 
 import torch
 from transformers import (
@@ -33,7 +44,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from tunehouse.errors import InvalidRequest, ModelLoadError
+from tunehouse.config import settings
+from tunehouse.errors import InvalidRequest, ModelLoadError, ServerBusy
 from tunehouse.hardware import default_device
 from tunehouse.models.catalog import ModelInfo, base_of, delete_model, get_model, model_not_found, weights_dir
 from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
@@ -41,6 +53,9 @@ from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
 MAX_ADAPTERS = 16
 MAX_FULL_MODELS = 2
 DEFAULT_CONTEXT = 2048  # for a config that does not say its context length
+PREPARE_THREADS = 2  # requests resolving their model and tokenizing at once; the rest wait without a thread
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass
@@ -146,13 +161,15 @@ class _RejectBrokenLogits(LogitsProcessor):
 
 
 class _TextCollector:
-    """A minimal streamer: decodes the new tokens and hands out text deltas to a queue."""
+    """The streamer `generate()` drives: decodes the new tokens and emits text deltas, holding back
+    what may still turn out to be the start of a stop sequence."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, stops: list[str], emit: Callable[[str], None]) -> None:
         self.tokenizer = tokenizer
+        self.stops = stops
+        self.emit = emit
         self.token_ids: list[int] = []
-        self.queue: queue.Queue[str | None] = queue.Queue()
-        self._sent = 0
+        self._emitted = 0
         self._seen_prompt = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -163,11 +180,36 @@ class _TextCollector:
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
             return
-        self.queue.put(text[self._sent :])
-        self._sent = len(text)
+        visible, hit = cut_at_stop(text, self.stops)
+        self._send(visible, len(visible) if hit else safe_prefix_length(visible, self.stops))
 
     def end(self) -> None:
-        self.queue.put(None)
+        pass
+
+    def finish(self, final_text: str) -> None:
+        """Emit the rest of the final text: what was held back for a stop sequence that never came."""
+        self._send(final_text, len(final_text))
+
+    def _send(self, text: str, limit: int) -> None:
+        if limit > self._emitted:
+            self.emit(text[self._emitted : limit])
+            self._emitted = limit
+
+
+StreamEvent = tuple[int, "str | Generation"]
+"""(choice index, a text delta or that choice's final Generation), as a stream hands them out."""
+
+
+@dataclass(eq=False)  # compared by identity: a queue removes this very item
+class _Work:
+    """One request's generations, in line for the generation thread: its prompts run back to back."""
+
+    handle: ModelHandle
+    prompts: list[list[int]]  # one per choice
+    params: SamplingParams
+    sink: Callable[[StreamEvent | None], None] | None  # deltas and Generations as they come; None at the end
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    future: Future[list[Generation]] = field(default_factory=Future)
 
 
 def _adapter_name(model_id: str) -> str:
@@ -175,7 +217,8 @@ def _adapter_name(model_id: str) -> str:
 
 
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, max_queued: int | None = None) -> None:
+        self.max_queued = settings().max_queued_generations if max_queued is None else max_queued
         self._generating = threading.Lock()  # one generation at a time; adapters change only under it
         self._loading = threading.Lock()  # one model read from disk at a time, so none is read twice
         self._registry = threading.Lock()  # the three collections below; held for a lookup or an update only
@@ -183,6 +226,15 @@ class Engine:
         self._full: OrderedDict[str, LoadedModel] = OrderedDict()
         self._deleted: set[str] = set()
         self.device = default_device()
+        # The line of requests: preparing (model resolved, prompt tokenized) on a few threads of their own,
+        # then waiting for the one generation thread. Guarded by `_line_changed`.
+        self._line_changed = threading.Condition()
+        self._preparing = 0
+        self._waiting: deque[_Work] = deque()
+        self._running: _Work | None = None
+        self._closed = False
+        self._generator_thread: threading.Thread | None = None
+        self._preparers = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="tunehouse-prepare")
 
     # --- resolving a model id to weights in memory ---------------------------------------------------
     def open(self, model_id: str) -> ModelHandle:
@@ -288,10 +340,144 @@ class Engine:
         delete_model(model_id)
         self.forget(model_id)
 
-    # --- generation --------------------------------------------------------------------------------
+    # --- the line: preparation, then the generation thread -----------------------------------------
+    async def prepare(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(*args)` — resolving a model, rendering and tokenizing a prompt — on the engine's own
+        preparation threads, so a model that loads or a long prompt that tokenizes holds neither the
+        event loop nor the threads that serve other routes.
+
+        ServerBusy when `max_queued` requests already wait (preparing, or for the generation thread).
+        """
+        with self._line_changed:
+            self._check_room(self._preparing + len(self._waiting))
+            self._preparing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._preparers, partial(fn, *args, **kwargs))
+        finally:
+            with self._line_changed:
+                self._preparing -= 1
+
+    def submit(
+        self,
+        handle: ModelHandle,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        sink: Callable[[StreamEvent | None], None] | None = None,
+    ) -> _Work:
+        """Put one request's generations in line for the generation thread: `prompts` (one per choice)
+        run back to back, the first with `params.seed`, the next ones continuing its random state.
+
+        `sink`, when given, receives each choice's text deltas and its Generation on the generation
+        thread, then None. ServerBusy when `max_queued` generations already wait.
+        """
+        work = _Work(handle, prompts, params, sink)
+        with self._line_changed:
+            self._check_room(len(self._waiting))
+            self._waiting.append(work)
+            if self._generator_thread is None:
+                # A daemon: a generation never keeps a stopping server alive (close() also stops it).
+                self._generator_thread = threading.Thread(target=self._serve, name="tunehouse-generate", daemon=True)
+                self._generator_thread.start()
+            self._line_changed.notify()
+        return work
+
+    def _check_room(self, in_line: int) -> None:
+        """ServerBusy unless one more request may wait; under `_line_changed`."""
+        if self._closed:
+            raise ServerBusy("The server is shutting down; retry once it is back.")
+        if in_line >= self.max_queued:
+            raise ServerBusy(
+                f"The server is busy: {in_line} requests are already waiting for the model. Retry in a moment."
+            )
+
+    def cancel(self, work: _Work) -> None:
+        """Give up on `work`: if it still waits it never runs; if it runs it stops at its next token."""
+        work.cancelled.set()
+        with self._line_changed:
+            waiting = work in self._waiting
+            if waiting:
+                self._waiting.remove(work)
+        if waiting:
+            work.future.cancel()
+            self._emit(work, None)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop generating, for a server that stops: what waits is dropped, the running generation ends
+        at its next token, and nothing new is accepted."""
+        with self._line_changed:
+            self._closed = True
+            dropped, self._waiting = list(self._waiting), deque()
+            running = self._running
+            self._line_changed.notify_all()
+        for work in dropped:
+            work.cancelled.set()
+            work.future.cancel()
+            self._emit(work, None)
+        if running is not None:
+            running.cancelled.set()
+        self._preparers.shutdown(wait=False, cancel_futures=True)
+        if self._generator_thread is not None:
+            self._generator_thread.join(timeout)
+
+    def _serve(self) -> None:
+        """The generation thread: takes the line's requests in order, one at a time."""
+        while True:
+            with self._line_changed:
+                while not self._waiting and not self._closed:
+                    self._line_changed.wait()
+                if self._closed:
+                    return
+                work = self._running = self._waiting.popleft()
+            try:
+                if work.cancelled.is_set() or not work.future.set_running_or_notify_cancel():
+                    work.future.cancel()  # its caller gave up while it waited, or the engine closed: it never runs
+                    self._emit(work, None)
+                else:
+                    self._perform(work)
+            finally:
+                with self._line_changed:
+                    self._running = None
+
+    def _perform(self, work: _Work) -> None:
+        results: list[Generation] = []
+        try:
+            with self._exclusive():
+                for index, prompt_ids in enumerate(work.prompts):
+                    if work.cancelled.is_set():
+                        break
+                    params = work.params if index == 0 else replace(work.params, seed=None)
+                    collector = None
+                    if work.sink is not None:
+                        collector = _TextCollector(
+                            work.handle.tokenizer, params.stop, partial(self._emit_text, work, index)
+                        )
+                    result = self._run(work.handle, prompt_ids, params, collector, work.cancelled)
+                    if collector is not None:
+                        collector.finish(result.text)
+                    self._emit(work, (index, result))
+                    results.append(result)
+        except BaseException as exc:  # the caller raises it
+            work.future.set_exception(exc)
+        else:
+            work.future.set_result(results)
+        self._emit(work, None)
+
+    @classmethod
+    def _emit_text(cls, work: _Work, index: int, delta: str) -> None:
+        cls._emit(work, (index, delta))
+
+    @staticmethod
+    def _emit(work: _Work, event: StreamEvent | None) -> None:
+        if work.sink is None:
+            return
+        try:
+            work.sink(event)
+        except Exception:  # nobody can read on (the event loop is gone): stop at the next token
+            work.cancelled.set()
+
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
-        """Hold the engine for one generation, then unload what was deleted while it ran."""
+        """Hold the engine for one request's generations, then unload what was deleted while they ran."""
         with self._generating:
             try:
                 yield
@@ -343,46 +529,65 @@ class Engine:
         finish = "stop" if (hit_stop or ended_by_eos or len(new_tokens) < max_tokens) else "length"
         return Generation(text=text, finish_reason=finish, prompt_tokens=prompt_len, completion_tokens=len(new_tokens))
 
+    # --- generation: awaited on an event loop, or called from a thread ---------------------------------
+    async def generate_async(
+        self, handle: ModelHandle, prompts: list[list[int]], params: SamplingParams
+    ) -> list[Generation]:
+        """Each prompt's Generation (see `submit`), awaited without holding a thread. Cancelling the
+        awaiting task drops them if they still wait, or stops the running one at its next token."""
+        work = self.submit(handle, prompts, params)
+        try:
+            return await asyncio.wrap_future(work.future)
+        finally:
+            self.cancel(work)  # a no-op once they are done
+
+    async def stream_async(
+        self, handle: ModelHandle, prompts: list[list[int]], params: SamplingParams
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """Each prompt's text deltas (stop sequences withheld), then its Generation, in order, as the
+        generation thread makes them. Closing the iterator early (the client went away) drops the work
+        if it still waits, or stops it at its next token."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[StreamEvent | None] = asyncio.Queue()
+
+        def sink(event: StreamEvent | None) -> None:  # on the generation thread
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        work = self.submit(handle, prompts, params, sink=sink)
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            _outcome(work)
+        finally:
+            self.cancel(work)
+
     def generate(self, handle: ModelHandle, prompt_ids: list[int], params: SamplingParams) -> Generation:
-        """Continue `prompt_ids` (checked with `handle.check_prompt`); `max_tokens` is cut to the context."""
-        with self._exclusive():
-            return self._run(handle, prompt_ids, params, None, threading.Event())
+        """Continue `prompt_ids` (checked with `handle.check_prompt`); `max_tokens` is cut to the context.
+        Waits for its turn on the generation thread."""
+        work = self.submit(handle, [prompt_ids], params)
+        try:
+            return _outcome(work, wait=True)[0]
+        finally:
+            self.cancel(work)
 
     def stream(self, handle: ModelHandle, prompt_ids: list[int], params: SamplingParams) -> Iterator[str | Generation]:
         """Yields text deltas (stop sequences withheld), then the final Generation.
 
         Closing the iterator early (the client went away) stops the generation at its next token.
         """
-        cancelled = threading.Event()
-        collector = _TextCollector(handle.tokenizer)
-        outcome: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                with self._exclusive():
-                    outcome["result"] = self._run(handle, prompt_ids, params, collector, cancelled)
-            except BaseException as exc:  # surfaced to the consumer below
-                outcome["error"] = exc
-            finally:
-                collector.end()
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+        events: queue.Queue[StreamEvent | None] = queue.Queue()
+        work = self.submit(handle, [prompt_ids], params, sink=events.put)
         try:
-            text, emitted = "", 0
-            while (delta := collector.queue.get()) is not None:
-                text += delta
-                visible, hit = cut_at_stop(text, params.stop)
-                limit = len(visible) if hit else safe_prefix_length(visible, params.stop)
-                if limit > emitted:
-                    yield visible[emitted:limit]
-                    emitted = limit
-            thread.join()
-            if "error" in outcome:
-                raise outcome["error"]
-            final: Generation = outcome["result"]
-            if len(final.text) > emitted:
-                yield final.text[emitted:]
-            yield final
+            while (event := events.get()) is not None:
+                yield event[1]
+            _outcome(work)
         finally:
-            cancelled.set()  # the worker releases the engine at its next token, without anyone waiting
+            self.cancel(work)
+
+
+def _outcome(work: _Work, *, wait: bool = False) -> list[Generation]:
+    """`work`'s Generations, or what its generation raised; ServerBusy if the engine closed first."""
+    try:
+        return work.future.result(timeout=None if wait else 0)
+    except CancelledError:
+        raise ServerBusy("The server is shutting down; retry once it is back.") from None

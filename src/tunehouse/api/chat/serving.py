@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from tunehouse.api.chat.protocol import (
@@ -15,7 +15,8 @@ from tunehouse.api.chat.protocol import (
     ResponseMessage,
     Usage,
 )
-from tunehouse.api.sampling import response_header, sampling_params, started
+from tunehouse.api.sampling import response_header, sampling_params
+from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
 from tunehouse.models.template import render_chat_prompt
 from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams
@@ -55,42 +56,39 @@ def _prepare(engine: Engine, request: ChatCompletionRequest) -> tuple[ModelHandl
     return handle, prompt_ids, params
 
 
-def create_chat_completion(engine: Engine, request: ChatCompletionRequest) -> dict[str, Any]:
-    handle, prompt_ids, params = _prepare(engine, request)
-    choices, usage = [], Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
-    for index in range(request.n):
-        result = engine.generate(handle, prompt_ids, params)
-        if index == 0 and params.seed is not None:
-            params.seed = None  # later choices continue the seeded RNG, so they differ but reproduce
-        choices.append(
-            Choice(index=index, message=ResponseMessage(content=result.text), finish_reason=result.finish_reason)
-        )
-        usage.prompt_tokens = result.prompt_tokens
-        usage.completion_tokens += result.completion_tokens
-    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
-    return ChatCompletion(
-        **response_header("chatcmpl-", request.model),
-        choices=choices,
-        usage=usage,
-    ).model_dump()
+async def create_chat_completion(engine: Engine, request: ChatCompletionRequest) -> dict[str, Any]:
+    handle, prompt_ids, params = await engine.prepare(_prepare, engine, request)
+    results = await engine.generate_async(handle, [prompt_ids] * request.n, params)
+    choices = [
+        Choice(index=index, message=ResponseMessage(content=result.text), finish_reason=result.finish_reason)
+        for index, result in enumerate(results)
+    ]
+    completion_tokens = sum(result.completion_tokens for result in results)
+    usage = Usage(
+        prompt_tokens=len(prompt_ids),
+        completion_tokens=completion_tokens,
+        total_tokens=len(prompt_ids) + completion_tokens,
+    )
+    return ChatCompletion(**response_header("chatcmpl-", request.model), choices=choices, usage=usage).model_dump()
 
 
-def stream_chat_completion(engine: Engine, request: ChatCompletionRequest) -> Iterator[dict[str, Any]]:
+async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
     """Chunks: a role delta, content deltas, a finish chunk per choice, then usage if asked."""
-    handle, prompt_ids, params = _prepare(engine, request)
-    first = started(engine.stream(handle, prompt_ids, params))
+    handle, prompt_ids, params = await engine.prepare(_prepare, engine, request)
+    events = await first_taken(engine.stream_async(handle, [prompt_ids] * request.n, params))
     base = response_header("chatcmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
-    def generate() -> Iterator[dict[str, Any]]:
-        prompt_tokens, completion_tokens = 0, 0
-        for index in range(request.n):
-            yield ChatCompletionChunk(
-                **base, choices=[ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]
-            ).to_wire()
-            for item in first if index == 0 else engine.stream(handle, prompt_ids, params):
+    async def generate() -> AsyncGenerator[dict[str, Any], None]:
+        completion_tokens, started = 0, -1
+        try:
+            async for index, item in events:
+                if index > started:  # a choice's first chunk says who speaks
+                    started = index
+                    yield ChatCompletionChunk(
+                        **base, choices=[ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]
+                    ).to_wire()
                 if isinstance(item, Generation):
-                    prompt_tokens = item.prompt_tokens
                     completion_tokens += item.completion_tokens
                     yield ChatCompletionChunk(
                         **base, choices=[ChunkChoice(index=index, delta=Delta(), finish_reason=item.finish_reason)]
@@ -99,12 +97,13 @@ def stream_chat_completion(engine: Engine, request: ChatCompletionRequest) -> It
                     yield ChatCompletionChunk(
                         **base, choices=[ChunkChoice(index=index, delta=Delta(content=item))]
                     ).to_wire()
-            params.seed = None
+        finally:
+            await events.aclose()  # a client that hung up stops the generation
         if include_usage:
             usage = Usage(
-                prompt_tokens=prompt_tokens,
+                prompt_tokens=len(prompt_ids),
                 completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
+                total_tokens=len(prompt_ids) + completion_tokens,
             )
             yield ChatCompletionChunk(**base, choices=[], usage=usage).to_wire()
 

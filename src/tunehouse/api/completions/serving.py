@@ -5,13 +5,14 @@ A prompt given as token ids reaches the engine as those ids, untouched; `echo` r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from tunehouse.api.chat.protocol import Usage
 from tunehouse.api.completions.protocol import Completion, CompletionChoice, CompletionRequest
-from tunehouse.api.sampling import response_header, sampling_params, started
+from tunehouse.api.sampling import response_header, sampling_params
+from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
 from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams
 
@@ -53,32 +54,30 @@ def _prepare(engine: Engine, request: CompletionRequest) -> tuple[ModelHandle, l
     return handle, _prompts(handle, request.prompt), params
 
 
-def create_completion(engine: Engine, request: CompletionRequest) -> dict[str, Any]:
-    handle, prompts, params = _prepare(engine, request)
-    choices, prompt_tokens, completion_tokens = [], 0, 0
-    for p_index, prompt in enumerate(prompts):
-        for k in range(request.n):
-            result = engine.generate(handle, prompt.token_ids, params)
-            params.seed = None
-            text = prompt.text + result.text if request.echo else result.text
-            choices.append(
-                CompletionChoice(index=p_index * request.n + k, text=text, finish_reason=result.finish_reason)
-            )
-            completion_tokens += result.completion_tokens
-        prompt_tokens += len(prompt.token_ids)
+def _choice_prompts(prompts: list[_Prompt], n: int) -> list[list[int]]:
+    """The token ids of each choice, in choice order: each prompt `n` times."""
+    return [prompt.token_ids for prompt in prompts for _ in range(n)]
+
+
+async def create_completion(engine: Engine, request: CompletionRequest) -> dict[str, Any]:
+    handle, prompts, params = await engine.prepare(_prepare, engine, request)
+    results = await engine.generate_async(handle, _choice_prompts(prompts, request.n), params)
+    choices = []
+    for index, result in enumerate(results):
+        prompt = prompts[index // request.n]
+        text = prompt.text + result.text if request.echo else result.text
+        choices.append(CompletionChoice(index=index, text=text, finish_reason=result.finish_reason))
+    prompt_tokens = sum(len(prompt.token_ids) for prompt in prompts)
+    completion_tokens = sum(result.completion_tokens for result in results)
     usage = Usage(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
     )
-    return Completion(
-        **response_header("cmpl-", request.model),
-        choices=choices,
-        usage=usage,
-    ).model_dump()
+    return Completion(**response_header("cmpl-", request.model), choices=choices, usage=usage).model_dump()
 
 
-def stream_completion(engine: Engine, request: CompletionRequest) -> Iterator[dict[str, Any]]:
-    handle, prompts, params = _prepare(engine, request)
-    first = started(engine.stream(handle, prompts[0].token_ids, params))
+async def stream_completion(engine: Engine, request: CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+    handle, prompts, params = await engine.prepare(_prepare, engine, request)
+    events = await first_taken(engine.stream_async(handle, _choice_prompts(prompts, request.n), params))
     base = response_header("cmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
@@ -87,23 +86,22 @@ def stream_completion(engine: Engine, request: CompletionRequest) -> Iterator[di
             exclude={"usage"}
         )
 
-    def generate() -> Iterator[dict[str, Any]]:
-        prompt_tokens, completion_tokens = 0, 0
-        for p_index, prompt in enumerate(prompts):
-            for k in range(request.n):
-                index = p_index * request.n + k
-                if request.echo:
-                    yield chunk(index, prompt.text, None)
-                items = first if index == 0 else engine.stream(handle, prompt.token_ids, params)
-                for item in items:
-                    if isinstance(item, Generation):
-                        completion_tokens += item.completion_tokens
-                        yield chunk(index, "", item.finish_reason)
-                    elif item:
-                        yield chunk(index, item, None)
-                params.seed = None
-            prompt_tokens += len(prompt.token_ids)
+    async def generate() -> AsyncGenerator[dict[str, Any], None]:
+        completion_tokens, started = 0, -1
+        try:
+            async for index, item in events:
+                if index > started and request.echo:  # a choice's first chunk echoes its prompt
+                    yield chunk(index, prompts[index // request.n].text, None)
+                started = index
+                if isinstance(item, Generation):
+                    completion_tokens += item.completion_tokens
+                    yield chunk(index, "", item.finish_reason)
+                elif item:
+                    yield chunk(index, item, None)
+        finally:
+            await events.aclose()  # a client that hung up stops the generation
         if include_usage:
+            prompt_tokens = sum(len(prompt.token_ids) for prompt in prompts)
             usage = Usage(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,

@@ -3,10 +3,11 @@ streamed as server-sent events until the job ends when `stream=true` (what `fine
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
@@ -17,6 +18,9 @@ from tunehouse.jobs import records, service
 
 router = APIRouter()
 POLL_SECONDS = 0.5
+# Threads the followers may borrow at once to read the store: however many follow, the threads that
+# serve other routes stay free.
+FOLLOWER_READS = CapacityLimiter(2)
 
 
 @router.post("/fine-tunes")
@@ -68,21 +72,32 @@ def delete_fine_tune(job_id: str, request: Request) -> dict[str, Any]:
     return {"id": job.fine_tuned_model, "object": "model", "deleted": True}
 
 
-def _follow(job_id: str) -> Iterator[dict[str, Any]]:
+def _read_events(job_id: str, seq: int) -> tuple[bool, int, list[dict[str, Any]]]:
+    """Whether the job had ended, then its events after `seq` (read after, so none is missed) and the
+    last one's number."""
+    finished = records.get_job(job_id).status in records.TERMINAL_STATES
+    events = records.events_after(job_id, seq)
+    return finished, events[-1].seq if events else seq, [legacy_event(event) for event in events]
+
+
+async def _follow(job_id: str, request: Request) -> AsyncIterator[dict[str, Any] | None]:
+    """The job's events as they are written, until it ends or the client hangs up; None while there is
+    nothing new (the stream's chance to send a keep-alive). The follower sleeps on the event loop and
+    borrows a thread only to read the store."""
     seq = 0
-    while True:
-        finished = records.get_job(job_id).status in records.TERMINAL_STATES
-        for event in records.events_after(job_id, seq):
-            seq = event.seq
-            yield legacy_event(event)
+    while not await request.is_disconnected():
+        finished, seq, events = await to_thread.run_sync(_read_events, job_id, seq, limiter=FOLLOWER_READS)
+        for event in events:
+            yield event
         if finished:
             return
-        time.sleep(POLL_SECONDS)
+        yield None
+        await asyncio.sleep(POLL_SECONDS)
 
 
 @router.get("/fine-tunes/{job_id}/events", response_model=None)
-def fine_tune_events(job_id: str, stream: bool = False) -> dict[str, Any] | StreamingResponse:
+def fine_tune_events(job_id: str, request: Request, stream: bool = False) -> dict[str, Any] | StreamingResponse:
     records.get_job(job_id)
     if stream:
-        return StreamingResponse(sse_stream(_follow(job_id)), media_type="text/event-stream")
+        return StreamingResponse(sse_stream(_follow(job_id, request)), media_type="text/event-stream")
     return {"object": "list", "data": [legacy_event(e) for e in records.all_events(job_id)]}
