@@ -10,7 +10,8 @@ from tunehouse.config import settings
 from tunehouse.errors import AuthenticationFailed
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
+    """Checked on the event loop: a sync dependency would take a worker thread for every request."""
     expected = settings().api_key
     if not expected:
         return

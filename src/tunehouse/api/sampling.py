@@ -3,10 +3,8 @@ SamplingParams, the response header, and starting a stream before the response d
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -15,7 +13,6 @@ from tunehouse.ids import new_id
 from tunehouse.serve.engine import SamplingParams
 
 FINGERPRINT = "fp_tunehouse"
-T = TypeVar("T")
 
 
 class SamplingRequest(BaseModel):
@@ -59,10 +56,3 @@ def sampling_params(
         stop=stop_list(stop),
         seed=seed,
     )
-
-
-def started(items: Iterator[T]) -> Iterator[T]:
-    """`items` with its first item already taken, so that a failure before the first token (a deleted
-    model, broken weights) raises while the response can still answer with its error status."""
-    first = next(items)
-    return itertools.chain([first], items)

@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from tunehouse.api.files.protocol import FileDeleted, FileObject
@@ -60,7 +61,8 @@ async def create_file(request: Request) -> dict[str, Any]:
                 "JSONL (.jsonl), one example per line.",
                 param="file",
             )
-        row = files.create_file(upload.filename or "upload", purpose, _chunks(upload), expires)
+        # the copy into the blob store reads and writes the whole file: off the event loop
+        row = await run_in_threadpool(files.create_file, upload.filename or "upload", purpose, _chunks(upload), expires)
     finally:
         await form.close()
     return FileObject.from_row(row).to_wire()
