@@ -145,3 +145,15 @@ def test_a_model_whose_weights_do_not_load_is_a_400(server: Server, client: Open
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model=broken, messages=[{"role": "user", "content": "hi"}], stream=stream)
         assert err.value.code == "model_load_error" and err.value.param == "model"
+
+
+def test_a_tiny_temperature_is_greedy_not_a_500(client: OpenAI) -> None:
+    # 5e-324 is a valid temperature by OpenAI's schema; dividing logits by it overflowed them.
+    for temperature in (5e-324, 1e-40):
+        reply = client.chat.completions.create(
+            model=TINY_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=temperature
+        )
+        greedy = client.chat.completions.create(
+            model=TINY_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0
+        )
+        assert reply.choices[0].message.content == greedy.choices[0].message.content

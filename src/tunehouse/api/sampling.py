@@ -41,6 +41,10 @@ def stop_list(stop: str | list[str] | None) -> list[str]:
     return [s for s in stops if s]
 
 
+GREEDY_BELOW = 1e-4
+"""A temperature below this samples the most likely token anyway; it is run as greedy decoding."""
+
+
 def sampling_params(
     *,
     max_tokens: int,
@@ -49,6 +53,8 @@ def sampling_params(
     stop: str | list[str] | None,
     seed: int | None,
 ) -> SamplingParams:
+    if temperature is not None and temperature < GREEDY_BELOW:
+        temperature = 0.0  # dividing logits by a tiny temperature overflows them: it is greedy anyway
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=1.0 if temperature is None else temperature,
