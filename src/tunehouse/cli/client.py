@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Annotated, Any, NoReturn
 
 import openai
@@ -24,6 +25,8 @@ from tunehouse.errors import TunehouseError
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
 NO_KEY = "sk-no-key-given"
+_KEY_GIVEN: ContextVar[bool] = ContextVar("tunehouse_cli_key_given", default=True)
+"""Whether the command's client was given a key, for the message of a 401."""
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -46,6 +49,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 
 def make_client(base_url: str, api_key: str | None) -> OpenAI:
     # The SDK insists on a key; a server without auth accepts any.
+    _KEY_GIVEN.set(bool(api_key))
     return OpenAI(base_url=base_url, api_key=api_key or NO_KEY, max_retries=2)
 
 
@@ -76,7 +80,7 @@ def api_errors() -> Iterator[None]:
         where = f"{url.scheme}://{url.netloc.decode()}" if url is not None else "the server"
         fail(f"Cannot reach {where} ({exc.__cause__ or exc.message}). Is `tunehouse serve` running? See --base-url.")
     except openai.AuthenticationError as exc:
-        if exc.request.headers.get("authorization") == f"Bearer {NO_KEY}":
+        if not _KEY_GIVEN.get():  # openai 3.x keeps no Authorization header on the failed request
             fail("The server requires an API key: pass --api-key or set TUNEHOUSE_API_KEY.")
         fail(error_message(exc))
     except openai.APIError as exc:
