@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -370,14 +369,9 @@ def sigterm(server: Server) -> dict[str, object]:
 
 
 def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return f"{os.cpu_count()} cores, {model}, {psutil.virtual_memory().total / 2**30:.0f} GB"
+    from tunehouse.bench.train import device_name  # the training bench's name for this machine
+
+    return f"{device_name()}, {psutil.virtual_memory().total / 2**30:.0f} GB"
 
 
 def main() -> None:
