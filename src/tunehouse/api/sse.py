@@ -12,10 +12,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
 
 from tunehouse.errors import TunehouseError
 
@@ -93,3 +94,20 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
     if task.done() and not task.cancelled():
         return task.result()
     return None
+
+
+async def generation_response(
+    request: Request,
+    stream: bool,
+    chunks: Callable[[], Awaitable[AsyncIterator[dict[str, Any]]]],
+    reply: Callable[[], Awaitable[dict[str, Any]]],
+) -> dict[str, Any] | Response:
+    """A generation route's answer once its turn comes: the stream of `chunks()` as server-sent
+    events, or `reply()`; CLIENT_GONE if the client hung up while it waited."""
+    if stream:
+        streamed = await unless_disconnected(request, chunks())
+        if streamed is None:
+            return Response(status_code=CLIENT_GONE)
+        return StreamingResponse(sse_stream(streamed), media_type="text/event-stream")
+    answer = await unless_disconnected(request, reply())
+    return Response(status_code=CLIENT_GONE) if answer is None else answer
