@@ -135,7 +135,7 @@ def test_playground_shows_base_and_fine_tuned_answers_side_by_side(
     assert done.status == "succeeded", done.error
 
     page.goto(f"{origin(web_server)}/#/playground?model={done.fine_tuned_model}")
-    page.wait_for_function(f"document.querySelector('#model-b').value === {done.fine_tuned_model!r}")
+    page.wait_for_function(f"document.querySelector('#model-b')?.value === {done.fine_tuned_model!r}")
     assert page.input_value("#model-a") == TINY_ID  # its base, for the before/after comparison
     page.fill("#prompt", "What is the colour of item 4?")
     page.fill("#max-tokens", "6")
@@ -172,7 +172,7 @@ def test_the_page_asks_for_the_key_the_server_requires(browser: Browser, web_ser
         page.wait_for_selector("#key-dialog[open]")
         page.fill("#key-input", "sk-wrong-key-0000")
         page.click("#key-save")
-        page.wait_for_function("document.querySelector('#key-reason').textContent.includes('Incorrect API key')")
+        page.wait_for_function("document.querySelector('#key-reason')?.textContent.includes('Incorrect API key')")
         page.fill("#key-input", API_KEY)
         page.click("#key-save")
         page.wait_for_selector("h1:has-text('Fine-tuning jobs')")
