@@ -29,12 +29,8 @@ demo: install
 	$(BIN)/python examples/demo.py
 
 # ruff (lint and format), mypy, and import-linter's layering contracts (pyproject.toml).
-# ruff (lint and format), mypy, and import-linter's layering contracts (pyproject.toml).
 lint: install
 	$(BIN)/ruff check src tests examples bench
-	$(BIN)/ruff format --check src tests examples bench
-	$(BIN)/mypy
-	$(BIN)/lint-imports
 	$(BIN)/ruff format --check src tests examples bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
