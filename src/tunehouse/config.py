@@ -32,8 +32,21 @@ class Settings:
     """Web origins (`https://app.example.com`) that may send state-changing requests (`api/guard.py`)."""
     allowed_outbound: tuple[str, ...]
     """Hosts and networks a job's integrations may send data to (`jobs/integrations.py`); none by default."""
+    model_aliases: tuple[str, ...]
+    """`NAME=TARGET` model aliases for this server (`models/aliases.py`); the store's aliases win over them."""
     kernels_dir: Path
     """Compiled CPU kernels (`train/speed/kernels.py`): built for this machine, shared by every home."""
+    grader_base_url: str | None
+    """An OpenAI-compatible endpoint (`https://host/v1`) for model graders whose model this server does not
+    serve, and for the `cosine` text-similarity grader's embeddings (`eval/graders/`)."""
+    grader_api_key: str | None
+    """The key sent to `grader_base_url`."""
+    grader_embedding_model: str | None
+    """The model `grader_base_url` embeds with for `cosine` text similarity; without it `cosine` is refused."""
+    python_grader_timeout_s: float
+    """Wall-clock seconds a `python` grader may run for one item before it is stopped."""
+    python_grader_memory_mb: int
+    """Address space a `python` grader's process may use, in MiB, before its allocations fail."""
 
     @property
     def blobs_dir(self) -> Path:
@@ -69,7 +82,13 @@ def settings() -> Settings:
         allowed_hosts=_entries("TUNEHOUSE_ALLOWED_HOSTS"),
         allowed_origins=_entries("TUNEHOUSE_ALLOWED_ORIGINS"),
         allowed_outbound=_entries("TUNEHOUSE_ALLOWED_OUTBOUND"),
+        model_aliases=_entries("TUNEHOUSE_MODEL_ALIASES"),
         kernels_dir=Path(
             os.environ.get("TUNEHOUSE_KERNELS_DIR", Path.home() / ".cache" / "tunehouse" / "kernels")
         ).expanduser(),
+        grader_base_url=os.environ.get("TUNEHOUSE_GRADER_BASE_URL") or None,
+        grader_api_key=os.environ.get("TUNEHOUSE_GRADER_API_KEY") or None,
+        grader_embedding_model=os.environ.get("TUNEHOUSE_GRADER_EMBEDDING_MODEL") or None,
+        python_grader_timeout_s=float(os.environ.get("TUNEHOUSE_PYTHON_GRADER_TIMEOUT_S", 30)),
+        python_grader_memory_mb=int(os.environ.get("TUNEHOUSE_PYTHON_GRADER_MEMORY_MB", 1024)),
     )
