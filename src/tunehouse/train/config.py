@@ -74,6 +74,9 @@ class SFTConfig:
     (`training.bf16`)."""
     eval_interval: int | None = None
     """Steps between validation-batch evaluations; None picks about 20 per run."""
+    classification_classes: list[str] | None = None
+    """Class labels to score the validation set on at the end of every epoch (`train/classify.py`);
+    None scores nothing. The job sets them when it asks for classification metrics."""
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)

@@ -36,6 +36,7 @@ from tunehouse.hardware import bf16_supported
 from tunehouse.models.template import EncodedExample
 from tunehouse.train import speed
 from tunehouse.train.batching import collate, epoch_batches, pack_examples, packed_inputs, token_budget_micro_batches
+from tunehouse.train.classify import SCORES_KEY, ValidationClassifier
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import ForwardPass, SingleProcess, causal_lm, from_environment
 from tunehouse.train.loss import ChunkBuffers, LossSums
@@ -220,6 +221,13 @@ class Trainer:
             self.pad_id = self.tokenizer.eos_token_id or 0
         self.train = self.encode(train_examples)
         self.valid = self.encode(valid_examples or [])
+        self.classifier = (
+            ValidationClassifier(
+                self.tokenizer, config.classification_classes, valid_examples, config.max_length, self.reporter
+            )
+            if config.classification_classes and valid_examples
+            else None
+        )
         self.lengths = [method.length(e) for e in self.train]
         self._setup_speed()
         self.forward = self.processes.prepare(ForwardPass(self.model, self.decoder is not None), self.shard_weights)
@@ -398,7 +406,7 @@ class Trainer:
                 step = epoch * self.steps_per_epoch + position + 1
                 if step <= state["step"]:  # done before the run was interrupted
                     continue
-                metrics = self.train_step(indices)
+                metrics = {**self.train_step(indices)}  # the epoch's end adds the class scores
                 state["step"] = step
                 state["processed_tokens"] += sum(self.lengths[i] for i in indices)
                 state["loss_tokens"] += self.step_loss_tokens(indices)
@@ -409,6 +417,8 @@ class Trainer:
                     metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = self.evaluate(batch)
                 if step % self.steps_per_epoch == 0 and self.valid:
                     metrics["full_valid_loss"], metrics["full_valid_mean_token_accuracy"] = self.evaluate(self.valid)
+                    if self.classifier is not None:
+                        metrics[SCORES_KEY] = self.classifier.score(self)
                 state["history"].append({"step": step, **metrics})
                 self.reporter.metrics(step, self.total_steps, metrics)
                 state["elapsed"] = time.perf_counter() - started
