@@ -16,6 +16,7 @@ from tunehouse.api.errors import install_error_handlers
 from tunehouse.api.files.router import router as files_router
 from tunehouse.api.fine_tunes.router import router as fine_tunes_router
 from tunehouse.api.fine_tuning.router import router as fine_tuning_router
+from tunehouse.api.graders.router import router as graders_router
 from tunehouse.api.guard import RequestGuard
 from tunehouse.api.models.router import router as models_router
 from tunehouse.serve.engine import Engine
@@ -50,6 +51,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for router in (files_router, fine_tuning_router, fine_tunes_router, models_router, chat_router, completions_router):
         v1.include_router(router)
+    v1.include_router(graders_router)
     app.include_router(v1)
 
     @app.get("/health", include_in_schema=False)

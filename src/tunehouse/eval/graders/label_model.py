@@ -3,7 +3,8 @@ when that label is one of `passing_labels` (score 1, else 0).
 
 The reply is read as OpenAI's structured output (`{"result": "positive"}`), a bare label (case,
 quotes and a final full stop aside), or, for a model that adds words, the label it names first.
-A reply that names no label is the item's `model_grader_parse_error`.
+A reply that names no label is the item's `model_grader_parse_error`. `sampling_params`, as
+score_model has them, is tunehouse's addition (to bound a local model's reply, say).
 """
 
 from __future__ import annotations
@@ -15,14 +16,20 @@ from typing import Any
 from tunehouse.errors import InvalidRequest
 from tunehouse.eval.graders.core import GradeFailed, GradeResult, ModelCaller, Sample
 from tunehouse.eval.graders.fields import check_keys, require_str, require_str_list
-from tunehouse.eval.graders.model_input import ask, render_messages, validate_messages
+from tunehouse.eval.graders.model_input import ask, render_messages, validate_messages, validate_sampling
 
 
 def validate(grader: dict[str, Any], param: str) -> dict[str, Any]:
-    check_keys(grader, param, required=("type", "name", "input", "model", "labels", "passing_labels"))
+    check_keys(
+        grader,
+        param,
+        required=("type", "name", "input", "model", "labels", "passing_labels"),
+        optional=("sampling_params",),  # tunehouse's: OpenAI's label_model samples as it sees fit
+    )
     require_str(grader, "name", param)
     require_str(grader, "model", param)
     validate_messages(grader, param)
+    validate_sampling(grader, param)
     labels = require_str_list(grader, "labels", param)
     for index, label in enumerate(require_str_list(grader, "passing_labels", param)):
         if label not in labels:

@@ -4,8 +4,8 @@ Run as `python -I python_sandbox.py INPUT RESULT MEMORY_BYTES CPU_SECONDS` in an
 an empty environment; it imports nothing of tunehouse. Before the grader's code runs it sets its
 address-space, CPU-time and file-size limits, leaves the network (a new user and network namespace,
 where the kernel allows one: no interface but a loopback that is down), and, whether or not that
-worked, replaces the `socket` module's constructors with one that refuses, so no socket of any
-family (Unix sockets included, which a namespace does not cut) is made through Python's own API.
+worked, makes every socket Python's own API would create refuse to be made, whatever its family
+(Unix sockets included, which a namespace does not cut); modules that subclass socket still import.
 The result (`{"score": x}` or `{"error": traceback}`) goes to RESULT as JSON; stdout and stderr are
 the grader's own.
 """
@@ -40,16 +40,19 @@ def _leave_network() -> str:
         isolated = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
     except (OSError, AttributeError):
         isolated = False
+    import _socket
     import socket
 
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError("network access is disabled in python graders")
 
-    for name in ("socket", "socketpair", "create_connection", "create_server", "fromfd", "getaddrinfo"):
-        setattr(socket, name, refused)
-    import _socket
+    class RefusedSocket(_socket.socket):  # still a class, so modules that subclass it (ssl) import
+        __init__ = refused
 
-    _socket.socket = refused  # type: ignore[misc,assignment]  # the C type, replaced so socket.socket's base refuses too
+    socket.socket.__init__ = refused  # type: ignore[method-assign]  # every socket, SSLSocket and socketpair's too
+    _socket.socket = RefusedSocket  # type: ignore[misc]  # the C type, for code that reaches past socket.py
+    for name in ("getaddrinfo", "gethostbyname", "gethostbyname_ex", "create_connection"):
+        setattr(socket, name, refused)
     return "namespace" if isolated else "python"
 
 
