@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tunehouse.errors import InvalidRequest
 from tunehouse.eval.graders import GradeResult, ModelReply, Sample, grade, render, validate_grader
@@ -454,3 +456,57 @@ def test_validation_fills_in_defaults() -> None:
     assert validate_grader(grader)["range"] == [0.0, 1.0]
     listed = validate_grader({**MULTI, "graders": list(MULTI["graders"].values())})
     assert set(listed["graders"]) == {"exact", "similar"}
+
+
+# --- anything a client sends is a grader or a 400, never another exception ------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+FIELDS = {
+    "name": st.text(max_size=6),
+    "input": st.sampled_from(["{{sample.output_text}}", "{{item.x}}", "{{", "{{a..b}}", "{{item[0}}"])
+    | JSON
+    | st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "tool"]), "content": JSON}), max_size=2),
+    "reference": st.sampled_from(["{{item.label}}", "plain"]) | JSON,
+    "operation": st.sampled_from(["eq", "ilike", "glob"]) | JSON,
+    "evaluation_metric": st.sampled_from(["bleu", "rouge_l", "rouge_9", "cosine"]) | JSON,
+    "model": st.just("m") | JSON,
+    "labels": st.lists(st.text(max_size=4), max_size=3) | JSON,
+    "passing_labels": st.lists(st.text(max_size=4), max_size=3) | JSON,
+    "range": st.lists(st.floats(allow_nan=True) | st.integers(), max_size=3) | JSON,
+    "sampling_params": st.dictionaries(st.sampled_from(["seed", "top_p", "temperature", "x"]), JSON) | JSON,
+    "source": st.sampled_from(["def grade(s, i):\n    return 1", "grade = 1", "def (", "x = 1"]) | JSON,
+    "graders": st.dictionaries(st.sampled_from(["a", "b c", "1x"]), JSON, max_size=2) | JSON,
+    "calculate_output": st.sampled_from(["a + 1", "a / 0", "b(", "max()", "a ** a"]) | JSON,
+}
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(["string_check", "text_similarity", "score_model", "label_model", "python", "multi", "x"]),
+    fields=st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), max_size=len(FIELDS)),
+    data=st.data(),
+)
+def test_any_object_is_a_grader_or_a_400(kind: str, fields: dict[str, None], data: st.DataObject) -> None:
+    grader: dict[str, Any] = {"type": kind, **{key: data.draw(FIELDS[key], label=key) for key in fields}}
+    try:
+        validate_grader(grader)
+    except InvalidRequest as error:
+        assert error.param is not None and error.param.startswith("grader")
+
+
+@pytest.mark.parametrize(
+    ("sampling", "param"),
+    [
+        ({"temperature": 3}, "grader.sampling_params.temperature"),
+        ({"top_p": float("nan")}, "grader.sampling_params.top_p"),
+        ({"seed": 1.5}, "grader.sampling_params.seed"),
+        ({"max_completions_tokens": 0}, "grader.sampling_params.max_completions_tokens"),
+        ({"stop": ["x"]}, "grader.sampling_params.stop"),
+    ],
+)
+def test_sampling_params_out_of_bounds_are_refused(sampling: dict[str, Any], param: str) -> None:
+    assert refused({**SCORE_GRADER, "sampling_params": sampling}).param == param

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,12 +55,16 @@ def require_str_list(obj: dict[str, Any], key: str, param: str) -> list[str]:
     return list(value)
 
 
-def optional_number(obj: dict[str, Any], key: str, param: str, *, minimum: float | None = None) -> float | None:
+def optional_number(
+    obj: dict[str, Any], key: str, param: str, *, minimum: float | None = None, maximum: float | None = None
+) -> float | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"{param}.{key} must be a number, got {type(value).__name__}.", param=f"{param}.{key}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"{param}.{key} must be a finite number, got {value!r}.", param=f"{param}.{key}")
     if minimum is not None and value < minimum:
         raise InvalidRequest(f"{param}.{key} must be at least {minimum}, got {value}.", param=f"{param}.{key}")
+    if maximum is not None and value > maximum:
+        raise InvalidRequest(f"{param}.{key} must be at most {maximum}, got {value}.", param=f"{param}.{key}")
     return float(value)

@@ -64,13 +64,13 @@ def validate_sampling(grader: dict[str, Any], param: str) -> None:
         required=(),
         optional=("seed", "top_p", "temperature", "max_completions_tokens", "reasoning_effort"),
     )
-    optional_number(sampling, "temperature", where, minimum=0)
-    optional_number(sampling, "top_p", where, minimum=0)
+    optional_number(sampling, "temperature", where, minimum=0, maximum=2)  # OpenAI's bounds
+    optional_number(sampling, "top_p", where, minimum=0, maximum=1)
     for key in ("seed", "max_completions_tokens"):
         value = sampling.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidRequest(f"{where}.{key} must be an integer.", param=f"{where}.{key}")
-    if (sampling.get("max_completions_tokens") or 1) < 1:
+    if sampling.get("max_completions_tokens") is not None and sampling["max_completions_tokens"] < 1:
         raise InvalidRequest(
             f"{where}.max_completions_tokens must be at least 1.", param=f"{where}.max_completions_tokens"
         )

@@ -8,6 +8,7 @@ the item's `model_grader_parse_error`. Passes at `pass_threshold`, or the top of
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -30,10 +31,10 @@ def validate(grader: dict[str, Any], param: str) -> dict[str, Any]:
     if (
         not isinstance(bounds, list)
         or len(bounds) != 2
-        or not all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+        or not all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
         or not bounds[0] < bounds[1]
     ):
-        raise InvalidRequest(f"{param}.range must be two numbers, the lower first.", param=f"{param}.range")
+        raise InvalidRequest(f"{param}.range must be two finite numbers, the lower first.", param=f"{param}.range")
     return {**grader, "range": [float(b) for b in bounds]}
 
 
