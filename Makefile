@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 
-.PHONY: install demo test lint clean chromium
+.PHONY: install demo test lint clean chromium llamacpp
 
 install: $(STAMP) $(KERNELS)
 
@@ -42,6 +42,17 @@ chromium:
 	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	fi
+
+# llama.cpp's Python binding, compiled for this CPU in a venv of its own (10+ minutes on two cores),
+# kept out of .venv so `make install` stays quick; the GGUF export tests and `--verify` run it.
+LLAMACPP := .venv-llamacpp
+llamacpp: $(LLAMACPP)/.installed
+$(LLAMACPP)/.installed:
+	$(PY) -m venv $(LLAMACPP)
+	$(LLAMACPP)/bin/pip install -q --upgrade pip
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+		$(LLAMACPP)/bin/pip install -q llama-cpp-python==0.3.36
+	touch $@
 
 test: install lint chromium
 	$(BIN)/python -m pytest -q

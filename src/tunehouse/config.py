@@ -47,6 +47,11 @@ class Settings:
     """Wall-clock seconds a `python` grader may run for one item before it is stopped."""
     python_grader_memory_mb: int
     """Address space a `python` grader's process may use, in MiB, before its allocations fail."""
+    llamacpp_python: Path | None
+    """A Python with llama-cpp-python, for checking GGUF exports in llama.cpp (`models/export/verify.py`);
+    unset: the checkout's `.venv-llamacpp` (`make llamacpp`) when there is one."""
+    auto_eval_examples: int
+    """Validation examples the base and the fine-tuned model answer when a job succeeds (`jobs/evals.py`); 0: none."""
 
     @property
     def blobs_dir(self) -> Path:
@@ -91,4 +96,8 @@ def settings() -> Settings:
         grader_embedding_model=os.environ.get("TUNEHOUSE_GRADER_EMBEDDING_MODEL") or None,
         python_grader_timeout_s=float(os.environ.get("TUNEHOUSE_PYTHON_GRADER_TIMEOUT_S", 30)),
         python_grader_memory_mb=int(os.environ.get("TUNEHOUSE_PYTHON_GRADER_MEMORY_MB", 1024)),
+        llamacpp_python=Path(os.environ["TUNEHOUSE_LLAMACPP_PYTHON"]).expanduser()
+        if os.environ.get("TUNEHOUSE_LLAMACPP_PYTHON")
+        else None,
+        auto_eval_examples=int(os.environ.get("TUNEHOUSE_AUTO_EVAL_EXAMPLES", 50)),
     )

@@ -117,3 +117,17 @@ class OutOfMemoryRisk(TunehouseError):
     """Training would not fit in memory; the message says what to lower."""
 
     code = "out_of_memory"
+
+
+class ExportRefused(UnprocessableEntity):
+    """A model cannot be exported in the asked format without breaking it; the message says why and what works."""
+
+    code = "export_refused"
+
+
+class ExportVerificationFailed(TunehouseError):
+    """An export was written but its check failed (a bug in the exporter, not the user's mistake)."""
+
+    status_code = 500
+    error_type = "server_error"
+    code = "export_verification_failed"

@@ -1,0 +1,88 @@
+"""A store holding fine-tunes of the tiny Llama to export: a LoRA adapter, one with a trained
+`lm_head` copy (PEFT's modules_to_save), one with an untrained copy, and the shipped base model.
+
+The adapters are made with PEFT directly (random, non-zero matrices with a large alpha, so they
+change the model's answers decisively) and registered as a finished job registers its model.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY_ID, make_home
+
+LORA_ID = f"ft:{TINY_ID}:tunehouse:lora:ftjob-export0001"
+TRAINED_HEAD_ID = f"ft:{TINY_ID}:tunehouse:head:ftjob-export0002"
+UNTRAINED_HEAD_ID = f"ft:{TINY_ID}:tunehouse:copy:ftjob-export0003"
+LLAMACPP_VENV = REPO / ".venv-llamacpp"
+
+
+def _make_adapter(tiny_model_dir: Path, target: Path, *, head: str | None, seed: int) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    config = LoraConfig(
+        r=8,
+        lora_alpha=64,
+        target_modules="all-linear",
+        init_lora_weights=False,  # random A and B: the adapter changes the logits from the start
+        modules_to_save=["lm_head"] if head else None,
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(model, config)
+    if head == "trained":
+        with torch.no_grad():
+            copy = peft_model.base_model.model.lm_head.modules_to_save["default"].weight
+            copy.add_(torch.randn_like(copy) * 0.05)
+    peft_model.save_pretrained(str(target))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(target))
+    return target
+
+
+@pytest.fixture(scope="session")
+def export_home(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path, tiny_model_dir: Path) -> Path:
+    """A TUNEHOUSE_HOME with the tiny base and its three fine-tunes registered."""
+    home = make_home(tmp_path_factory.mktemp("export-home"), shipped_model_dir)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TUNEHOUSE_HOME", str(home))
+        from tunehouse.models.catalog import register_base_model, register_trained_model
+
+        register_base_model(TINY_ID, tiny_model_dir)
+        for model_id, head, seed in (
+            (LORA_ID, None, 1),
+            (TRAINED_HEAD_ID, "trained", 2),
+            (UNTRAINED_HEAD_ID, "copy", 3),
+        ):
+            job = model_id.rsplit(":", 1)[1]
+            path = _make_adapter(tiny_model_dir, home / "models" / "ft" / job, head=head, seed=seed)
+            register_trained_model(model_id, kind="fine-tuned", path=path, base_model=TINY_ID, adapter=True, job_id=job)
+    return home
+
+
+@pytest.fixture
+def home(export_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.setenv("TUNEHOUSE_HOME", str(export_home))
+    yield export_home
+
+
+@pytest.fixture(scope="session")
+def llamacpp() -> Path:
+    """`.venv-llamacpp` with llama-cpp-python, built by `make llamacpp` when absent (10+ minutes on two
+    cores, once per checkout); skipped, saying why, only where no C/C++ compiler or cmake exists."""
+    import shutil
+
+    stamp = LLAMACPP_VENV / ".installed"
+    if not stamp.exists():
+        missing = [tool for tool in ("cc", "c++", "cmake") if shutil.which(tool) is None]
+        if missing:
+            pytest.skip(f"llama-cpp-python needs a compiler to build and {', '.join(missing)} is missing")
+        build = subprocess.run(["make", "llamacpp"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+        assert build.returncode == 0, f"make llamacpp failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+    return LLAMACPP_VENV / "bin" / "python"
