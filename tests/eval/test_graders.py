@@ -6,8 +6,11 @@ model path, the server's own engine, is driven in tests/api/test_graders.py.
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -162,6 +165,43 @@ def test_cosine_without_an_embedding_model_is_refused_saying_so(monkeypatch: pyt
         {"type": "text_similarity", "name": "c", "input": "a", "reference": "b", "evaluation_metric": "cosine"}
     )
     assert error.param == "grader.evaluation_metric" and "TUNEHOUSE_GRADER_EMBEDDING_MODEL" in error.message
+
+
+class EmbeddingEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible `/v1/embeddings` with fixed vectors (no embedding model runs here)."""
+
+    VECTORS = {"cat": [1.0, 0.0], "kitten": [0.6, 0.8], "dog": [0.0, 2.0]}
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        data = [{"object": "embedding", "index": i, "embedding": self.VECTORS[t]} for i, t in enumerate(body["input"])]
+        reply = {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": 2, "total_tokens": 2},
+        }
+        payload = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_cosine_uses_the_configured_embedding_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    with ThreadingHTTPServer(("127.0.0.1", 0), EmbeddingEndpoint) as endpoint:
+        threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+        monkeypatch.setenv("TUNEHOUSE_GRADER_BASE_URL", f"http://127.0.0.1:{endpoint.server_address[1]}/v1")
+        monkeypatch.setenv("TUNEHOUSE_GRADER_EMBEDDING_MODEL", "embedder")
+        grader = {"type": "text_similarity", "name": "c", "input": "{{sample.output_text}}", "reference": "cat"}
+        grader["evaluation_metric"] = "cosine"
+        assert run(grader, "kitten").score == pytest.approx(0.6)  # (1, 0) . (0.6, 0.8)
+        assert run(grader, "dog").score == pytest.approx(0.0)
+        endpoint.shutdown()
 
 
 # --- score_model and label_model with a model that answers fixed strings --------------------------

@@ -90,7 +90,9 @@ def cosine(text: str, reference: str) -> float:
     config = settings()
     client = OpenAI(base_url=config.grader_base_url, api_key=config.grader_api_key or "none", max_retries=1)
     try:
-        response = client.embeddings.create(model=str(config.grader_embedding_model), input=[text, reference])
+        response = client.embeddings.create(
+            model=str(config.grader_embedding_model), input=[text, reference], encoding_format="float"
+        )
     except OpenAIError as error:
         raise GradeFailed(f"The embedding endpoint failed: {error}", "other_error") from error
     a, b = (np.asarray(entry.embedding, dtype=np.float64) for entry in response.data)
