@@ -126,7 +126,7 @@ def test_validate_refuses_naming_the_field(graders_client: OpenAI, grader: dict[
 def test_a_run_with_a_bad_grader_is_refused_too(graders_client: OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         graders_client.fine_tuning.alpha.graders.run(
-            grader={"type": "string_check", "name": "s", "input": "a", "reference": "b"},  # type: ignore[typeddict-item]
+            grader={"type": "string_check", "name": "s", "input": "a", "reference": "b"},  # type: ignore[arg-type]  # missing its operation, on purpose
             model_sample="a",
         )
     assert caught.value.param == "grader.operation"

@@ -322,7 +322,7 @@ def test_model_graders_take_text_only() -> None:
 
 # --- multi and its formula --------------------------------------------------------------------------
 
-MULTI = {
+MULTI: dict[str, Any] = {
     "type": "multi",
     "name": "combined",
     "graders": {
