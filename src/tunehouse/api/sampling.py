@@ -6,8 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
-
+from tunehouse.api.request import OpenAIRequest
 from tunehouse.errors import InvalidRequest
 from tunehouse.ids import new_id
 from tunehouse.serve.engine import SamplingParams
@@ -15,16 +14,8 @@ from tunehouse.serve.engine import SamplingParams
 FINGERPRINT = "fp_tunehouse"
 
 
-class SamplingRequest(BaseModel):
-    """Base of the completion requests: unknown fields are ignored, and an explicit JSON `null` means
-    the field's default, as OpenAI reads it (the 0.28 CLI sends `"n": null`)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_default(cls, data: Any) -> Any:
-        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+class SamplingRequest(OpenAIRequest):
+    """Base of the completion requests."""
 
 
 def response_header(id_prefix: str, model: str) -> dict[str, Any]:

@@ -19,11 +19,13 @@ from tunehouse.cli.chat import chat
 from tunehouse.cli.data import data_app
 from tunehouse.cli.files import files_app
 from tunehouse.cli.jobs import jobs_app
+from tunehouse.cli.models_export import models_export
 from tunehouse.errors import TunehouseError
 
 app = typer.Typer(help="Self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
 models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+models_app.command("export")(models_export)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 # Client commands: talk HTTP to a server (--base-url), like the openai SDK.
@@ -126,6 +128,44 @@ def models_list() -> None:
     table = Table("id", "kind", "owned_by", "path")
     for model in list_models():
         table.add_row(model.id, model.kind, model.owned_by, str(model.path))
+    console.print(table)
+
+
+@models_app.command("alias")
+def models_alias(
+    name: str = typer.Argument(..., help="The name clients may call, e.g. gpt-4o-mini."),
+    target: str = typer.Argument(..., help="The model it stands for: a base, a fine-tune or another alias."),
+) -> None:
+    """Make NAME stand for TARGET everywhere a model id is accepted (jobs, chat, completions, evals)."""
+    from tunehouse.models.catalog import alias_model
+
+    try:
+        alias = alias_model(name, target)
+    except TunehouseError as exc:
+        fail(exc)
+    console.print(f"[bold]{alias.name}[/bold] now stands for {alias.target}")
+
+
+@models_app.command("unalias")
+def models_unalias(name: str = typer.Argument(..., help="An alias made with `tunehouse models alias`.")) -> None:
+    """Remove an alias made with `tunehouse models alias` (shipped ones can be pointed elsewhere)."""
+    from tunehouse.models.catalog import unalias
+
+    try:
+        unalias(name)
+    except TunehouseError as exc:
+        fail(exc)
+    console.print(f"Removed the alias {name}")
+
+
+@models_app.command("aliases")
+def models_aliases() -> None:
+    """List the model aliases in force and where each comes from (store, settings or shipped)."""
+    from tunehouse.models.aliases import list_aliases
+
+    table = Table("alias", "model", "source")
+    for alias in list_aliases():
+        table.add_row(alias.name, alias.target, alias.source)
     console.print(table)
 
 

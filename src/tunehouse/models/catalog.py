@@ -2,11 +2,13 @@
 
 Model ids: the shipped base model, local Hugging Face folders registered as base models, fine-tuned
 models (`ft:{base}:{org}:{suffix}:{id}`) and their checkpoints (`…:ckpt-step-N`). Fine-tuned models
-are a LoRA adapter over a base, or a full set of weights.
+are a LoRA adapter over a base, or a full set of weights. An alias (`aliases.py`) resolves to the
+model it names wherever an id is accepted.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import shutil
 import time
@@ -18,6 +20,7 @@ from sqlalchemy import select
 
 from tunehouse.config import settings
 from tunehouse.errors import Conflict, InvalidRequest, InvalidValue, ModelLoadError, ModelNotFound
+from tunehouse.models.aliases import Alias, drop_alias, find_alias, list_aliases, store_alias
 from tunehouse.models.shipped import (
     SHIPPED_CREATED,
     SHIPPED_MODEL_ID,
@@ -67,20 +70,69 @@ def _shipped_info() -> ModelInfo:
     )
 
 
+SHOWN_IN_NOT_FOUND = 8
+
+
 def model_not_found(model_id: str, *, param: str = "model") -> ModelNotFound:
-    """The error for a model id that is not (or no longer) registered."""
-    return ModelNotFound(f"The model '{model_id}' does not exist or you do not have access to it.", param=param)
+    """The error for a model id that is not (or no longer) registered: it names the nearest ids and
+    the models that are served, so a typo or a name from another platform is fixed at a glance."""
+    models = [m.id for m in list_models()]
+    names = models + [alias.name for alias in list_aliases()]
+    nearest = difflib.get_close_matches(model_id, names, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(n) for n in nearest)}?" if nearest else ""
+    shown = ", ".join(models[:SHOWN_IN_NOT_FOUND]) + (" …" if len(models) > SHOWN_IN_NOT_FOUND else "")
+    return ModelNotFound(
+        f"The model '{model_id}' does not exist or you do not have access to it.{hint} Models here: {shown} "
+        "(GET /v1/models lists them with their aliases; `tunehouse models alias NAME TARGET` adds one).",
+        param=param,
+    )
 
 
-def get_model(model_id: str, *, param: str = "model") -> ModelInfo:
-    """The model registered under `model_id`, or ModelNotFound naming it."""
+def _registered(model_id: str) -> ModelInfo | None:
     if model_id == SHIPPED_MODEL_ID:
         return _shipped_info()
     with session() as s:
         row = s.get(ModelRow, model_id)
-        if row is None:
-            raise model_not_found(model_id, param=param)
-        return _from_row(row)
+        return None if row is None else _from_row(row)
+
+
+def get_model(model_id: str, *, param: str = "model") -> ModelInfo:
+    """The model registered under `model_id` or named by an alias of that name, else ModelNotFound."""
+    info = _registered(model_id)
+    if info is None:
+        alias = find_alias(model_id)
+        info = None if alias is None else _registered(alias.target)
+    if info is None:
+        raise model_not_found(model_id, param=param)
+    return info
+
+
+def alias_model(name: str, target: str, source: str = "user") -> Alias:
+    """Make `name` stand for the model `target` (itself possibly an alias: the alias is followed)."""
+    if not name or name != name.strip() or any(c in name for c in "\n\r\t"):
+        raise InvalidValue(
+            "An alias must be non-empty, without surrounding spaces or control characters.", param="name"
+        )
+    if _registered(name) is not None:
+        raise Conflict(f"'{name}' is a registered model; an alias cannot hide it.", param="name")
+    resolved = get_model(target, param="target")
+    if resolved.id == name:
+        raise InvalidValue(f"'{name}' cannot be an alias of itself.", param="target")
+    return store_alias(name, resolved.id, source)
+
+
+def unalias(name: str) -> None:
+    """Remove an alias from the store; a shipped or configured one can only be overridden."""
+    if drop_alias(name):
+        return
+    alias = find_alias(name)
+    if alias is None:
+        raise ModelNotFound(f"There is no alias named '{name}'.", param="name")
+    raise InvalidRequest(
+        f"'{name}' is a {alias.source} alias of '{alias.target}'; point it elsewhere with "
+        f"`tunehouse models alias {name} OTHER-MODEL` instead.",
+        param="name",
+    )
 
 
 def list_models(include_checkpoints: bool = False) -> list[ModelInfo]:
@@ -155,6 +207,12 @@ def register_trained_model(
 def delete_model(model_id: str) -> None:
     """Delete a fine-tuned model, its checkpoints' registrations and its weights; base models stay."""
     model = get_model(model_id)
+    if model.id != model_id:
+        raise InvalidRequest(
+            f"'{model_id}' is an alias of '{model.id}'; remove the alias with `tunehouse models unalias "
+            f"{model_id}`, or delete '{model.id}' by its own id.",
+            param="model",
+        )
     if model.kind == "base":
         raise InvalidRequest(
             f"'{model_id}' is a base model and cannot be deleted; only fine-tuned models can.",

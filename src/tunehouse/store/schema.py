@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -100,3 +100,71 @@ class ModelRow(Base):
     base_model: Mapped[str | None] = mapped_column(String(600), nullable=True)
     adapter: Mapped[bool] = mapped_column(Boolean, default=False)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AliasRow(Base):
+    """A model name that stands for another model (`tunehouse models alias`, or a migration)."""
+
+    __tablename__ = "model_aliases"
+
+    name: Mapped[str] = mapped_column(String(600), primary_key=True)
+    target: Mapped[str] = mapped_column(String(600))
+    created: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))  # user | migration
+
+
+class EvalRow(Base):
+    """An eval of the Evals API: the shape of its items and the graders every run applies."""
+
+    __tablename__ = "evals"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[float] = mapped_column()  # to the microsecond: `order_by=updated_at` pages by it
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    eval_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+
+
+class EvalRunRow(Base):
+    """One run of an eval over a data source; its counters grow as the worker writes output items."""
+
+    __tablename__ = "eval_runs"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    eval_id: Mapped[str] = mapped_column(String(64), ForeignKey("evals.id"), index=True)
+    name: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | in_progress | completed | failed | canceled
+    model: Mapped[str | None] = mapped_column(String(600), nullable=True)
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    run_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    total_items: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result_counts: Mapped[dict[str, int]] = mapped_column(JSON)
+    per_testing_criteria_results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    per_model_usage: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    error: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(nullable=True)
+
+
+class EvalOutputItemRow(Base):
+    """One data source item of a run: the sample the model gave and each grader's result."""
+
+    __tablename__ = "eval_output_items"
+    __table_args__ = (UniqueConstraint("run_id", "datasource_item_id"),)  # a resumed run never grades twice
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    run_id: Mapped[str] = mapped_column(String(64), ForeignKey("eval_runs.id"), index=True)
+    eval_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(8))  # pass | fail
+    datasource_item_id: Mapped[int] = mapped_column(Integer)
+    datasource_item: Mapped[dict[str, Any]] = mapped_column(JSON)
+    sample: Mapped[dict[str, Any]] = mapped_column(JSON)
+    results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)

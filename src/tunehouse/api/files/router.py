@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from tunehouse.store.blobs import existing_blob
 
 router = APIRouter()
 CHUNK = 1024 * 1024
+SNIFF_BYTES = 1024 * 1024
 
 
 def _chunks(upload: UploadFile) -> Iterator[bytes]:
@@ -41,6 +43,21 @@ def _expires_after(form: Any) -> int | None:
     return value
 
 
+def _looks_like_jsonl(upload: UploadFile) -> bool:
+    """A `.jsonl` name, or — for clients that name every upload `file`, as the 0.x SDK's
+    `File.create` does — a first line that is a JSON object. The content is validated afterwards."""
+    if (upload.filename or "").lower().endswith(".jsonl"):
+        return True
+    upload.file.seek(0)
+    head = upload.file.read(SNIFF_BYTES)
+    upload.file.seek(0)
+    first = next((line for line in head.splitlines() if line.strip()), b"")
+    try:
+        return isinstance(json.loads(first), dict)
+    except ValueError:
+        return False
+
+
 @router.post("/files")
 async def create_file(request: Request) -> dict[str, Any]:
     content_type = request.headers.get("content-type", "")
@@ -55,7 +72,7 @@ async def create_file(request: Request) -> dict[str, Any]:
         if not isinstance(purpose, str) or not purpose:
             raise InvalidRequest("Missing required parameter: 'purpose'.", param="purpose")
         expires = _expires_after(form)
-        if purpose == "fine-tune" and not (upload.filename or "").lower().endswith(".jsonl"):
+        if purpose == "fine-tune" and not _looks_like_jsonl(upload):
             raise InvalidRequest(
                 f"Invalid file format for fine-tuning: '{upload.filename}'. Fine-tuning files must be "
                 "JSONL (.jsonl), one example per line.",
