@@ -154,7 +154,9 @@ print("Fine-tune ID:", response['id'])
 def test_seed_000_uploads_and_fine_tunes_with_the_0x_sdk(
     openai_0x: Path, aliased_server: Server, tmp_path: Path
 ) -> None:
-    rows = [{"prompt": f"User: How do I reset password {i}?\nAI:", "completion": f" Use reset link {i}."} for i in range(10)]
+    rows = [
+        {"prompt": f"User: How do I reset password {i}?\nAI:", "completion": f" Use reset link {i}."} for i in range(10)
+    ]
     (tmp_path / "training_data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "seed_000.py").write_text(SEED_000)
     done = run_0x(openai_0x, aliased_server, ["seed_000.py"], tmp_path)
@@ -200,3 +202,13 @@ print(repr(response['choices'][0]['text']), response['model'])
     done = run_0x(openai_0x, aliased_server, ["query_gpt.py"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("text-davinci-003")
+
+
+def test_0x_cli_chat_completions_sends_nulls_and_gets_an_answer(
+    openai_0x: Path, aliased_server: Server, tmp_path: Path
+) -> None:
+    openai_cli = str(openai_0x.parent / "openai")
+    args = [openai_cli, "api", "chat_completions.create", "-m", "gpt-3.5-turbo", "-g", "user", "Hello", "-M", "5"]
+    done = run_0x(openai_0x, aliased_server, args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
