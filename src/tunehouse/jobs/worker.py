@@ -23,9 +23,11 @@ from sqlalchemy import select
 
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
+from tunehouse.jobs.evals import EvalRunner, queue_job_eval_safely
 from tunehouse.jobs.launch import is_alive, launch_environment, process_count, process_identity, trainer_command
 from tunehouse.jobs.records import add_event, get_job, update_job
 from tunehouse.jobs.service import fail_job, validate_job_files
+from tunehouse.serve.engine import Engine
 from tunehouse.store.db import session
 from tunehouse.store.schema import JobRow
 
@@ -159,6 +161,8 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
         time.sleep(POLL_SECONDS)
     code = child.wait()
     _trainer_file(job_id).unlink(missing_ok=True)
+    if code == 0:
+        queue_job_eval_safely(job_id)  # base vs fine-tuned on its validation file, if it has one
     if code != 0 and get_job(job_id).status == "running":
         if stop is not None and stop.is_set():
             update_job(job_id, only_if_status={"running"}, status="queued")
@@ -212,9 +216,13 @@ def _signal_all(group: int, processes: list[psutil.Process], sig: signal.Signals
             process.send_signal(sig)
 
 
-def work_once(stop: threading.Event | None = None) -> bool:
-    """Validate what is new, then run one queued job if there is one. Returns whether it ran one."""
+def work_once(stop: threading.Event | None = None, evals: EvalRunner | None = None) -> bool:
+    """Validate what is new, then run one queued eval run or else one queued job, if there is one.
+    Returns whether it ran one. Eval runs go first: someone usually waits on them, and the eval a job
+    queues when it succeeds then runs before the next job starts."""
     validate_pending_jobs()
+    if evals is not None and evals.run_next(stop):
+        return True
     job_id = claim_next_job()
     if job_id is None:
         return False
@@ -222,19 +230,21 @@ def work_once(stop: threading.Event | None = None) -> bool:
     return True
 
 
-def run_worker_forever(stop: threading.Event | None = None) -> None:
+def run_worker_forever(stop: threading.Event | None = None, engine: Engine | None = None) -> None:
+    """Work until `stop`; eval runs generate on `engine` (the server's), else on an engine of their own."""
     requeue_orphaned_jobs()
+    evals = EvalRunner(engine)
     while stop is None or not stop.is_set():
         try:
-            if not work_once(stop):
+            if not work_once(stop, evals):
                 time.sleep(POLL_SECONDS)
         except Exception:  # keep serving other jobs; the failure is already recorded on its job
             log.exception("worker loop error")
             time.sleep(POLL_SECONDS)
 
 
-def start_worker_thread() -> tuple[threading.Thread, threading.Event]:
+def start_worker_thread(engine: Engine | None = None) -> tuple[threading.Thread, threading.Event]:
     stop = threading.Event()
-    thread = threading.Thread(target=run_worker_forever, args=(stop,), name="tunehouse-worker", daemon=True)
+    thread = threading.Thread(target=run_worker_forever, args=(stop, engine), name="tunehouse-worker", daemon=True)
     thread.start()
     return thread, stop
