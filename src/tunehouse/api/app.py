@@ -13,6 +13,7 @@ from tunehouse.api.auth import require_api_key
 from tunehouse.api.chat.router import router as chat_router
 from tunehouse.api.completions.router import router as completions_router
 from tunehouse.api.errors import install_error_handlers
+from tunehouse.api.evals.router import router as evals_router
 from tunehouse.api.files.router import router as files_router
 from tunehouse.api.fine_tunes.router import router as fine_tunes_router
 from tunehouse.api.fine_tuning.router import router as fine_tuning_router
@@ -34,7 +35,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
         if run_worker:
             from tunehouse.jobs.worker import start_worker_thread
 
-            thread, stop = start_worker_thread()
+            thread, stop = start_worker_thread(app.state.engine)  # eval runs generate on the server's engine
         yield
         # uvicorn gave requests in flight their grace period and cancelled the rest; a generation still
         # running ends at its next token, and nothing waiting starts.
@@ -51,6 +52,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
     for router in (files_router, fine_tuning_router, fine_tunes_router, models_router, chat_router, completions_router):
         v1.include_router(router)
+    v1.include_router(evals_router)
     v1.include_router(graders_router)
     app.include_router(v1)
 
