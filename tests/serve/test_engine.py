@@ -14,48 +14,14 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import TINY_ID, make_home
+from tests.conftest import TINY_ID
+from tests.serve.conftest import FT_ID
 from tunehouse.errors import InvalidRequest, ModelLoadError, ModelNotFound, ServerBusy
 from tunehouse.models import catalog
 from tunehouse.serve import engine as engine_module
-from tunehouse.serve.engine import Engine, Generation, SamplingParams
+from tunehouse.serve.engine import Engine, Generation, SamplingParams, ScoredPrompt, TextDelta
 
-FT_ID = f"ft:{TINY_ID}:tunehouse:lora:abcd1234"
 GREEDY = SamplingParams(max_tokens=4, temperature=0)
-
-
-@pytest.fixture(scope="module")
-def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter for the tiny model with non-zero weights, so it changes what the model says."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    target = tmp_path_factory.mktemp("lora")
-    get_peft_model(model, config).save_pretrained(str(target))
-    return target
-
-
-@pytest.fixture
-def engine(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shipped_model_dir: Path, tiny_model_dir: Path, lora_dir: Path
-) -> Iterator[Engine]:
-    """A fresh engine over a home with the tiny model and a LoRA fine-tune of it registered."""
-    monkeypatch.setenv("TUNEHOUSE_HOME", str(make_home(tmp_path / "home", shipped_model_dir)))
-    catalog.register_base_model(TINY_ID, tiny_model_dir)
-    adapter = tmp_path / "adapter"  # deleting the model removes its folder: give it its own copy
-    adapter.mkdir()
-    for file in lora_dir.iterdir():
-        (adapter / file.name).write_bytes(file.read_bytes())
-    catalog.register_trained_model(
-        FT_ID, kind="fine-tuned", path=adapter, base_model=TINY_ID, adapter=True, job_id="ftjob-test"
-    )
-    monkeypatch.setenv("TUNEHOUSE_MAX_QUEUED_GENERATIONS", "2")
-    engine = Engine()
-    yield engine
-    engine.close()
 
 
 def record_generate(monkeypatch: pytest.MonkeyPatch, model: Any, hold: threading.Event | None = None) -> list[Any]:
@@ -170,10 +136,10 @@ def test_deleting_does_not_wait_for_a_running_generation(engine: Engine, monkeyp
 def test_closing_a_stream_stops_its_generation(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     handle = engine.open(TINY_ID)
     calls = record_generate(monkeypatch, handle.weights.model)
-    items: Iterator[str | Generation] = engine.stream(
+    items: Iterator[TextDelta | ScoredPrompt | Generation] = engine.stream(
         handle, [1, 2, 3], SamplingParams(max_tokens=10**9, temperature=0)
     )
-    assert isinstance(next(items), str)
+    assert isinstance(next(items), TextDelta)
     items.close()  # what the server does when the client disconnects
     engine.generate(handle, [1, 2, 3], GREEDY)  # waits for the engine, so the stream's generation has ended
     assert calls[0]["generated"] < 200  # of the 1,021 the context allowed
@@ -254,7 +220,7 @@ def test_stream_async_hands_out_each_choice_s_deltas_then_its_generation(engine:
     for index in (0, 1):
         mine = [item for i, item in events if i == index]
         assert isinstance(mine[-1], Generation) and mine[-1].text == expected
-        assert "".join(str(item) for item in mine[:-1]) == expected
+        assert "".join(item.text for item in mine[:-1] if isinstance(item, TextDelta)) == expected
 
 
 def test_close_stops_the_running_generation_and_drops_the_waiting(

@@ -16,6 +16,11 @@ and neither stage ever holds the threads that serve other routes. Past `max_queu
 up (the client hung up) drops its request from the line, or stops its generation at the next token;
 `close` does that to every request when the server stops.
 
+Asked for log-probabilities (`SamplingParams.logprobs`), a generation records each token's under the
+same model and adapter that drew it (`serve/logprobs.py`); with `prompt_logprobs` it first scores the
+prompt in one forward pass, whose cache the generation then continues from, and `max_tokens=0` scores
+without generating.
+
 Deleting a model never waits for a generation: the model is marked deleted at once, so no
 generation starts on it again, and its adapter leaves memory as soon as no generation runs.
 """
@@ -48,6 +53,7 @@ from tunehouse.config import settings
 from tunehouse.errors import InvalidRequest, ModelLoadError, ServerBusy
 from tunehouse.hardware import default_device
 from tunehouse.models.catalog import ModelInfo, base_of, delete_model, get_model, model_not_found, weights_dir
+from tunehouse.serve.logprobs import LogprobRecorder, TokenLogprob, TokenSpelling, prompt_logprobs, within_text
 from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
 
 MAX_ADAPTERS = 16
@@ -65,6 +71,10 @@ class SamplingParams:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    logprobs: int | None = None
+    """Record each generated token's log-probability with this many most likely alternatives; None: don't."""
+    prompt_logprobs: bool = False
+    """Record the prompt's tokens too (legacy `echo`), with `logprobs` alternatives each."""
 
 
 @dataclass
@@ -73,6 +83,25 @@ class Generation:
     finish_reason: str  # stop | length
     prompt_tokens: int
     completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    """The tokens of `text` (a stop sequence and what follows it cut off), when `logprobs` was asked."""
+    prompt_logprobs: list[TokenLogprob] | None = None
+    """Every prompt token, the first without a log-probability, when `prompt_logprobs` was asked."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of a streamed choice's text and the records of the tokens it completes (when asked)."""
+
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """A streamed choice's prompt records (`prompt_logprobs`), handed out before its first delta."""
+
+    logprobs: list[TokenLogprob]
 
 
 @dataclass
@@ -83,6 +112,7 @@ class LoadedModel:
     tokenizer: Any
     context_length: int
     vocab_size: int  # token ids run from 0 to vocab_size - 1
+    spelling: TokenSpelling
     adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # model id -> adapter name
 
 
@@ -101,6 +131,10 @@ class ModelHandle:
     @property
     def tokenizer(self) -> Any:
         return self.weights.tokenizer
+
+    @property
+    def spelling(self) -> TokenSpelling:
+        return self.weights.spelling
 
     def encode(self, text: str) -> list[int]:
         """`text`'s token ids as the model reads them (a chat template already holds its special tokens)."""
@@ -154,29 +188,39 @@ class _RejectBrokenLogits(LogitsProcessor):
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if (scores.isnan() | scores.isposinf()).any():
-            raise ModelLoadError(
-                f"The model '{self.model_id}' computes NaN or infinite logits: its weights are broken.", param="model"
-            )
+            raise _broken_weights(self.model_id)
         return scores
+
+
+def _broken_weights(model_id: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"The model '{model_id}' computes NaN or infinite logits: its weights are broken.", param="model"
+    )
 
 
 class _TextCollector:
     """The streamer `generate()` drives: decodes the new tokens and emits text deltas, holding back
-    what may still turn out to be the start of a stop sequence."""
+    what may still turn out to be the start of a stop sequence. With a recorder, each delta carries the
+    records of the tokens whose text it completes."""
 
-    def __init__(self, tokenizer: Any, stops: list[str], emit: Callable[[str], None]) -> None:
+    def __init__(self, tokenizer: Any, stops: list[str], emit: Callable[[TextDelta | ScoredPrompt], None]) -> None:
         self.tokenizer = tokenizer
         self.stops = stops
         self.emit = emit
+        self.recorder: LogprobRecorder | None = None
         self.token_ids: list[int] = []
         self._emitted = 0
         self._seen_prompt = False
+        self._unsent: list[TokenLogprob] = []
 
     def put(self, value: torch.Tensor) -> None:
         if not self._seen_prompt:  # generate() first puts the prompt
             self._seen_prompt = True
             return
-        self.token_ids += value.reshape(-1).tolist()
+        new_ids = value.reshape(-1).tolist()
+        self.token_ids += new_ids
+        if self.recorder is not None:
+            self._unsent += [self.recorder.take(token_id) for token_id in new_ids]
         text = self.tokenizer.decode(self.token_ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
             return
@@ -187,17 +231,26 @@ class _TextCollector:
         pass
 
     def finish(self, final_text: str) -> None:
-        """Emit the rest of the final text: what was held back for a stop sequence that never came."""
-        self._send(final_text, len(final_text))
+        """Emit the rest of the final text: what was held back for a stop sequence that never came, and
+        the records of the tokens that make up the final text (not those of a stop sequence)."""
+        records, self._unsent = within_text(self._unsent, len(final_text)), []
+        self._send(final_text, len(final_text), records)
 
-    def _send(self, text: str, limit: int) -> None:
-        if limit > self._emitted:
-            self.emit(text[self._emitted : limit])
-            self._emitted = limit
+    def _send(self, text: str, limit: int, records: list[TokenLogprob] | None = None) -> None:
+        if records is None:  # the tokens whose text is all out once `limit` characters are
+            done = 0
+            while (
+                done < len(self._unsent) and self._unsent[done].span[1] <= limit and self._unsent[done].span[0] < limit
+            ):
+                done += 1
+            records, self._unsent = self._unsent[:done], self._unsent[done:]
+        if limit > self._emitted or records:
+            self.emit(TextDelta(text[self._emitted : limit], records))
+            self._emitted = max(limit, self._emitted)
 
 
-StreamEvent = tuple[int, "str | Generation"]
-"""(choice index, a text delta or that choice's final Generation), as a stream hands them out."""
+StreamEvent = tuple[int, "TextDelta | ScoredPrompt | Generation"]
+"""(choice index, its scored prompt, a text delta or its final Generation), as a stream hands them out."""
 
 
 @dataclass(eq=False)  # compared by identity: a queue removes this very item
@@ -285,7 +338,10 @@ class Engine:
             raise ModelLoadError(f"The model '{model_id}' could not be loaded: {exc}", param="model") from exc
         context = getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
         vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
-        return LoadedModel(model=model, tokenizer=tokenizer, context_length=context, vocab_size=vocab)
+        spelling = TokenSpelling(tokenizer)
+        return LoadedModel(
+            model=model, tokenizer=tokenizer, context_length=context, vocab_size=vocab, spelling=spelling
+        )
 
     def _activate_adapter(self, loaded: LoadedModel, model: ModelInfo) -> None:
         """Switch `model`'s adapter on, loading it first if needed; under the generation lock."""
@@ -463,7 +519,7 @@ class Engine:
         self._emit(work, None)
 
     @classmethod
-    def _emit_text(cls, work: _Work, index: int, delta: str) -> None:
+    def _emit_text(cls, work: _Work, index: int, delta: TextDelta | ScoredPrompt) -> None:
         cls._emit(work, (index, delta))
 
     @staticmethod
@@ -489,7 +545,7 @@ class Engine:
         handle: ModelHandle,
         prompt_ids: list[int],
         params: SamplingParams,
-        streamer: Any,
+        collector: _TextCollector | None,
         cancelled: threading.Event,
     ) -> Generation:
         if handle.model_id in self._deleted:
@@ -501,6 +557,13 @@ class Engine:
         max_tokens = min(params.max_tokens, handle.weights.context_length - prompt_len)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)  # (1, T)
         stopper = _StopCriteria(tokenizer, prompt_len, params.stop, cancelled)
+        processors: list[LogitsProcessor] = [_RejectBrokenLogits(handle.model_id)]
+        recorder = None
+        if params.logprobs is not None:
+            recorder = LogprobRecorder(handle.spelling, params.logprobs, handle.weights.vocab_size)
+            processors.append(recorder)
+            if collector is not None:
+                collector.recorder = recorder
         if params.seed is not None:
             torch.manual_seed(params.seed)
         sample = params.temperature > 0
@@ -508,11 +571,11 @@ class Engine:
             "attention_mask": torch.ones_like(input_ids),
             "max_new_tokens": max_tokens,
             "do_sample": sample,
-            "logits_processor": LogitsProcessorList([_RejectBrokenLogits(handle.model_id)]),
+            "logits_processor": LogitsProcessorList(processors),
             "stopping_criteria": StoppingCriteriaList([stopper]),
             "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
-            "streamer": streamer,
+            "streamer": collector,
         }
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
@@ -521,13 +584,49 @@ class Engine:
         adapters_off = (
             model.disable_adapter() if handle.is_base and hasattr(model, "disable_adapter") else nullcontext()
         )
+        scored = None
+        new_tokens: list[int] = []
         with torch.inference_mode(), adapters_off:
-            output = model.generate(input_ids=input_ids, **kwargs)
-        new_tokens = output[0, prompt_len:].tolist()
+            if params.prompt_logprobs:
+                scored, cache = self._score_prompt(handle, model, input_ids, params.logprobs or 0)
+                if collector is not None:
+                    collector.emit(ScoredPrompt(scored))
+                if cache is not None:
+                    kwargs["cache"] = cache  # generation reads only the last prompt token
+            if max_tokens > 0:
+                output = model.generate(input_ids=input_ids, **kwargs)
+                new_tokens = output[0, prompt_len:].tolist()
         text, hit_stop = cut_at_stop(tokenizer.decode(new_tokens, skip_special_tokens=True), params.stop)
         ended_by_eos = bool(new_tokens) and new_tokens[-1] == tokenizer.eos_token_id
         finish = "stop" if (hit_stop or ended_by_eos or len(new_tokens) < max_tokens) else "length"
-        return Generation(text=text, finish_reason=finish, prompt_tokens=prompt_len, completion_tokens=len(new_tokens))
+        logprobs = None
+        if recorder is not None:
+            if new_tokens:
+                recorder.finish(new_tokens[-1])
+            logprobs = within_text(recorder.records, len(text))
+        return Generation(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_len,
+            completion_tokens=len(new_tokens),
+            logprobs=logprobs,
+            prompt_logprobs=scored,
+        )
+
+    def _score_prompt(
+        self, handle: ModelHandle, model: Any, input_ids: torch.Tensor, top: int
+    ) -> tuple[list[TokenLogprob], Any]:
+        """The prompt's records from one forward pass over all its tokens but the last, and that pass's
+        cache (None for a one-token prompt) for generation to continue from; under inference mode."""
+        prompt_ids = input_ids[0].tolist()
+        if len(prompt_ids) == 1:
+            return prompt_logprobs(input_ids.new_empty((0, 0)), prompt_ids, handle.spelling, top, 0), None
+        output = model(input_ids=input_ids[:, :-1], use_cache=True)
+        logits = output.logits[0]  # (T-1, V)
+        if (logits.isnan() | logits.isposinf()).any():
+            raise _broken_weights(handle.model_id)
+        records = prompt_logprobs(logits, prompt_ids, handle.spelling, top, handle.weights.vocab_size)
+        return records, output.cache
 
     # --- generation: awaited on an event loop, or called from a thread ---------------------------------
     async def generate_async(
@@ -570,8 +669,10 @@ class Engine:
         finally:
             self.cancel(work)
 
-    def stream(self, handle: ModelHandle, prompt_ids: list[int], params: SamplingParams) -> Iterator[str | Generation]:
-        """Yields text deltas (stop sequences withheld), then the final Generation.
+    def stream(
+        self, handle: ModelHandle, prompt_ids: list[int], params: SamplingParams
+    ) -> Iterator[TextDelta | ScoredPrompt | Generation]:
+        """Yields the scored prompt (when asked), text deltas (stop sequences withheld), then the final Generation.
 
         Closing the iterator early (the client went away) stops the generation at its next token.
         """

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from tunehouse.api.logprobs import ChatLogprobs
 from tunehouse.api.sampling import SamplingRequest
 
 
@@ -22,6 +23,7 @@ class ChatCompletionRequest(SamplingRequest):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)  # needs `logprobs: true`, as OpenAI's does
 
 
 class Usage(BaseModel):
@@ -40,7 +42,7 @@ class Choice(BaseModel):
     index: int
     message: ResponseMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -62,7 +64,7 @@ class ChunkChoice(BaseModel):
     index: int
     delta: Delta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from tunehouse.api.chat.protocol import (
@@ -15,11 +16,12 @@ from tunehouse.api.chat.protocol import (
     ResponseMessage,
     Usage,
 )
+from tunehouse.api.logprobs import chat_logprobs
 from tunehouse.api.sampling import response_header, sampling_params
 from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
 from tunehouse.models.template import render_chat_prompt
-from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams
+from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams, ScoredPrompt
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 DEFAULT_MAX_TOKENS = 512
@@ -40,9 +42,19 @@ def _check_messages(messages: list[dict[str, Any]]) -> None:
             )
 
 
+def _logprobs(request: ChatCompletionRequest) -> int | None:
+    """How many alternatives each reply token reports (`top_logprobs`), or None without `logprobs`."""
+    if not request.logprobs:
+        if request.top_logprobs is not None:
+            raise InvalidRequest("'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
+        return None
+    return request.top_logprobs or 0
+
+
 def _prepare(engine: Engine, request: ChatCompletionRequest) -> tuple[ModelHandle, list[int], SamplingParams]:
     """Resolve the model once, render the messages with its chat template and tokenize them."""
     _check_messages(request.messages)
+    logprobs = _logprobs(request)
     handle = engine.open(request.model)
     prompt_ids = handle.encode(render_chat_prompt(handle.tokenizer, request.messages))
     handle.check_prompt(prompt_ids, param="messages")
@@ -53,14 +65,19 @@ def _prepare(engine: Engine, request: ChatCompletionRequest) -> tuple[ModelHandl
         stop=request.stop,
         seed=request.seed,
     )
-    return handle, prompt_ids, params
+    return handle, prompt_ids, replace(params, logprobs=logprobs)
 
 
 async def create_chat_completion(engine: Engine, request: ChatCompletionRequest) -> dict[str, Any]:
     handle, prompt_ids, params = await engine.prepare(_prepare, engine, request)
     results = await engine.generate_async(handle, [prompt_ids] * request.n, params)
     choices = [
-        Choice(index=index, message=ResponseMessage(content=result.text), finish_reason=result.finish_reason)
+        Choice(
+            index=index,
+            message=ResponseMessage(content=result.text),
+            finish_reason=result.finish_reason,
+            logprobs=None if result.logprobs is None else chat_logprobs(handle.spelling, result.logprobs),
+        )
         for index, result in enumerate(results)
     ]
     completion_tokens = sum(result.completion_tokens for result in results)
@@ -73,7 +90,8 @@ async def create_chat_completion(engine: Engine, request: ChatCompletionRequest)
 
 
 async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
-    """Chunks: a role delta, content deltas, a finish chunk per choice, then usage if asked."""
+    """Chunks: a role delta, content deltas (each with its tokens' log-probabilities when asked), a
+    finish chunk per choice, then usage if asked."""
     handle, prompt_ids, params = await engine.prepare(_prepare, engine, request)
     events = await first_taken(engine.stream_async(handle, [prompt_ids] * request.n, params))
     base = response_header("chatcmpl-", request.model)
@@ -93,10 +111,10 @@ async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest)
                     yield ChatCompletionChunk(
                         **base, choices=[ChunkChoice(index=index, delta=Delta(), finish_reason=item.finish_reason)]
                     ).to_wire()
-                elif item:
-                    yield ChatCompletionChunk(
-                        **base, choices=[ChunkChoice(index=index, delta=Delta(content=item))]
-                    ).to_wire()
+                elif not isinstance(item, ScoredPrompt) and (item.text or item.logprobs):
+                    logprobs = None if params.logprobs is None else chat_logprobs(handle.spelling, item.logprobs)
+                    choice = ChunkChoice(index=index, delta=Delta(content=item.text), logprobs=logprobs)
+                    yield ChatCompletionChunk(**base, choices=[choice]).to_wire()
         finally:
             await events.aclose()  # a client that hung up stops the generation
         if include_usage:
