@@ -17,6 +17,7 @@ from rich.table import Table
 from tunehouse.cli.bench import bench_app
 from tunehouse.cli.chat import chat
 from tunehouse.cli.data import data_app
+from tunehouse.cli.eval import evaluate
 from tunehouse.cli.files import files_app
 from tunehouse.cli.jobs import jobs_app
 from tunehouse.cli.models_export import models_export
@@ -32,6 +33,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.command("chat")(chat)
+app.command("eval")(evaluate)
 console = Console()
 err_console = Console(stderr=True)
 
