@@ -20,11 +20,14 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from tunehouse.cli.synth import augment_command, synth_command
 from tunehouse.config import DEFAULT_BASE_MODEL
 from tunehouse.errors import InvalidRequest, TunehouseError
 from tunehouse.train.options import OPTIONS_BY_NAME
 
 data_app = typer.Typer(help="Validate, count, convert and split training files.", no_args_is_help=True)
+data_app.command("synth")(synth_command)
+data_app.command("augment")(augment_command)
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 PROGRESS_MIN_BYTES = 16 << 20
@@ -228,7 +231,10 @@ def split(
         report = split_file(file, train_out, valid_out, valid, seed)
     console.print(f"train: {report.n_train} examples -> {train_out}")
     console.print(f"valid: {report.n_valid} examples -> {valid_out}")
-    console.print(f"{report.n_grouped_duplicates} examples share their text with another and were kept together")
+    console.print(
+        f"{report.n_grouped_duplicates} examples share their text or paraphrase group with another "
+        "and were kept together"
+    )
     if report.n_dropped:
         lines = ", ".join(map(str, report.dropped_lines))
         console.print(f"dropped {report.n_dropped} lines that are not JSON objects (lines {lines})")
@@ -250,13 +256,16 @@ def overlap_command(
             {
                 "n_valid": report.n_valid,
                 "n_overlapping": report.n_overlapping,
+                "n_same_group": report.n_same_group,
                 "samples": [{"valid_line": v, "train_line": t} for v, t in report.samples],
             }
         )
     elif report.n_overlapping:
         console.print(
             f"{report.n_overlapping} of {report.n_valid} validation examples ({report.fraction:.1%}) also "
-            "appear in the training file (ignoring case, punctuation and spacing):"
+            "appear in the training file (ignoring case, punctuation and spacing"
+            + (f"; {report.n_same_group} as a rephrasing in the same group" if report.n_same_group else "")
+            + "):"
         )
         for valid_line, train_line in report.samples:
             console.print(f"  valid line {valid_line} = train line {train_line}")

@@ -14,7 +14,8 @@ Finding = tuple[str, str | None, str]
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"})
-CHAT_LINE_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
+# `group`: tunehouse's paraphrase group id (`data augment` writes it, `data split` keeps a group together).
+CHAT_LINE_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions", "group"})
 
 
 def type_name(value: Any) -> str:

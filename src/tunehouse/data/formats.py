@@ -40,7 +40,7 @@ def check_completion_example(example: dict[str, Any]) -> Iterator[Finding]:
     if isinstance(completion, str) and not completion.strip():
         yield "missing_completion", "completion", "is empty"
     for key in example:
-        if key not in ("prompt", "completion") and (
+        if key not in ("prompt", "completion", "group") and (
             not isinstance(key, str) or key.lower() not in ("prompt", "completion")
         ):
             yield "unrecognized_key", key, f"unrecognized key {key!r} (ignored)"

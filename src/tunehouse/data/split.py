@@ -1,9 +1,11 @@
 """Train/validation splits that cannot leak, and a check for leakage between two files.
 
 Examples are grouped by a hash of their normalized text (case, accents' composition, punctuation and
-whitespace ignored), so exact and near duplicates always land on the same side. Which groups go to
-validation depends only on the seed and the text, never on line order, so the same file and seed
-give the same split on any machine. Both passes stream; memory is 8 bytes per example.
+whitespace ignored), so exact and near duplicates always land on the same side. Examples that carry
+the same `group` id (an example and its rephrasings, from `tunehouse data augment`) are grouped too,
+so no rephrasing of a validation question is trained on. Which groups go to validation depends only
+on the seed and the text, never on line order, so the same file and seed give the same split on any
+machine. Both passes stream; memory is 8 bytes per example, plus a little per grouped example.
 """
 
 from __future__ import annotations
@@ -57,8 +59,14 @@ def example_key(example: dict[str, Any]) -> int:
     return content_hash(normalized_text(example).encode())
 
 
-def _keyed_lines(path: Path) -> Iterator[tuple[int, bytes, int | None]]:
-    """(line number, raw line, key) per non-blank line; key is None when the line is not a JSON object."""
+def group_key(example: dict[str, Any]) -> int | None:
+    """The hash of the example's `group` id, when it has one."""
+    group = example.get("group")
+    return content_hash(b"group\0" + group.encode()) if isinstance(group, str) and group else None
+
+
+def _keyed_lines(path: Path) -> Iterator[tuple[int, bytes, int | None, int | None]]:
+    """(line number, raw line, key, group key) per non-blank line; keys are None for a line that is not an object."""
     for number, raw in iter_lines(path):
         line = strip_line(raw or b"", number == 1)
         if not line:
@@ -67,7 +75,30 @@ def _keyed_lines(path: Path) -> Iterator[tuple[int, bytes, int | None]]:
             example = orjson.loads(line)
         except orjson.JSONDecodeError:
             example = None
-        yield number, line, example_key(example) if isinstance(example, dict) else None
+        if isinstance(example, dict):
+            yield number, line, example_key(example), group_key(example)
+        else:
+            yield number, line, None, None
+
+
+class _Joined:
+    """Keys joined into sets (union-find): an example's text key with its group's key. Roots are the least key."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, key: int) -> int:
+        root = key
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while key != root:
+            key, self.parent[key] = self.parent[key], root
+        return root
+
+    def join(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
 
 
 def _ranks(keys: np.ndarray, seed: int) -> np.ndarray:
@@ -81,8 +112,8 @@ def _ranks(keys: np.ndarray, seed: int) -> np.ndarray:
 class SplitReport:
     n_train: int
     n_valid: int
-    n_groups: int  # distinct normalized texts
-    n_grouped_duplicates: int  # examples that share their text with another (kept together)
+    n_groups: int  # distinct normalized texts and paraphrase groups
+    n_grouped_duplicates: int  # examples that share their text or group with another (kept together)
     n_dropped: int  # lines that were not JSON objects
     dropped_lines: list[int] = field(default_factory=list)
 
@@ -94,7 +125,14 @@ def split_file(
     path = existing_file(path)
     if not 0 < valid_fraction < 1:
         raise InvalidRequest("--valid must be a fraction between 0 and 1, e.g. 0.1.", param="valid")
-    keys = array("Q", (key for _, _, key in _keyed_lines(path) if key is not None))
+    keys, joined = array("Q"), _Joined()
+    for _, _, key, group in _keyed_lines(path):
+        if key is not None:
+            keys.append(key)
+            if group is not None:
+                joined.join(key, group)
+    if joined.parent:
+        keys = array("Q", (joined.find(key) for key in keys))
     values = np.frombuffer(keys, dtype=np.uint64) if len(keys) else np.zeros(0, dtype=np.uint64)
     unique, counts = np.unique(values, return_counts=True)
     order = np.argsort(_ranks(unique, seed), kind="stable")
@@ -104,11 +142,12 @@ def split_file(
     report = SplitReport(0, 0, len(unique), int(counts[counts > 1].sum()), 0)
     train_tmp, valid_tmp = Path(f"{train_out}.tmp"), Path(f"{valid_out}.tmp")
     with train_tmp.open("wb") as train_fh, valid_tmp.open("wb") as valid_fh:
-        for number, line, key in _keyed_lines(path):
+        for number, line, key, _ in _keyed_lines(path):
             if key is None:
                 report.n_dropped += 1
                 report.dropped_lines += [number] if len(report.dropped_lines) < 20 else []
                 continue
+            key = joined.find(key)
             index = np.searchsorted(valid_keys, np.uint64(key))
             in_valid = index < len(valid_keys) and valid_keys[index] == np.uint64(key)
             (valid_fh if in_valid else train_fh).write(line + b"\n")
@@ -122,32 +161,54 @@ def split_file(
 @dataclass
 class OverlapReport:
     n_valid: int  # validation examples read
-    n_overlapping: int  # of them, how many match a training example (normalized text)
+    n_overlapping: int  # of them, how many match a training example (normalized text or group)
     samples: list[tuple[int, int]] = field(default_factory=list)  # (valid line, train line), first 20
+    n_same_group: int = 0  # of the overlapping, how many match only by group (a rephrasing of a trained example)
 
     @property
     def fraction(self) -> float:
         return self.n_overlapping / self.n_valid if self.n_valid else 0.0
 
 
+class _SortedKeys:
+    """Keys with the line each first came from, for lookups by binary search."""
+
+    def __init__(self, keys: array[int], lines: array[int]) -> None:
+        values = np.frombuffer(keys, dtype=np.uint64) if len(keys) else np.zeros(0, dtype=np.uint64)
+        self.order = np.argsort(values, kind="stable")
+        self.sorted = values[self.order]
+        self.lines = lines
+
+    def line_of(self, key: int | None) -> int | None:
+        if key is None:
+            return None
+        index = int(np.searchsorted(self.sorted, np.uint64(key)))
+        if index < len(self.sorted) and self.sorted[index] == np.uint64(key):
+            return int(self.lines[int(self.order[index])])
+        return None
+
+
 def overlap(train: str | Path, valid: str | Path) -> OverlapReport:
-    """Validation examples whose normalized text also appears in the training file (leakage)."""
-    train_keys, train_lines = array("Q"), array("Q")
-    for number, _, key in _keyed_lines(existing_file(train)):
+    """Validation examples whose normalized text or `group` also appears in the training file (leakage)."""
+    text_keys, text_lines, group_keys, group_lines = array("Q"), array("Q"), array("Q"), array("Q")
+    for number, _, key, group in _keyed_lines(existing_file(train)):
         if key is not None:
-            train_keys.append(key)
-            train_lines.append(number)
-    keys = np.frombuffer(train_keys, dtype=np.uint64) if len(train_keys) else np.zeros(0, dtype=np.uint64)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+            text_keys.append(key)
+            text_lines.append(number)
+        if group is not None:
+            group_keys.append(group)
+            group_lines.append(number)
+    texts, groups = _SortedKeys(text_keys, text_lines), _SortedKeys(group_keys, group_lines)
     report = OverlapReport(0, 0)
-    for number, _, key in _keyed_lines(existing_file(valid)):
+    for number, _, key, group in _keyed_lines(existing_file(valid)):
         if key is None:
             continue
         report.n_valid += 1
-        index = int(np.searchsorted(sorted_keys, np.uint64(key)))
-        if index < len(sorted_keys) and sorted_keys[index] == np.uint64(key):
+        same_text = texts.line_of(key)
+        train_line = same_text if same_text is not None else groups.line_of(group)
+        if train_line is not None:
             report.n_overlapping += 1
+            report.n_same_group += same_text is None
             if len(report.samples) < 20:
-                report.samples.append((number, int(train_lines[int(order[index])])))
+                report.samples.append((number, train_line))
     return report
