@@ -239,6 +239,17 @@ STREAM_CHUNKS = {
 }
 
 
+def _first_prompt_token_filled(body: Any) -> Any:
+    """`body` with each choice's null logprob entries filled: OpenAI sends null for an echoed prompt's
+    first token (nothing precedes it), where its schema's arrays want a number and an object."""
+    for choice in body.get("choices", []) if isinstance(body, dict) else []:
+        logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+        if isinstance(logprobs, dict):
+            logprobs["token_logprobs"] = [0.0 if v is None else v for v in logprobs.get("token_logprobs", [])]
+            logprobs["top_logprobs"] = [{} if v is None else v for v in logprobs.get("top_logprobs", [])]
+    return body
+
+
 def _assert_stream(response: schemathesis.Response, chunk_schema: str) -> None:
     """Every event's data is a chunk in OpenAI's schema, and a whole stream ends with `[DONE]`."""
     lines = re.split(r"\r\n|\r|\n", response.text)  # SSE's line ends only: JSON may hold a raw U+2028
@@ -252,6 +263,7 @@ def _assert_stream(response: schemathesis.Response, chunk_schema: str) -> None:
             for choice in chunk.get("choices", []):
                 if isinstance(choice, dict) and choice.get("finish_reason", "") is None:
                     choice["finish_reason"] = "length"
+            _first_prompt_token_filled(chunk)
         assert_schema(chunk, chunk_schema)
 
 
@@ -263,10 +275,14 @@ def _check_response(target: Target, case: schemathesis.Case, response: schemathe
     evals_file = target.label == "POST /files" and isinstance(case.body, dict) and case.body.get("purpose") == "evals"
     # schemathesis reads a `text/event-stream` schema as OpenAPI 3.2 does (each event's envelope);
     # OpenAI's describes each event's data, so a stream is checked by `_assert_stream` instead
-    whole_body = not streamed and not evals_file
+    # an echoed prompt's logprobs start with OpenAI's nulls, which `_first_prompt_token_filled` fills
+    echo_logprobs = target.label == "POST /completions" and isinstance(case.body, dict) and case.body.get("echo")
+    whole_body = not streamed and not evals_file and not echo_logprobs
     case.validate_response(
         response, checks=[not_a_server_error, response_schema_conformance] if whole_body else [not_a_server_error]
     )
+    if echo_logprobs and not streamed and response.status_code == 200:
+        assert_schema(_first_prompt_token_filled(response.json()), "CreateCompletionResponse")
     if streamed:
         _assert_stream(response, STREAM_CHUNKS[target.label])
     if evals_file and response.status_code == 200:
