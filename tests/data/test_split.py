@@ -61,3 +61,26 @@ def test_overlap_reports_leaked_examples_with_lines(write_jsonl) -> None:
     report = overlap(train, valid)
     assert (report.n_valid, report.n_overlapping) == (3, 2)
     assert report.samples == [(2, 8), (3, 31)]
+
+
+def test_examples_of_one_group_stay_together_and_a_leaked_member_is_found(write_jsonl, tmp_path: Path) -> None:
+    rows = []
+    for i in range(60):  # an original and two rephrasings per group, and an ungrouped copy of one original
+        rows += [
+            chat(q, f"{i} plus {i} is {2 * i}.") | {"group": f"g{i}"}
+            for q in (f"What is {i}+{i}?", f"Add {i} to {i}.", f"Sum {i} and {i}?")
+        ]
+    rows.append(chat("What is 5+5?", "5 plus 5 is 10."))
+    path = write_jsonl(rows)
+    report = split_file(path, tmp_path / "t.jsonl", tmp_path / "v.jsonl", valid_fraction=0.2, seed=7)
+    assert report.n_grouped_duplicates == 181
+    train, valid = (list(map(orjson.loads, read_lines(tmp_path / n))) for n in ("t.jsonl", "v.jsonl"))
+    # the ungrouped copy shares its text with g5's original, so it joins g5 and all four stay on one side
+    assert not {r.get("group", "g5") for r in train} & {r.get("group", "g5") for r in valid}
+    assert overlap(tmp_path / "t.jsonl", tmp_path / "v.jsonl").n_overlapping == 0
+
+    member = next(r for r in valid if r["group"] != "g5")
+    leak = overlap(
+        write_jsonl([*train, member], "leaky.jsonl"), write_jsonl([r for r in valid if r != member], "rest.jsonl")
+    )
+    assert (leak.n_overlapping, leak.n_same_group) == (2, 2)

@@ -138,7 +138,7 @@ def synth_command(
         float, typer.Option(help="Share of an answer's content words that must occur in its passage.")
     ] = 0.6,
     dedup_threshold: Annotated[
-        float, typer.Option(help="Word-set Jaccard similarity from which a pair repeats an earlier one.")
+        float, typer.Option(help="Jaccard similarity of word pairs from which a pair repeats an earlier one.")
     ] = 0.8,
     max_pair_tokens: MaxPairTokens = 512,
     judge_model: Annotated[

@@ -167,7 +167,7 @@ def read_sources(path: Path, tally: Tally) -> tuple[list[Source], str]:
 class _Augmentation:
     def __init__(self, generator: Generator, prompts: PromptSet, options: AugmentOptions, tally: Tally) -> None:
         self.generator, self.prompts, self.options, self.tally = generator, prompts, options, tally
-        self.measure = token_measure(generator.endpoint.model)
+        self.measure = token_measure(generator.endpoint.model, generator.endpoint.base_url)
         self._lock = threading.Lock()
 
     def paraphrase_task(self, source: Source) -> Task:

@@ -1,8 +1,8 @@
 """Documents cut into overlapping passages sized in the generator's tokens, with their character spans.
 
-When the generator is a model in tunehouse's catalog (its shipped base model by default), passages
-are measured with that model's own tokenizer. For any other model (a hosted API, another server) the
-tokenizer is unknown, so tokens are approximated as runs of at most four word characters or single
+When the generator runs on this machine and is a model in tunehouse's catalog (by default the local
+server's shipped base model), passages are measured with that model's own tokenizer. For any other
+model (a hosted API, a model tunehouse does not hold) the tokenizer is unknown, so tokens are approximated as runs of at most four word characters or single
 punctuation marks: about what BPE tokenizers give for English prose, slightly more, so a passage
 never grows past what was asked. Cuts prefer the end of a sentence or paragraph in the second half
 of a window; the next passage starts `overlap` tokens before the cut.
@@ -10,9 +10,11 @@ of a window; the next passage starts `overlap` tokens before the cut.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from tunehouse.data.synth.documents import Document
 from tunehouse.errors import InvalidValue, TunehouseError
@@ -52,10 +54,26 @@ class ModelTokens:
         return [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
 
 
-def token_measure(model_id: str) -> TokenMeasure:
-    """The model's tokenizer when tunehouse's catalog holds it with a fast tokenizer; else the approximation."""
+def _on_this_machine(base_url: str) -> bool:
+    host = urlsplit(base_url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def token_measure(model_id: str, base_url: str) -> TokenMeasure:
+    """The model's own tokenizer when the generator runs here and tunehouse's catalog holds the model.
+
+    A hosted endpoint's `gpt-4o-mini` is not the local alias of that name, so any endpoint on another
+    machine, and any model the catalog does not know, is measured by the approximation.
+    """
     from tunehouse.models.catalog import load_tokenizer
 
+    if not _on_this_machine(base_url):
+        return ApproximateTokens()
     try:
         tokenizer = load_tokenizer(model_id)
     except (TunehouseError, OSError, ValueError):

@@ -4,8 +4,9 @@
   letters, a crude stem) occur in the passage it was generated from, and the question shares at
   least one with it. A token-overlap test: cheap, explainable, and it catches the answers a small
   model invents; `--judge-model` adds a model's rating on top.
-- near duplicates: MinHash estimates of the Jaccard similarity of word sets (datasketch's LSH),
-  so a run of thousands of pairs is checked without comparing every two.
+- near duplicates: MinHash estimates of the Jaccard similarity of the sets of adjacent word pairs
+  (datasketch's LSH), so a run of thousands of pairs is checked without comparing every two, and
+  two questions that differ in one name or number are not taken for each other.
 - paraphrases: one identical to its original (or to an earlier rephrasing) after normalization
   teaches nothing new; one that keeps too few of the original's content words asks something else.
 """
@@ -89,8 +90,18 @@ def paraphrase_problem(original: str, paraphrase: str, earlier: list[str], min_s
     return None
 
 
+def shingles(text: str) -> set[str]:
+    """Adjacent word pairs (the word itself for a one-word text).
+
+    >>> sorted(shingles("The tower, the TOWER!"))
+    ['the tower', 'tower the']
+    """
+    found = words(text)
+    return {f"{a} {b}" for a, b in zip(found, found[1:], strict=False)} or set(found)
+
+
 class NearDuplicates:
-    """Remembers texts; says whether a new one nearly repeats one seen (estimated Jaccard of word sets ≥ threshold)."""
+    """Remembers texts; says whether a new one nearly repeats one seen (estimated Jaccard of shingles ≥ threshold)."""
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
@@ -100,7 +111,7 @@ class NearDuplicates:
     def seen(self, key: str, text: str) -> bool:
         """True when `text` nearly repeats an earlier one; otherwise remember it under `key`."""
         signature = MinHash(num_perm=MINHASH_PERMUTATIONS, seed=1)
-        signature.update_batch([word.encode() for word in set(words(text))])
+        signature.update_batch([shingle.encode() for shingle in shingles(text)])
         # LSH finds candidates; the signatures' own estimate decides, so the threshold means what it says.
         if any(signature.jaccard(self._signatures[other]) >= self.threshold for other in self._index.query(signature)):
             return True

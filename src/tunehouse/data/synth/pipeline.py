@@ -40,7 +40,7 @@ class SynthOptions:
     seed: int = 0
     concurrency: int = 4
     min_support: float = 0.6  # share of an answer's content words found in its passage
-    dedup_threshold: float = 0.8  # estimated Jaccard of word sets above which a pair repeats another
+    dedup_threshold: float = 0.8  # estimated Jaccard of word-pair sets from which a pair repeats another
     max_pair_tokens: int = 512
     judge_model: str | None = None
     judge_threshold: int = 7
@@ -269,7 +269,7 @@ def synthesize(
     sampling = sampling or Sampling()
     tally = Tally()
     docs = load_documents(documents, tally["documents"])
-    measure = token_measure(endpoint.model)
+    measure = token_measure(endpoint.model, endpoint.base_url)
     chunks = [c for d in docs for c in chunk_document(d, measure, options.chunk_tokens, options.overlap_tokens)]
     report = SynthReport(len(docs), len(chunks), measure.name, tally)
     if dry_run:
