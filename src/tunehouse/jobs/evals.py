@@ -187,6 +187,7 @@ def report_job_eval(run_id: str) -> None:
             job_id,
             f"Evaluation {evaluation.id} ended without a comparison: its runs were {base.status} and {tuned.status}.",
             level="warn",
+            data={EVAL_KEY: evaluation.id},
         )
         return
     scores = [

@@ -1,8 +1,10 @@
 // tunehouse dashboard: hash routes over the server's own OpenAI-compatible /v1 API.
 import { lineChart } from "./chart.js";
+import { evalPage, evalsPage } from "./evals.js";
 
 const KEY = "tunehouse.apiKey";
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const EVAL_GRACE_POLLS = 150;  // a succeeded job's page waits up to 5 min for its eval's summary event
 const view = document.getElementById("view");
 let stopCurrent = () => {};  // each page clears its own timers when the route changes
 
@@ -84,6 +86,8 @@ export function baseOf(model) {
   const tail = parts[parts.length - 1].startsWith("ckpt-step-") ? 4 : 3;
   return parts.slice(0, parts.length - tail).join(":") || null;
 }
+
+const ui = { view, h, table, every, getJson, status, when };  // what evals.js draws with
 
 // ---- jobs list ---------------------------------------------------------------------------------
 function jobsPage() {
@@ -200,6 +204,8 @@ function jobPage(jobId) {
       ["Seed", String(job.seed)], ["Training file", job.training_file], ["Validation file", job.validation_file || "–"],
       ["Trained tokens", job.trained_tokens?.toLocaleString() || "–"],
       ["Integrations", job.integrations?.length ? job.integrations.map((i) => i.type).join(", ") : "–"],
+      ["Evaluation", job.metadata?.eval_id ? h("a", { id: "job-eval", href: `#/evals/${job.metadata.eval_id}` }, job.metadata.eval_id)
+        : job.validation_file && job.status === "succeeded" ? "being created" : "–"],
     ];
     const result = job.result_files?.[0];
     details.replaceChildren(...[h("h2", {}, "Hyperparameters and files"),
@@ -228,7 +234,13 @@ function jobPage(jobId) {
     if (fresh.length || !lossChart.hasChildNodes()) { drawCharts(); drawEvents(); }
     const nCheckpointEvents = state.events.filter((e) => e.message.startsWith("Checkpoint created")).length;
     if (nCheckpointEvents !== state.checkpointsAt) { state.checkpointsAt = nCheckpointEvents; await drawCheckpoints(); }
-    if (TERMINAL.has(state.job.status)) { state.finished = state.endSeen; state.endSeen = true; }
+    // after the job ends, its base-vs-fine-tuned eval still reports (a link, then its scores): a while longer
+    const evalReported = !state.job.validation_file || state.events.some((e) => e.data?.eval_id && !e.message.includes(" queued"));
+    if (TERMINAL.has(state.job.status)) {
+      state.grace = (state.grace ?? EVAL_GRACE_POLLS) - 1;
+      state.finished = state.endSeen && (evalReported || state.job.status !== "succeeded" || state.grace <= 0);
+      state.endSeen = true;
+    }
     view.dataset.loaded = "true";
   });
 }
@@ -372,6 +384,8 @@ function route() {
   else if (parts[0] === "files") stopCurrent = filesPage();
   else if (parts[0] === "models") stopCurrent = modelsPage();
   else if (parts[0] === "playground") stopCurrent = playgroundPage(params);
+  else if (parts[0] === "evals" && parts[1]) stopCurrent = evalPage(ui, decodeURIComponent(parts[1]), parts[2] === "runs" ? parts[3] : null);
+  else if (parts[0] === "evals") stopCurrent = evalsPage(ui);
   else stopCurrent = jobsPage();
 }
 
