@@ -131,3 +131,12 @@ class ExportVerificationFailed(TunehouseError):
     status_code = 500
     error_type = "server_error"
     code = "export_verification_failed"
+
+
+class MigrationFailed(TunehouseError):
+    """`tunehouse migrate` cannot go on with a job: the source server is unreachable or refuses, or
+    a job's files cannot be fetched. The message names the job and what to pass or fix."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "migration_failed"

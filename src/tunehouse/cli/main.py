@@ -20,6 +20,7 @@ from tunehouse.cli.data import data_app
 from tunehouse.cli.eval import evaluate
 from tunehouse.cli.files import files_app
 from tunehouse.cli.jobs import jobs_app
+from tunehouse.cli.migrate import migrate
 from tunehouse.cli.models_export import models_export
 from tunehouse.errors import TunehouseError
 
@@ -33,6 +34,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.command("chat")(chat)
+app.command("migrate")(migrate)
 app.command("eval")(evaluate)
 console = Console()
 err_console = Console(stderr=True)

@@ -113,6 +113,29 @@ class AliasRow(Base):
     source: Mapped[str] = mapped_column(String(16))  # user | migration
 
 
+class MigrationRow(Base):
+    """A fine-tuning job carried over from another OpenAI-compatible server (`tunehouse migrate`): how far
+    it got, so a second run skips what is done and resumes what is not."""
+
+    __tablename__ = "migrations"
+    __table_args__ = (UniqueConstraint("source_url", "source_job_id"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source_url: Mapped[str] = mapped_column(String(1024))
+    source_job_id: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(32))  # the last step done (migrate/state.py STAGES)
+    source_job: Mapped[dict[str, Any]] = mapped_column(JSON)  # the job as the source reported it
+    files: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # source file id -> the copy here
+    golden: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the source model's answers
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the job re-created here
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(600), nullable=True)
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)  # source model ids now naming models here
+    comparison: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # why the last run stopped short
+
+
 class EvalRow(Base):
     """An eval of the Evals API: the shape of its items and the graders every run applies."""
 
