@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tunehouse.errors import ServerBusy, TunehouseError
@@ -139,8 +139,8 @@ def _given(sample: dict[str, Any] | None) -> _Outcome:
         text = ((choices[0] or {}).get("message") or {}).get("content")
     text = text if isinstance(text, str) else ("" if text is None else json.dumps(text))
     graded = Sample.from_text(text, sample.get("output_tools"))
-    if "output_json" in sample:
-        graded = Sample(output_text=text, output_json=sample["output_json"], output_tools=sample.get("output_tools"))
+    if "output_json" in sample:  # given as such, not parsed from the text
+        graded = replace(graded, output_json=sample["output_json"])
     usage = sample.get("usage") or {}
     record = {
         "input": sample.get("input") or [],

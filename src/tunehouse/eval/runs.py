@@ -45,7 +45,8 @@ def create_run(eval_id: str, *, data_source: Any, name: Any = None, metadata: An
 
 def cancel_run(eval_id: str, run_id: str) -> EvalRunRow:
     """Mark a queued or running run `canceled`; the worker stops at its next item, keeping what it graded."""
-    run = records.get_run(eval_id, run_id)
+    records.get_run(eval_id, run_id)
     if not records.update_run(run_id, only_if_status=records.RUN_ACTIVE, status="canceled"):
-        raise Conflict(f"Eval run {run_id} is already {run.status}; only a queued or running run can be canceled.")
+        ended = records.get_run(eval_id, run_id).status
+        raise Conflict(f"Eval run {run_id} is already {ended}; only a queued or running run can be canceled.")
     return records.get_run(eval_id, run_id)

@@ -25,12 +25,11 @@ router = APIRouter()
 RUN_STATUSES = ("queued", "in_progress", "completed", "canceled", "failed")
 
 
-def _choice(value: str | None, choices: tuple[str, ...], param: str) -> str | None:
+def _choice(value: str | None, choices: tuple[str, ...], param: str) -> None:
     if value is not None and value not in choices:
         raise InvalidRequest(
             f"Invalid value for {param}: {value!r}. Expected one of {', '.join(choices)}.", param=param
         )
-    return value
 
 
 def _origin(request: Request) -> str:
