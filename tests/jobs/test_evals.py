@@ -3,16 +3,20 @@ models on the validation prompts, linked from the job; every figure is recompute
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 from rapidfuzz import fuzz
 
-from tests.api.test_evals import output_items, wait_for_run
-from tests.conftest import TINY_ID
+from tests.api.test_evals import EXACT, make_eval, output_items, wait_for_run
+from tests.conftest import TINY_ID, Server, make_home
 from tests.support import chat_rows, upload_rows, wait_for_job
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")
@@ -115,3 +119,42 @@ def test_a_legacy_job_is_evaluated_on_its_raw_prompts(client: OpenAI, tmp_path: 
         )
         assert item.sample.output[0].content == reply.choices[0].text
         assert item.sample.usage.prompt_tokens == reply.usage.prompt_tokens  # type: ignore[union-attr]
+
+
+def test_a_worker_without_the_api_runs_eval_runs_on_an_engine_of_its_own(
+    tmp_path: Path, shipped_model_dir: Path, tiny_model_dir: Path
+) -> None:
+    home = make_home(tmp_path / "home", shipped_model_dir)
+    api = Server(home)
+    assert api.cli("models", "add", TINY_ID, str(tiny_model_dir)).returncode == 0
+    command = [sys.executable, "-m", "tunehouse.cli.main"]
+    with open(api.log, "ab") as log:
+        api.process = subprocess.Popen(
+            [*command, "serve", "--port", str(api.port), "--no-worker"], env=api.env, stdout=log, stderr=log
+        )
+        worker = subprocess.Popen([*command, "worker"], env=api.env, stdout=log, stderr=log)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{api.port}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        client = api.client()
+        evaluation = make_eval(client, [EXACT])
+        run = client.evals.runs.create(
+            evaluation.id,
+            data_source={
+                "type": "completions",
+                "model": TINY_ID,
+                "source": {"type": "file_content", "content": [{"item": {"question": "Hi", "answer": "x"}}]},
+                "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.question}}"}]},
+                "sampling_params": {"max_completion_tokens": 3},
+            },
+        )
+        finished = wait_for_run(client, evaluation.id, run.id)
+        assert finished.status == "completed" and finished.per_model_usage[0].invocation_count == 1
+    finally:
+        worker.terminate()
+        api.stop()
+        worker.wait(timeout=30)

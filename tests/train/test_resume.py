@@ -61,6 +61,39 @@ def test_resuming_after_an_interruption_gives_the_uninterrupted_run(
     assert resumed.trained_tokens == uninterrupted.trained_tokens
 
 
+def test_a_pause_file_stops_the_run_at_the_next_step_with_a_checkpoint_and_resume_is_exact(
+    make_trainer: Callable[..., Trainer], tmp_path: Path
+) -> None:
+    options = {"n_epochs": 2, "batch_size": 2, "learning_rate": 5e-3}
+    uninterrupted = make_trainer(checkpoint_dir=tmp_path / "a", **options).run()
+
+    pause_file = tmp_path / "pause"
+    paused_trainer = make_trainer(
+        checkpoint_dir=tmp_path / "b", output_dir=tmp_path / "out-b", pause_file=pause_file, **options
+    )
+    real_metrics = paused_trainer.reporter.metrics
+
+    def ask_for_a_pause_at_step_4(step: int, total: int, data: dict) -> None:
+        real_metrics(step, total, data)
+        if step == 4:  # mid-epoch 1: no checkpoint is due here
+            pause_file.touch()
+
+    paused_trainer.reporter.metrics = ask_for_a_pause_at_step_4  # type: ignore[method-assign]  # the worker's request
+    paused = paused_trainer.run()
+    assert paused.paused and paused.steps == 4
+    assert not (tmp_path / "out-b").exists()  # a paused run saves no model
+    checkpoint = latest_checkpoint(tmp_path / "b")
+    assert checkpoint is not None and checkpoint.name == "step-4"
+
+    pause_file.unlink()
+    resumed = make_trainer(
+        checkpoint_dir=tmp_path / "b", resume_from=checkpoint, pause_file=pause_file, **options
+    ).run()
+    assert not resumed.paused
+    assert resumed.final_train_loss == uninterrupted.final_train_loss
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in uninterrupted.history]
+
+
 def _final_train_loss(client: OpenAI, job_id: str) -> tuple[float, list[int]]:
     events = list(client.fine_tuning.jobs.list_events(job_id, limit=100))
     steps = [e.data["step"] for e in events if e.type == "metrics"]

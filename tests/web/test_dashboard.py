@@ -146,6 +146,23 @@ def test_playground_shows_base_and_fine_tuned_answers_side_by_side(
     assert all(a and a != "…" and not a.startswith("Error") for a in answers), answers
 
 
+def test_the_job_page_pauses_and_resumes_its_job(
+    web_client: OpenAI, web_server: Server, page: Page, tmp_path: Path
+) -> None:
+    train = upload_rows(web_client, tmp_path, chat_rows(12), "pause.jsonl")
+    job = web_client.fine_tuning.jobs.create(model=TINY_ID, training_file=train, hyperparameters={"n_epochs": 3})
+    page.goto(f"{origin(web_server)}/#/jobs/{job.id}")
+    page.wait_for_selector("#pause-job", timeout=60_000)  # queued or running
+    page.click("#pause-job")
+    page.wait_for_selector("#job-header .status.paused", timeout=180_000)  # at once, or at the next step
+    assert web_client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    assert page.locator("#pause-job").count() == 0 and page.locator("#cancel-job").count() == 1
+    page.click("#resume-job")
+    page.wait_for_selector("#job-header .status.succeeded", timeout=180_000)
+    assert page.locator("#cancel-job").count() == 0
+    assert any("Job resumed" in e.message for e in web_client.fine_tuning.jobs.list_events(job.id, limit=100))
+
+
 def test_files_and_models_pages(web_client: OpenAI, web_server: Server, page: Page, tmp_path: Path) -> None:
     file_id = upload_rows(web_client, tmp_path, chat_rows(10), "listed.jsonl")
     page.goto(f"{origin(web_server)}/#/files")

@@ -1,4 +1,4 @@
-"""`tunehouse jobs …`: create, list, inspect, cancel, follow and plot fine-tuning jobs on a server."""
+"""`tunehouse jobs …`: create, list, inspect, cancel, pause, resume, follow and plot fine-tuning jobs on a server."""
 
 from __future__ import annotations
 
@@ -194,6 +194,22 @@ def cancel(job_id: JobId, base_url: BaseUrl = DEFAULT_BASE_URL, api_key: ApiKey 
     """Cancel a job that has not finished."""
     with api_errors():
         job = make_client(base_url, api_key).fine_tuning.jobs.cancel(job_id)
+    console.print(f"Job {job.id}: {job.status}", markup=False)
+
+
+@jobs_app.command("pause")
+def pause(job_id: JobId, base_url: BaseUrl = DEFAULT_BASE_URL, api_key: ApiKey = None) -> None:
+    """Pause a job: a running one stops at its next step after a checkpoint; a queued one waits."""
+    with api_errors():
+        job = make_client(base_url, api_key).fine_tuning.jobs.pause(job_id)
+    console.print(f"Job {job.id}: {job.status}", markup=False)
+
+
+@jobs_app.command("resume")
+def resume(job_id: JobId, base_url: BaseUrl = DEFAULT_BASE_URL, api_key: ApiKey = None) -> None:
+    """Resume a paused job from the checkpoint its pause wrote."""
+    with api_errors():
+        job = make_client(base_url, api_key).fine_tuning.jobs.resume(job_id)
     console.print(f"Job {job.id}: {job.status}", markup=False)
 
 

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -24,6 +25,7 @@ RUNNER = "tunehouse.jobs.run"
 WORKER_ENV = "TUNEHOUSE_WORKER_PROCESS"
 """The worker that started a trainer, as `PID:START_TIME`: the trainer lives only as long as it does."""
 WATCH_SECONDS = 1.0
+PAUSE_FILE = "pause"
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +115,9 @@ def launch_environment(processes: int) -> dict[str, str]:
 
 def trainer_command(job_id: str, processes: int) -> list[str]:
     return launch_command(processes, RUNNER, job_id)
+
+
+def pause_file(job_id: str) -> Path:
+    """In a job's folder: written by the worker to ask the job's trainer to checkpoint and stop at its
+    next step boundary (`SFTConfig.pause_file`); removed before a trainer starts for the job."""
+    return settings().jobs_dir / job_id / PAUSE_FILE

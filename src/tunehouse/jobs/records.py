@@ -15,6 +15,8 @@ from tunehouse.store.pages import Page, page_newest_first
 from tunehouse.store.schema import CheckpointRow, EventRow, JobRow
 
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
+ACTIVE_STATES = {"running", "pausing"}
+"""States in which a trainer runs for the job (`pausing`: until its next step boundary)."""
 
 
 def get_job(job_id: str) -> JobRow:

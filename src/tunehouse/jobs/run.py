@@ -26,8 +26,16 @@ import torch
 from tunehouse.config import settings
 from tunehouse.data.reader import iter_examples
 from tunehouse.errors import TrainingDiverged, TunehouseError
-from tunehouse.jobs.launch import exit_with_worker
-from tunehouse.jobs.records import add_checkpoint, add_event, all_events, get_job, list_checkpoints, update_job
+from tunehouse.jobs.launch import exit_with_worker, pause_file
+from tunehouse.jobs.records import (
+    ACTIVE_STATES,
+    add_checkpoint,
+    add_event,
+    all_events,
+    get_job,
+    list_checkpoints,
+    update_job,
+)
 from tunehouse.jobs.service import fail_job, fine_tuned_model_name
 from tunehouse.jobs.tracking import attach_trackers
 from tunehouse.models.catalog import base_of, delete_model, get_model, register_trained_model, weights_dir
@@ -99,7 +107,7 @@ class StoreReporter:
             return
         self._last_heartbeat = now
         remaining = (total_steps - step) * seconds_per_step
-        update_job(self.job.id, only_if_status={"running"}, heartbeat_at=now, estimated_finish=int(now + remaining))
+        update_job(self.job.id, only_if_status=ACTIVE_STATES, heartbeat_at=now, estimated_finish=int(now + remaining))
 
 
 def _is_adapter(path: Path) -> bool:
@@ -156,6 +164,7 @@ def build_config(job: JobRow, n_examples: int) -> tuple[SFTConfig, ResolvedHyper
     if isinstance(config, DPOConfig) and resolved.beta is not None:
         config.beta = resolved.beta
     config.resume_from = latest_checkpoint(config.checkpoint_dir)
+    config.pause_file = pause_file(job.id)  # the worker writes it when the job is paused
     return config, resolved
 
 
@@ -201,6 +210,10 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
         store_reporter.checkpoint(step, config.resume_from, {"step": step})
     reporter = attach_trackers(store_reporter, job, config)  # + W&B / MLflow, if asked
     result = _train(config, train_examples, valid_examples, reporter, processes)
+    if result.paused:  # stopped at a step boundary with a checkpoint written; `resume` continues it
+        if update_job(job_id, only_if_status={"pausing"}, status="paused", estimated_finish=None):
+            add_event(job_id, f"Job paused at step {result.steps} with a checkpoint; resume it to continue from there.")
+        return
     results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_csv(result.history)], internal=True)
     reporter.finish(result_csv(result.history), config.output_dir, model_name)
     register_trained_model(
@@ -213,7 +226,7 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
     )
     finished = update_job(
         job_id,
-        only_if_status={"running"},
+        only_if_status=ACTIVE_STATES,  # a pause asked for during the last step comes too late
         status="succeeded",
         fine_tuned_model=model_name,
         finished_at=int(time.time()),

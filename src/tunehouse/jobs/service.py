@@ -11,7 +11,7 @@ from tunehouse.config import settings
 from tunehouse.errors import Conflict, InvalidRequest, InvalidValue, TunehouseError
 from tunehouse.ids import new_id
 from tunehouse.jobs.integrations import check_integrations
-from tunehouse.jobs.records import TERMINAL_STATES, add_event, get_job, update_job
+from tunehouse.jobs.records import ACTIVE_STATES, TERMINAL_STATES, add_event, get_job, update_job
 from tunehouse.models.catalog import get_model
 from tunehouse.store.db import session
 from tunehouse.store.files import file_path, get_file
@@ -149,7 +149,7 @@ def cancel_job(job_id: str) -> JobRow:
     job = get_job(job_id)
     if job.status in TERMINAL_STATES or not update_job(
         job_id,
-        only_if_status={"validating_files", "queued", "running"},
+        only_if_status={"validating_files", "queued", "running", "pausing", "paused"},
         status="cancelled",
         finished_at=int(time.time()),
         estimated_finish=None,
@@ -159,11 +159,43 @@ def cancel_job(job_id: str) -> JobRow:
     return get_job(job_id)
 
 
+_PAUSE_REFUSALS = {
+    "validating_files": "pause it once its files are validated and it is queued.",
+    "pausing": "it stops at its next step.",
+    "paused": "it is already paused.",
+}
+_RESUME_REFUSALS = {"pausing": "resume it once it is paused (at its next step)."}
+
+
+def pause_job(job_id: str) -> JobRow:
+    """Pause a job: a queued one at once; a running one at its trainer's next step boundary, after a
+    checkpoint (`pausing`, then `paused` when the trainer has stopped; the worker passes the request on)."""
+    if update_job(job_id, only_if_status={"queued"}, status="paused"):
+        add_event(job_id, "Job paused before it started; resume it to queue it again")
+    elif update_job(job_id, only_if_status={"running"}, status="pausing"):
+        add_event(job_id, "Job pausing: training stops at the next step, after writing a checkpoint")
+    else:
+        status = get_job(job_id).status
+        why = _PAUSE_REFUSALS.get(status, "only a queued or running job can be paused.")
+        raise Conflict(f"Job {job_id} has status '{status}': {why}", param=None)
+    return get_job(job_id)
+
+
+def resume_job(job_id: str) -> JobRow:
+    """Queue a paused job again; its trainer continues exactly from the checkpoint written at the pause."""
+    if not update_job(job_id, only_if_status={"paused"}, status="queued"):
+        status = get_job(job_id).status
+        why = _RESUME_REFUSALS.get(status, "only a paused job can be resumed.")
+        raise Conflict(f"Job {job_id} has status '{status}': {why}", param=None)
+    add_event(job_id, "Job resumed: queued to continue from its last checkpoint")
+    return get_job(job_id)
+
+
 def fail_job(job_id: str, code: str, message: str, param: str | None = None) -> None:
     """Record a failure on a job still in progress, with an error event."""
     if update_job(
         job_id,
-        only_if_status={"validating_files", "queued", "running"},
+        only_if_status={"validating_files", "queued", *ACTIVE_STATES},
         status="failed",
         finished_at=int(time.time()),
         estimated_finish=None,

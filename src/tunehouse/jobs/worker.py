@@ -24,8 +24,15 @@ from sqlalchemy import select
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
 from tunehouse.jobs.evals import EvalRunner, queue_job_eval_safely
-from tunehouse.jobs.launch import is_alive, launch_environment, process_count, process_identity, trainer_command
-from tunehouse.jobs.records import add_event, get_job, update_job
+from tunehouse.jobs.launch import (
+    is_alive,
+    launch_environment,
+    pause_file,
+    process_count,
+    process_identity,
+    trainer_command,
+)
+from tunehouse.jobs.records import ACTIVE_STATES, add_event, get_job, update_job
 from tunehouse.jobs.service import fail_job, validate_job_files
 from tunehouse.serve.engine import Engine
 from tunehouse.store.db import session
@@ -104,15 +111,25 @@ def stop_leftover_trainer(job_id: str) -> None:
     path.unlink(missing_ok=True)
 
 
+def set_aside(job_id: str, why: str) -> None:
+    """A job whose trainer stopped early for `why`: a running one goes back to the queue, a pausing
+    one is paused; either continues from its newest checkpoint when it runs again."""
+    if update_job(job_id, only_if_status={"running"}, status="queued"):
+        add_event(job_id, f"{why}; the job was re-queued and will resume from its last checkpoint.", level="warn")
+    elif update_job(job_id, only_if_status={"pausing"}, status="paused", estimated_finish=None):
+        add_event(job_id, f"{why}; the job is paused and will resume from its last checkpoint.", level="warn")
+
+
 def requeue_orphaned_jobs() -> None:
-    """Jobs left `running` by a worker that died go back to the queue, their leftover trainer stopped.
+    """Jobs left `running` by a worker that died go back to the queue (`pausing` ones are paused),
+    their leftover trainer stopped.
 
     The trainer resumes a re-queued job from its newest complete checkpoint (weights, optimizer,
     scheduler, RNG and data position), so it ends as if it had never stopped (PITFALLS 1).
     """
     host = socket.gethostname()
     with session() as s:
-        running = list(s.scalars(select(JobRow).where(JobRow.status == "running")).all())
+        running = list(s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE_STATES))).all())
     now = time.time()
     for job in running:
         dead_here = job.worker_host == host and job.worker_pid is not None and not _pid_alive(job.worker_pid)
@@ -120,12 +137,7 @@ def requeue_orphaned_jobs() -> None:
         if not (dead_here or stale):
             continue
         stop_leftover_trainer(job.id)
-        if update_job(job.id, only_if_status={"running"}, status="queued"):
-            add_event(
-                job.id,
-                "The worker running this job stopped; the job was re-queued and will resume from its last checkpoint.",
-                level="warn",
-            )
+        set_aside(job.id, "The worker running this job stopped")
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:
@@ -144,6 +156,7 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
         return
     log_path = settings().jobs_dir / job_id / "train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    pause_file(job_id).unlink(missing_ok=True)  # asked of an earlier trainer of this job, and done
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             trainer_command(job_id, processes),
@@ -154,23 +167,22 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
         )
     _trainer_file(job_id).write_text(process_identity(child.pid))
     while child.poll() is None:
-        if get_job(job_id).status == "cancelled" or (stop is not None and stop.is_set()):
+        status = get_job(job_id).status
+        if status == "cancelled" or (stop is not None and stop.is_set()):
             _terminate(child)
             break
+        if status == "pausing":  # the trainer checkpoints and stops at its next step boundary
+            pause_file(job_id).touch()
         validate_pending_jobs()
         time.sleep(POLL_SECONDS)
     code = child.wait()
     _trainer_file(job_id).unlink(missing_ok=True)
+    pause_file(job_id).unlink(missing_ok=True)
     if code == 0:
         queue_job_eval_safely(job_id)  # base vs fine-tuned on its validation file, if it has one
-    if code != 0 and get_job(job_id).status == "running":
+    if code != 0 and get_job(job_id).status in ACTIVE_STATES:
         if stop is not None and stop.is_set():
-            update_job(job_id, only_if_status={"running"}, status="queued")
-            add_event(
-                job_id,
-                "The server stopped during training; the job was re-queued and will resume from its last checkpoint.",
-                level="warn",
-            )
+            set_aside(job_id, "The server stopped during training")
             return
         fail_job(
             job_id,

@@ -66,6 +66,9 @@ class SFTConfig:
     (`training.checkpoint_interval`)."""
     resume_from: Path | None = None
     """A checkpoint folder with `trainer_state.pt`: continue that run exactly where it stopped."""
+    pause_file: Path | None = None
+    """A file whose appearance asks the run to write a checkpoint at the next step boundary and stop
+    there (a job's pause); resuming from that checkpoint continues the run exactly."""
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

@@ -61,6 +61,9 @@ class TrainResult:
     tokens_per_second: float
     bf16: bool
     history: list[dict[str, Any]]
+    paused: bool = False
+    """The run stopped early at `config.pause_file`'s request, after a checkpoint at `steps`; nothing
+    was saved to `output_dir`."""
 
 
 def seed_everything(seed: int) -> None:
@@ -423,10 +426,29 @@ class Trainer:
                 self.reporter.metrics(step, self.total_steps, metrics)
                 state["elapsed"] = time.perf_counter() - started
                 self.reporter.progress(step, self.total_steps, state["elapsed"] / step)
-                if step % self.checkpoint_interval == 0 or step % self.steps_per_epoch == 0:
+                checkpointed = step % self.checkpoint_interval == 0 or step % self.steps_per_epoch == 0
+                if checkpointed:
                     self.save_checkpoint(step, metrics)
+                if step < self.total_steps and self.pause_requested():
+                    if not checkpointed:
+                        self.save_checkpoint(step, metrics)
+                    return self._result(metrics, time.perf_counter() - started, paused=True)
         wall = time.perf_counter() - started  # the training loop's: the final save is not training
         self.save(config.output_dir)
+        return self._result(metrics, wall)
+
+    def pause_requested(self) -> bool:
+        """Whether `config.pause_file` exists; every process answers as one, so all stop at one step."""
+        pause_file = self.config.pause_file
+        if pause_file is None:  # the same config in every process: none of them asks the others
+            return False
+        asked = pause_file.exists()
+        if self.processes.world_size > 1:
+            return self.processes.sum([1.0 if asked else 0.0])[0] > 0
+        return asked
+
+    def _result(self, metrics: dict[str, Any], wall: float, paused: bool = False) -> TrainResult:
+        state = self.state
         return TrainResult(
             steps=state["step"],
             trained_tokens=state["processed_tokens"],
@@ -436,6 +458,7 @@ class Trainer:
             tokens_per_second=state["processed_tokens"] / wall if wall > 0 else 0.0,
             bf16=self.use_bf16,
             history=state["history"],
+            paused=paused,
         )
 
     # --- saving and resuming -----------------------------------------------------------------------

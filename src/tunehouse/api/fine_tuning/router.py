@@ -1,4 +1,4 @@
-"""HTTP for `/fine_tuning/jobs`: create, list, retrieve, cancel, events, checkpoints."""
+"""HTTP for `/fine_tuning/jobs`: create, list, retrieve, cancel, pause, resume, events, checkpoints."""
 
 from __future__ import annotations
 
@@ -54,6 +54,16 @@ def retrieve_job(job_id: str) -> dict[str, Any]:
 @router.post("/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(job_id: str) -> dict[str, Any]:
     return FineTuningJob.from_row(service.cancel_job(job_id)).model_dump()
+
+
+@router.post("/fine_tuning/jobs/{job_id}/pause")
+def pause_job(job_id: str) -> dict[str, Any]:
+    return FineTuningJob.from_row(service.pause_job(job_id)).model_dump()
+
+
+@router.post("/fine_tuning/jobs/{job_id}/resume")
+def resume_job(job_id: str) -> dict[str, Any]:
+    return FineTuningJob.from_row(service.resume_job(job_id)).model_dump()
 
 
 @router.get("/fine_tuning/jobs/{job_id}/events")

@@ -190,9 +190,20 @@ function jobPage(jobId) {
       h("div", { class: "row" },
         h("div", {}, status(job.status), " ", h("span", { class: "mono" }, job.model), " → ",
           job.fine_tuned_model ? h("a", { class: "mono", href: `#/playground?model=${encodeURIComponent(job.fine_tuned_model)}` }, job.fine_tuned_model) : h("span", { class: "muted" }, "not yet")),
-        h("div", { class: "muted", id: "job-progress-text" }, parts.join(" · "))),
+        h("div", { class: "muted", id: "job-progress-text" }, parts.join(" · ")),
+        h("div", { class: "job-actions" },
+          ["queued", "running"].includes(job.status) ? h("button", { type: "button", id: "pause-job", onclick: () => act("pause") }, "Pause") : null,
+          job.status === "paused" ? h("button", { type: "button", id: "resume-job", onclick: () => act("resume") }, "Resume") : null,
+          TERMINAL.has(job.status) ? null : h("button", { type: "button", class: "link", id: "cancel-job",
+            onclick: () => confirm(`Cancel ${job.id}? A cancelled job cannot be resumed.`) && act("cancel") }, "Cancel"))),
       h("div", { class: "progress" }, h("div", { style: `width:${pct.toFixed(1)}%` })),
       job.error ? h("p", { class: "error" }, `Error: ${job.error.message}`) : null].filter(Boolean));
+  }
+  async function act(verb) {  // pause, resume or cancel; the answer is the job in its new state
+    try {
+      state.job = await (await api(`/fine_tuning/jobs/${jobId}/${verb}`, { method: "POST" })).json();
+      drawHeader();
+    } catch (e) { showError(e); }
   }
   function drawDetails() {
     const job = state.job;
