@@ -301,7 +301,7 @@ def synthesize(
             pairs = _judge(pairs, judge, prompts, options, tally, progress)
         finally:
             judge.close()
-    if out is not None:
+    if out is not None and pairs:  # with no pair, an earlier file stays as it was
         report.n_written = write_jsonl(out, (example_format.example(p.question, p.answer) for p in pairs))
         write_jsonl(provenance_path(out), (_provenance(i + 1, p, endpoint.model) for i, p in enumerate(pairs)))
     report.seconds = time.perf_counter() - started
