@@ -26,6 +26,8 @@ import torch
 from tunehouse.config import settings
 from tunehouse.data.reader import iter_examples
 from tunehouse.errors import TrainingDiverged, TunehouseError
+from tunehouse.eval.classification import ClassificationSettings
+from tunehouse.jobs.classification import ClassificationReporter, job_classes, job_settings, with_metrics
 from tunehouse.jobs.launch import exit_with_worker, pause_file
 from tunehouse.jobs.records import (
     ACTIVE_STATES,
@@ -114,12 +116,19 @@ def _is_adapter(path: Path) -> bool:
     return (path / "adapter_config.json").exists()
 
 
-def result_csv(history: list[dict[str, Any]]) -> bytes:
-    """OpenAI's result file: one row per step; validation columns blank where not measured."""
+def result_csv(
+    history: list[dict[str, Any]], classification: tuple[ClassificationSettings, list[str]] | None = None
+) -> bytes:
+    """OpenAI's result file: one row per step; validation columns blank where not measured. A job
+    with classification metrics (its settings and classes) has the legacy file's `classification/*`
+    columns too, filled on the rows that scored the validation set."""
+    extra = classification[0].columns() if classification else []
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(RESULT_COLUMNS + ["full_valid_loss", "full_valid_mean_token_accuracy"])
+    writer.writerow(RESULT_COLUMNS + ["full_valid_loss", "full_valid_mean_token_accuracy"] + extra)
     for row in history:
+        if classification:
+            row = with_metrics(*classification, row)
         writer.writerow(
             [
                 row["step"],
@@ -129,6 +138,7 @@ def result_csv(history: list[dict[str, Any]]) -> bytes:
                 row.get("valid_mean_token_accuracy", ""),
                 row.get("full_valid_loss", ""),
                 row.get("full_valid_mean_token_accuracy", ""),
+                *["" if row.get(column) is None else row[column] for column in extra],
             ]
         )
     return out.getvalue().encode()
@@ -195,6 +205,11 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
     train_examples = _read_examples(job.training_file)
     valid_examples = _read_examples(job.validation_file) if job.validation_file else None
     config, resolved = build_config(job, len(train_examples))
+    classification = job_settings(job)
+    classes: list[str] = []
+    if classification is not None:  # checked when the files were validated; the classes again here
+        classes, classification = job_classes(classification, train_examples, valid_examples or [])
+        config.classification_classes = classes
     if not processes.is_main:  # trains its share of every step; the main process records the job
         _train(config, train_examples, valid_examples, SilentReporter(), processes)
         return
@@ -209,13 +224,17 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
         step = int(config.resume_from.name.removeprefix("step-"))
         store_reporter.checkpoint(step, config.resume_from, {"step": step})
     reporter = attach_trackers(store_reporter, job, config)  # + W&B / MLflow, if asked
-    result = _train(config, train_examples, valid_examples, reporter, processes)
+    trainer_reporter: Reporter = reporter
+    if classification is not None:  # the trainer's class scores become metrics for all of them
+        trainer_reporter = ClassificationReporter(reporter, classification, classes)
+    result = _train(config, train_examples, valid_examples, trainer_reporter, processes)
     if result.paused:  # stopped at a step boundary with a checkpoint written; `resume` continues it
         if update_job(job_id, only_if_status={"pausing"}, status="paused", estimated_finish=None):
             add_event(job_id, f"Job paused at step {result.steps} with a checkpoint; resume it to continue from there.")
         return
-    results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_csv(result.history)], internal=True)
-    reporter.finish(result_csv(result.history), config.output_dir, model_name)
+    result_file = result_csv(result.history, (classification, classes) if classification else None)
+    results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_file], internal=True)
+    reporter.finish(result_file, config.output_dir, model_name)
     register_trained_model(
         model_name,
         kind="fine-tuned",

@@ -10,6 +10,7 @@ from typing import Any
 from tunehouse.config import settings
 from tunehouse.errors import Conflict, InvalidRequest, InvalidValue, TunehouseError
 from tunehouse.ids import new_id
+from tunehouse.jobs.classification import OPTIONS_KEY, check_job_classes, classification_settings
 from tunehouse.jobs.integrations import check_integrations
 from tunehouse.jobs.records import ACTIVE_STATES, TERMINAL_STATES, add_event, get_job, update_job
 from tunehouse.models.catalog import get_model
@@ -34,6 +35,10 @@ class JobRequest:
     metadata: dict[str, str] | None = None
     integrations: list[dict[str, Any]] | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    compute_classification_metrics: bool | None = None
+    classification_n_classes: int | None = None
+    classification_positive_class: str | None = None
+    classification_betas: list[float] | None = None
 
 
 def fine_tuned_model_name(job: JobRow) -> str:
@@ -117,6 +122,19 @@ def _reject_non_finite(value: Any, param: str) -> None:
             _reject_non_finite(item, f"{param}[{index}]")
 
 
+def _classification_options(request: JobRequest, method_type: str) -> dict[str, Any]:
+    """The job's classification settings as its training options keep them (none if not asked for)."""
+    settings = classification_settings(
+        request.compute_classification_metrics,
+        request.classification_n_classes,
+        request.classification_positive_class,
+        request.classification_betas,
+        validation_file=request.validation_file,
+        method_type=method_type,
+    )
+    return {OPTIONS_KEY: settings.as_dict()} if settings is not None else {}
+
+
 def create_job(request: JobRequest) -> JobRow:
     method = _resolve_method(request)
     _check_request(request)
@@ -131,7 +149,7 @@ def create_job(request: JobRequest) -> JobRow:
         status="validating_files",
         method=method,
         hyperparameters=dict(method[method["type"]]["hyperparameters"]),
-        training_options=dict(request.training),
+        training_options=dict(request.training) | _classification_options(request, method["type"]),
         suffix=request.suffix,
         seed=request.seed if request.seed is not None else int(time.time_ns() % 2_147_483_647),
         job_metadata=request.metadata,
@@ -257,4 +275,9 @@ def validate_job_files(job_id: str) -> bool:
                 "(`tunehouse data split`).",
                 level="warn",
             )
+    try:
+        check_job_classes(job)
+    except TunehouseError as exc:
+        fail_job(job_id, exc.code or "invalid_validation_file", exc.message, exc.param)
+        return False
     return update_job(job_id, only_if_status={"validating_files"}, status="queued")

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from tunehouse.api.files.protocol import FileObject
+from tunehouse.jobs.classification import job_settings
 from tunehouse.jobs.records import all_events
 from tunehouse.store.files import get_file
 from tunehouse.store.schema import EventRow, JobRow
@@ -26,6 +27,10 @@ class CreateFineTuneRequest(BaseModel):
     batch_size: int | None = None
     learning_rate_multiplier: float | None = None
     suffix: str | None = None
+    compute_classification_metrics: bool | None = None
+    classification_n_classes: int | None = None
+    classification_positive_class: str | None = None
+    classification_betas: list[float] | None = None
 
 
 def legacy_event(row: EventRow) -> dict[str, Any]:
@@ -44,6 +49,18 @@ def _file_objects(file_ids: list[str | None]) -> list[dict[str, Any]]:
     return objects
 
 
+def _classification_hyperparams(job: JobRow) -> dict[str, Any]:
+    """The classification options a legacy fine-tune shows among its hyperparams, where it has them."""
+    settings = job_settings(job)
+    if settings is None:
+        return {}
+    shown: dict[str, Any] = {"compute_classification_metrics": True, "classification_n_classes": settings.n_classes}
+    if settings.positive_class is not None:
+        shown["classification_positive_class"] = settings.positive_class
+        shown["classification_betas"] = list(settings.betas)
+    return shown
+
+
 def legacy_fine_tune(job: JobRow, with_events: bool = True) -> dict[str, Any]:
     hyper = job.hyperparameters
     body: dict[str, Any] = {
@@ -60,6 +77,7 @@ def legacy_fine_tune(job: JobRow, with_events: bool = True) -> dict[str, Any]:
             "batch_size": hyper.get("batch_size"),
             "learning_rate_multiplier": hyper.get("learning_rate_multiplier"),
             "prompt_loss_weight": 0.0,  # prompt tokens are never trained
+            **_classification_hyperparams(job),
         },
         "training_files": _file_objects([job.training_file]),
         "validation_files": _file_objects([job.validation_file]),

@@ -41,6 +41,10 @@ def create_fine_tune(body: CreateFineTuneRequest) -> dict[str, Any]:
             validation_file=body.validation_file,
             hyperparameters=hyperparameters or None,
             suffix=body.suffix,
+            compute_classification_metrics=body.compute_classification_metrics,
+            classification_n_classes=body.classification_n_classes,
+            classification_positive_class=body.classification_positive_class,
+            classification_betas=body.classification_betas,
         )
     )
     return legacy_fine_tune(job)

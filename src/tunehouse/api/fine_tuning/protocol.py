@@ -27,6 +27,11 @@ class CreateJobRequest(BaseModel):
         default_factory=dict,
         description=f"tunehouse's own options (send with extra_body). {options_summary()}.",
     )
+    # The legacy API's classification metrics (send with extra_body; jobs/classification.py).
+    compute_classification_metrics: bool | None = None
+    classification_n_classes: int | None = None
+    classification_positive_class: str | None = None
+    classification_betas: list[float] | None = None
 
 
 class JobError(BaseModel):
