@@ -1,5 +1,5 @@
-"""A store holding fine-tunes of the tiny Llama to export: a LoRA adapter, one with a trained
-`lm_head` copy (PEFT's modules_to_save), one with an untrained copy, and the shipped base model.
+"""A store holding fine-tunes to export: of the tiny Llama, a LoRA adapter, one with a trained
+`lm_head` copy (PEFT's modules_to_save) and one with an untrained copy; a LoRA over the shipped model.
 
 The adapters are made with PEFT directly (random, non-zero matrices with a large alpha, so they
 change the model's answers decisively) and registered as a finished job registers its model.
@@ -13,24 +13,25 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY_ID, make_home
+from tests.conftest import REPO, SHIPPED_ID, TINY_ID, make_home
 
 LORA_ID = f"ft:{TINY_ID}:tunehouse:lora:ftjob-export0001"
 TRAINED_HEAD_ID = f"ft:{TINY_ID}:tunehouse:head:ftjob-export0002"
 UNTRAINED_HEAD_ID = f"ft:{TINY_ID}:tunehouse:copy:ftjob-export0003"
+SHIPPED_LORA_ID = f"ft:{SHIPPED_ID}:tunehouse:smol:ftjob-export0004"
 LLAMACPP_VENV = REPO / ".venv-llamacpp"
 
 
-def _make_adapter(tiny_model_dir: Path, target: Path, *, head: str | None, seed: int) -> Path:
+def _make_adapter(base_dir: Path, target: Path, *, head: str | None, seed: int, alpha: int = 64) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
     config = LoraConfig(
         r=8,
-        lora_alpha=64,
+        lora_alpha=alpha,
         target_modules="all-linear",
         init_lora_weights=False,  # random A and B: the adapter changes the logits from the start
         modules_to_save=["lm_head"] if head else None,
@@ -42,13 +43,13 @@ def _make_adapter(tiny_model_dir: Path, target: Path, *, head: str | None, seed:
             copy = peft_model.base_model.model.lm_head.modules_to_save["default"].weight
             copy.add_(torch.randn_like(copy) * 0.05)
     peft_model.save_pretrained(str(target))
-    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(target))
+    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(target))
     return target
 
 
 @pytest.fixture(scope="session")
 def export_home(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Path, tiny_model_dir: Path) -> Path:
-    """A TUNEHOUSE_HOME with the tiny base and its three fine-tunes registered."""
+    """A TUNEHOUSE_HOME with the tiny base and its three fine-tunes, and a LoRA over the shipped model."""
     home = make_home(tmp_path_factory.mktemp("export-home"), shipped_model_dir)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TUNEHOUSE_HOME", str(home))
@@ -63,6 +64,16 @@ def export_home(tmp_path_factory: pytest.TempPathFactory, shipped_model_dir: Pat
             job = model_id.rsplit(":", 1)[1]
             path = _make_adapter(tiny_model_dir, home / "models" / "ft" / job, head=head, seed=seed)
             register_trained_model(model_id, kind="fine-tuned", path=path, base_model=TINY_ID, adapter=True, job_id=job)
+        # a gentler adapter on the real model: its answers stay language-like
+        path = _make_adapter(shipped_model_dir, home / "models" / "ft" / "ftjob-export0004", head=None, seed=4, alpha=8)
+        register_trained_model(
+            SHIPPED_LORA_ID,
+            kind="fine-tuned",
+            path=path,
+            base_model=SHIPPED_ID,
+            adapter=True,
+            job_id="ftjob-export0004",
+        )
     return home
 
 

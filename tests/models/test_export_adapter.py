@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY_ID
-from tests.models.conftest import LORA_ID, TRAINED_HEAD_ID, UNTRAINED_HEAD_ID
+from tests.conftest import SHIPPED_ID, TINY_ID
+from tests.models.conftest import LORA_ID, SHIPPED_LORA_ID, TRAINED_HEAD_ID, UNTRAINED_HEAD_ID
 from tunehouse.errors import ExportRefused
 from tunehouse.models.export import export_model
 
@@ -38,6 +38,14 @@ def test_the_adapter_holds_only_lora_matrices_and_names_its_base(home: Path, tmp
     assert config["base_model_name_or_path"] == TINY_ID
     assert config["modules_to_save"] is None and config["r"] == 8
     assert report.logits is not None and report.logits.passed and report.logits.max_abs_diff == 0.0
+
+
+def test_an_adapter_of_the_shipped_model_names_it_by_its_hub_id(home: Path, tmp_path: Path) -> None:
+    report = export_model(SHIPPED_LORA_ID, "adapter", tmp_path / "adapter")
+
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == SHIPPED_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert report.logits is not None and report.logits.passed
 
 
 def test_the_exported_adapter_on_its_base_answers_as_the_fine_tune(home: Path, tmp_path: Path) -> None:

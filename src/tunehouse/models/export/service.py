@@ -30,7 +30,14 @@ from tunehouse.models.export.source import (
     reference_model,
     resolve_source,
 )
-from tunehouse.models.export.verify import GgufCheck, LogitsCheck, check_gguf, compare_logits, prompt_ids
+from tunehouse.models.export.verify import (
+    GgufCheck,
+    LogitsCheck,
+    check_gguf,
+    compare_logits,
+    prompt_ids,
+    tunehouse_answers,
+)
 from tunehouse.models.export.vllm import write_serving_files
 
 REPORT = "export-report.json"
@@ -215,7 +222,8 @@ def _gguf_files(job: _Export, *, with_adapter: bool) -> None:
         reference, merged.float(), prompt_ids(job.tokenizer), merged.dtype, "merged weights vs the model"
     )
     del merged
-    job.report.gguf.append(check_gguf(job.folder / MODEL_GGUF, reference, job.tokenizer, quantization.name))
+    expected = tunehouse_answers(reference, job.tokenizer)
+    job.report.gguf.append(check_gguf(job.folder / MODEL_GGUF, expected))
     if adapter is not None:
         with tempfile.TemporaryDirectory(dir=job.folder.parent, prefix=".base-gguf-") as tmp:
             base = write_model_gguf(
@@ -230,9 +238,7 @@ def _gguf_files(job: _Export, *, with_adapter: bool) -> None:
             job.report.gguf.append(
                 check_gguf(
                     base,
-                    reference,
-                    job.tokenizer,
-                    quantization.name,
+                    expected,
                     lora_path=job.folder / ADAPTER_GGUF,
                     label=f"{ADAPTER_GGUF} on {job.source.weights_id}",
                 )

@@ -301,9 +301,30 @@ function modelsPage() {
       data.map((m) => h("tr", {}, h("td", { class: "mono" }, m.id),
         h("td", {}, m.id.includes(":ckpt-step-") ? "checkpoint" : m.id.startsWith("ft:") ? "fine-tuned" : "base"),
         h("td", {}, m.owned_by), h("td", {}, when(m.created)),
-        h("td", {}, h("a", { href: `#/playground?model=${encodeURIComponent(m.id)}` }, "Try"))))));
+        h("td", {}, h("a", { href: `#/playground?model=${encodeURIComponent(m.id)}` }, "Try"), " ", exportControl(m.id))))));
   }).catch(showError);
   return () => {};
+}
+
+// Export: the server writes and checks the export, then answers it as one .tar (POST /v1/models/{id}/export).
+const EXPORT_FORMATS = ["gguf", "ollama", "merged", "adapter", "vllm"];
+function exportControl(model) {
+  const format = h("select", { class: "export-format", "aria-label": `Export format for ${model}` },
+    EXPORT_FORMATS.map((f) => h("option", { value: f }, f)));
+  const button = h("button", { type: "button", class: "export-button" }, "Export");
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    button.textContent = "Exporting…";
+    try {
+      const path = `/models/${encodeURIComponent(model).replace(/%2F/g, "/")}/export`;
+      const response = await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ format: format.value }) });
+      const name = /filename="([^"]+)"/.exec(response.headers.get("Content-Disposition") || "")?.[1] || `${format.value}.tar`;
+      const url = URL.createObjectURL(await response.blob());
+      h("a", { href: url, download: name }).click();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+    } catch (e) { showError(e); } finally { button.disabled = false; button.textContent = "Export"; }
+  });
+  return h("span", { class: "export" }, format, " ", button);
 }
 
 // ---- playground: one prompt, base model vs fine-tuned model, side by side ---------------------
