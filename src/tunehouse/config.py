@@ -52,6 +52,27 @@ class Settings:
     unset: the checkout's `.venv-llamacpp` (`make llamacpp`) when there is one."""
     auto_eval_examples: int
     """Validation examples the base and the fine-tuned model answer when a job succeeds (`jobs/evals.py`); 0: none."""
+    public_url: str
+    """The server's address as its users reach it (`https://tunehouse.example.com`): links in emails."""
+    notify_email: str | None
+    """Who is emailed when any job ends (`jobs/email.py`), besides a job's own `metadata.notify_email`."""
+    smtp_host: str | None
+    """The SMTP server that sends those emails; unset: no email is sent and `notify_email` is refused."""
+    smtp_port: int | None
+    """Its port; unset: 465 with `ssl`, 587 with `starttls`, 25 with `none`."""
+    smtp_tls: str
+    """`starttls` (upgrade a plain connection), `ssl` (TLS from the start) or `none`."""
+    smtp_user: str | None
+    """The login, if the SMTP server asks for one (with `smtp_password`)."""
+    smtp_password: str | None
+    smtp_from: str
+    """The emails' From address."""
+    notify_retry_base_s: float
+    """The wait before a failed webhook or email delivery is tried again; it doubles with each failure."""
+    notify_retry_max_s: float
+    """The longest wait between two tries of one delivery."""
+    notify_give_up_s: float
+    """How long after its event a delivery is still tried; then it is marked failed."""
 
     @property
     def blobs_dir(self) -> Path:
@@ -100,4 +121,15 @@ def settings() -> Settings:
         if os.environ.get("TUNEHOUSE_LLAMACPP_PYTHON")
         else None,
         auto_eval_examples=int(os.environ.get("TUNEHOUSE_AUTO_EVAL_EXAMPLES", 50)),
+        public_url=os.environ.get("TUNEHOUSE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
+        notify_email=os.environ.get("TUNEHOUSE_NOTIFY_EMAIL") or None,
+        smtp_host=os.environ.get("TUNEHOUSE_SMTP_HOST") or None,
+        smtp_port=int(os.environ["TUNEHOUSE_SMTP_PORT"]) if os.environ.get("TUNEHOUSE_SMTP_PORT") else None,
+        smtp_tls=os.environ.get("TUNEHOUSE_SMTP_TLS", "starttls").lower(),
+        smtp_user=os.environ.get("TUNEHOUSE_SMTP_USER") or None,
+        smtp_password=os.environ.get("TUNEHOUSE_SMTP_PASSWORD") or None,
+        smtp_from=os.environ.get("TUNEHOUSE_SMTP_FROM", "tunehouse@localhost"),
+        notify_retry_base_s=float(os.environ.get("TUNEHOUSE_NOTIFY_RETRY_BASE_S", 1)),
+        notify_retry_max_s=float(os.environ.get("TUNEHOUSE_NOTIFY_RETRY_MAX_S", 600)),
+        notify_give_up_s=float(os.environ.get("TUNEHOUSE_NOTIFY_GIVE_UP_S", 24 * 3600)),
     )

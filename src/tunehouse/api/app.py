@@ -20,6 +20,7 @@ from tunehouse.api.fine_tuning.router import router as fine_tuning_router
 from tunehouse.api.graders.router import router as graders_router
 from tunehouse.api.guard import RequestGuard
 from tunehouse.api.models.router import router as models_router
+from tunehouse.api.webhooks.router import router as webhooks_router
 from tunehouse.serve.engine import Engine
 from tunehouse.store.blobs import remove_stale_temporaries
 from tunehouse.store.db import checkpoint, engine
@@ -54,6 +55,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
         v1.include_router(router)
     v1.include_router(evals_router)
     v1.include_router(graders_router)
+    v1.include_router(webhooks_router)
     app.include_router(v1)
 
     @app.get("/health", include_in_schema=False)

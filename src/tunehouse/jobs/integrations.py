@@ -86,33 +86,42 @@ def _check_tags(tags: Any, param: str) -> None:
         raise InvalidRequest(f"{param}: at most {MAX_TAGS} tags, each a string of at most {MAX_TAG}.", param=param)
 
 
-def check_endpoint(url: Any, param: str) -> None:
+def check_endpoint(url: Any, param: str, *, public_hosts: bool = False) -> list[Address]:
     """Refuse an outbound URL chosen by a user unless TUNEHOUSE_ALLOWED_OUTBOUND allows its host
-    and every address it resolves to (see the module's docstring)."""
+    and every address it resolves to (see the module's docstring). With `public_hosts` (webhooks),
+    a host whose every address is public needs no entry; loopback and private ones still do.
+    Returns the addresses checked: connect to one of them, not to a fresh lookup of the name."""
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest(f"{param} must be an http(s):// URL.", param=param)
     host = parts.hostname
     names, networks = _allowlist()
-    if not names and not networks:
+    if not public_hosts and not names and not networks:
         raise InvalidRequest(
             f"{param}: this server sends tracking data only to the tracking server its operator set "
             "(TUNEHOUSE_MLFLOW_TRACKING_URI); other endpoints must be allowed in TUNEHOUSE_ALLOWED_OUTBOUND.",
             param=param,
         )
     literal = _address(host)
-    if literal is None and not any(fnmatch.fnmatchcase(host.lower(), name) for name in names):
+    listed = public_hosts or any(fnmatch.fnmatchcase(host.lower(), name) for name in names)
+    if literal is None and not listed:
         raise InvalidRequest(f"{param}: the host {host} is not in TUNEHOUSE_ALLOWED_OUTBOUND.", param=param)
-    for address in [literal] if literal is not None else _resolve(host, param):
+    addresses = [literal] if literal is not None else _resolve(host, param)
+    for address in addresses:
         in_network = any(address in network for network in networks)
-        if literal is not None and not in_network:
-            raise InvalidRequest(f"{param}: the address {address} is not in TUNEHOUSE_ALLOWED_OUTBOUND.", param=param)
+        if literal is not None and not in_network and not (public_hosts and address.is_global):
+            raise InvalidRequest(
+                f"{param}: the address {address} is not in TUNEHOUSE_ALLOWED_OUTBOUND"
+                f"{'' if address.is_global else ' (loopback and private addresses need an entry)'}.",
+                param=param,
+            )
         if not address.is_global and not in_network:
             raise InvalidRequest(
                 f"{param}: {host} resolves to the non-public address {address}; allow it by address or "
                 "network in TUNEHOUSE_ALLOWED_OUTBOUND.",
                 param=param,
             )
+    return addresses
 
 
 def _allowlist() -> tuple[list[str], list[Network]]:

@@ -10,7 +10,9 @@ from sqlalchemy import CursorResult, select, update
 
 from tunehouse.errors import NotFound
 from tunehouse.ids import new_id
+from tunehouse.jobs.email import job_emails
 from tunehouse.store.db import session
+from tunehouse.store.outbox import JOB_EVENTS, queue_event
 from tunehouse.store.pages import Page, page_newest_first
 from tunehouse.store.schema import CheckpointRow, EventRow, JobRow
 
@@ -40,14 +42,19 @@ def update_job(job_id: str, *, only_if_status: set[str] | None = None, **values:
     """Set fields on a job; with `only_if_status`, only while it is in one of those states.
 
     The conditional form is how processes race safely: a cancel and a finishing trainer cannot both
-    win, whichever commits first decides, and the other sees `False`.
+    win, whichever commits first decides, and the other sees `False`. Moving a job to an end state
+    also queues its webhook events and emails in the same transaction (`store/outbox.py`), so an
+    end never goes untold and a change that rolls back tells nothing.
     """
     statement = update(JobRow).where(JobRow.id == job_id)
     if only_if_status is not None:
         statement = statement.where(JobRow.status.in_(only_if_status))
     with session() as s:
-        result = s.execute(statement.values(**values))
-    return cast(CursorResult[Any], result).rowcount > 0
+        changed = cast(CursorResult[Any], s.execute(statement.values(**values))).rowcount > 0
+        if changed and values.get("status") in JOB_EVENTS:
+            job = s.scalars(select(JobRow).where(JobRow.id == job_id)).one()
+            queue_event(s, JOB_EVENTS[job.status], job_id, job_emails(s, job))
+    return changed
 
 
 def add_event(

@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
+from tunehouse.jobs.delivery import start_sender_thread
 from tunehouse.jobs.evals import EvalRunner, queue_job_eval_safely
 from tunehouse.jobs.launch import (
     is_alive,
@@ -245,6 +246,7 @@ def work_once(stop: threading.Event | None = None, evals: EvalRunner | None = No
 def run_worker_forever(stop: threading.Event | None = None, engine: Engine | None = None) -> None:
     """Work until `stop`; eval runs generate on `engine` (the server's), else on an engine of their own."""
     requeue_orphaned_jobs()
+    start_sender_thread(stop)  # webhook events and emails, beside the jobs and never in their way
     evals = EvalRunner(engine)
     while stop is None or not stop.is_set():
         try:

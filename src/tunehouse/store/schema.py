@@ -191,3 +191,58 @@ class EvalOutputItemRow(Base):
     datasource_item: Mapped[dict[str, Any]] = mapped_column(JSON)
     sample: Mapped[dict[str, Any]] = mapped_column(JSON)
     results: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+
+
+class WebhookEndpointRow(Base):
+    """A URL that receives signed event deliveries (`/v1/webhook_endpoints`, OpenAI's shape)."""
+
+    __tablename__ = "webhook_endpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # none: the one project
+    name: Mapped[str] = mapped_column(String(256))
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(128))  # `whsec_` + base64, shown once
+    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)  # also signs until:
+    previous_secret_expires_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[int] = mapped_column(Integer)
+
+
+class OutboxRow(Base):
+    """One notification to deliver — an event to one webhook endpoint, or one email — written in the
+    transaction that ended its job or run, and tried until it is delivered or too old (`store/outbox.py`)."""
+
+    __tablename__ = "outbox"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)  # `evt_…`: the same for every endpoint
+    event_type: Mapped[str] = mapped_column(String(64))
+    subject_id: Mapped[str] = mapped_column(String(64), index=True)  # the job or eval run
+    created_at: Mapped[int] = mapped_column(Integer)
+    channel: Mapped[str] = mapped_column(String(8))  # webhook | email
+    endpoint_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    recipient: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the webhook body, or the email's subject and text
+    status: Mapped[str] = mapped_column(String(16), index=True)  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float | None] = mapped_column(nullable=True, index=True)
+    claimed_until: Mapped[float | None] = mapped_column(nullable=True)  # a sender holds it until then
+    delivered_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class DeliveryAttemptRow(Base):
+    """One try of an outbox row: when, the HTTP status (or SMTP reply) it got, and why it failed."""
+
+    __tablename__ = "outbox_attempts"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), ForeignKey("outbox.id"), index=True)
+    attempted_at: Mapped[float] = mapped_column()
+    success: Mapped[bool] = mapped_column(Boolean)
+    response_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
