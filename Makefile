@@ -58,4 +58,4 @@ test: install lint chromium
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LLAMACPP) .pytest_cache .ruff_cache
