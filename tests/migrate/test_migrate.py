@@ -1,5 +1,5 @@
-"""`tunehouse migrate`: a second tunehouse server stands in for OpenAI. Two jobs trained there (one with
-a validation file, one without) are carried over into another store while its server runs: files,
+"""`tunehouse migrate`: a second tunehouse server stands in for OpenAI. Two jobs trained there (a chat
+job with a validation file, a legacy prompt/completion job without one) are carried over into another store while its server runs: files,
 settings, training, the source's `ft:` ids answering here, the report, and a rerun that does nothing.
 A proxy in front of the source refuses file downloads exactly as OpenAI does, for `--files-dir`.
 """
@@ -40,7 +40,8 @@ def source_jobs(source: Server, tmp_path_factory: pytest.TempPathFactory) -> lis
     data = tmp_path_factory.mktemp("data")
     train = upload_rows(client, data, chat_rows(12), "colours-train.jsonl")
     valid = upload_rows(client, data, chat_rows(5, topic="shade"), "colours-valid.jsonl")
-    plain = upload_rows(client, data, chat_rows(10, topic="size"), "sizes.jsonl")
+    legacy = [{"prompt": f"Item {i} size ->", "completion": f" {['small', 'large'][i % 2]}\n"} for i in range(10)]
+    plain = upload_rows(client, data, legacy, "sizes.jsonl")
     first = client.fine_tuning.jobs.create(
         model=TINY_ID,
         training_file=train,
@@ -71,6 +72,17 @@ def migrate(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[
 
 def counts(client: OpenAI) -> tuple[int, int]:
     return len(client.fine_tuning.jobs.list(limit=100).data), len(client.files.list().data)
+
+
+def answer(client: OpenAI, model: str) -> str:
+    """The model's greedy answer: a chat reply, or for the legacy job a raw completion."""
+    if ":sizes:" in model:
+        return (
+            client.completions.create(model=model, prompt="Item 3 size ->", max_tokens=8, temperature=0).choices[0].text
+        )
+    ask = [{"role": "user", "content": "What is the colour of item 4?"}]
+    reply = client.chat.completions.create(model=model, messages=ask, max_tokens=8, temperature=0)
+    return reply.choices[0].message.content or ""
 
 
 def suffix_of(model: str) -> str:
@@ -117,11 +129,8 @@ def test_jobs_files_and_settings_move_over_train_and_answer_under_the_source_ids
                     assert client.files.content(mine).read() == origin.files.content(theirs).read()
 
             # Code written against the source runs unchanged here: the old id answers, as the new model.
-            ask = {"messages": [{"role": "user", "content": "What is the colour of item 4?"}], "max_tokens": 8}
-            old_id = client.chat.completions.create(model=job.fine_tuned_model, temperature=0, **ask)
-            new_id = client.chat.completions.create(model=copy.fine_tuned_model, temperature=0, **ask)
-            assert old_id.choices[0].message.content == new_id.choices[0].message.content
             assert job.fine_tuned_model in output and copy.fine_tuned_model in output
+            assert answer(client, job.fine_tuned_model) == answer(client, copy.fine_tuned_model)
 
         assert report.exists() and "| source model | model here |" in report.read_text()
         figures = {entry["source_job"]: entry for entry in json.loads(report.with_suffix(".json").read_text())["jobs"]}
@@ -131,7 +140,8 @@ def test_jobs_files_and_settings_move_over_train_and_answer_under_the_source_ids
             assert entry["aliases"][0] == job.fine_tuned_model
             comparison = entry["comparison"]
             assert comparison["n"] == GOLDEN
-            assert 0.0 <= comparison["exact_match_rate"] <= 1.0 and 0.0 <= comparison["mean_similarity"] <= 1.0
+            # Same files, settings, seed and base weights train the same model: the same greedy answers.
+            assert comparison["exact_match_rate"] == 1.0 and comparison["mean_similarity"] == 1.0, comparison
             assert len(comparison["examples"]) == 3
         with_validation, without = (figures[job.id]["golden"]["origin"] for job in source_jobs)
         assert "validation file colours-valid.jsonl" in with_validation

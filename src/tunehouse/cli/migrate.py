@@ -50,6 +50,8 @@ class ConsoleObserver:
         self._print(f"[red]Error:[/red] {escape(prefix + message)}")
 
     def _bar(self, key: str, description: str, completed: int, total: int | None) -> None:
+        if not self.out.is_terminal:  # piped into a file: the steps' lines say it all
+            return
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -66,10 +68,10 @@ class ConsoleObserver:
     def training(self, jobs: list[Training]) -> None:
         for job in jobs:
             state = job.status.replace("_", " ")
-            self._bar(f"train {job.job_id}", f"{job.source_job_id} → {job.job_id} {state}", job.step, job.total_steps)
+            self._bar(f"train {job.job_id}", f"{job.source_job_id}: {state} here", job.step, job.total_steps)
 
     def answering(self, job_id: str, what: str, done: int, total: int) -> None:
-        whose = "the source model's answers" if what == "source" else "the new model's answers"
+        whose = "the source model answers" if what == "source" else "the new model answers"
         self._bar(f"{what} {job_id}", f"{job_id}: {whose}", done, total)
 
     def close(self) -> None:
@@ -146,7 +148,9 @@ def migrate(
     if dry_run:
         _print_plan(migration)
         return
-    console.print(f"Migrating {len(migration.jobs)} jobs from {escape(migration.source.url)} into {settings().home}")
+    count = f"{len(migration.jobs)} job{'s' if len(migration.jobs) > 1 else ''}"
+    console.print(f"Migrating {count} from {escape(migration.source.url)} into the store at {settings().home}")
+    quiet_model_loading()
     observer = ConsoleObserver(console)
     try:
         migration.run(observer, wait=wait)
@@ -171,6 +175,17 @@ def migrate(
         )
     if observer.problems:
         raise typer.Exit(1)
+
+
+def quiet_model_loading() -> None:
+    """The new models load in this process: keep transformers' loading bars and notices off the terminal."""
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 
 def _print_plan(migration: Migration) -> None:

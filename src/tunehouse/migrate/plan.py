@@ -53,7 +53,7 @@ class SourceJob:
         resolved = job.get("hyperparameters") or {}
         hyperparameters = {}
         for name, value in {**resolved, **(section.get("hyperparameters") or {})}.items():
-            if value == "auto" and isinstance(resolved.get(name), int | float):
+            if (value is None or value == "auto") and isinstance(resolved.get(name), int | float):
                 value = resolved[name]  # the number the source trained with
             if value is not None:
                 hyperparameters[name] = value

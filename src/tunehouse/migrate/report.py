@@ -40,7 +40,7 @@ def _excerpt(value: Any) -> str:
         value = value[-1].get("content", "") if value else ""
     text = " ".join(str(value).split())
     text = text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
-    return text.replace("|", "\\|") or "(empty)"
+    return text.replace("|", "\\|") or ("(only whitespace)" if str(value) else "(empty)")
 
 
 def _percent(value: float | None) -> str:
@@ -69,7 +69,9 @@ def _markdown(source_url: str, jobs: list[dict[str, Any]]) -> str:
         lines += ["", f"## {job['source_job']} → {job['job'] or 'not created yet'}", ""]
         lines.append(f"- Settings: {job['settings']}; base model `{job['source_base_model']}`")
         if job["aliases"]:
-            lines.append(f"- Aliases here: {', '.join(f'`{name}`' for name in job['aliases'])}")
+            checkpoints = len(job["aliases"]) - 1
+            more = f" and its {checkpoints} checkpoints' ids" if checkpoints else ""
+            lines.append(f"- Alias here: `{job['aliases'][0]}`{more}")
         golden = job["golden"]
         if golden.get("origin"):
             lines.append(f"- Golden set: {golden['origin']}")
