@@ -29,8 +29,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from tests.api.test_aliases import openai_0x, run_0x  # noqa: F401  # the 0.28 SDK's venv, a fixture
 from tests.conftest import TINY_ID, Server, make_home, running_server
-from tests.support import upload_rows, wait_for_job
+from tests.support import upload_rows, wait_for_job, write_jsonl
 
 POSITIVE = ["great", "lovely", "superb", "wonderful", "brilliant"]
 NEGATIVE = ["awful", "dreadful", "terrible", "horrible", "boring"]
@@ -176,6 +177,35 @@ def test_seed_003_binary_classifier_through_the_legacy_api(
     [run] = mlflow.search_runs([experiment.experiment_id], f"tags.`tunehouse.job_id` = '{done['id']}'")
     logged = {m.step: m.value for m in mlflow.get_metric_history(run.info.run_id, "classification/auroc")}
     assert logged == pytest.approx({step: data["classification/auroc"] for step, data in steps.items()})
+
+
+def test_seed_003_command_with_the_0x_cli_prints_the_binary_columns(
+    openai_0x: Path,  # noqa: F811  # the fixture imported above
+    tracked_server: Server,
+    client: OpenAI,
+    tmp_path: Path,
+) -> None:
+    write_jsonl(tmp_path / "sentiment_train.jsonl", reviews(10, "Review"))
+    write_jsonl(tmp_path / "sentiment_valid.jsonl", reviews(6, "Critic"))
+    cli = [str(openai_0x.parent / "openai"), "api"]
+    created = run_0x(
+        openai_0x,
+        tracked_server,
+        [*cli, "fine_tunes.create", "-t", "sentiment_train.jsonl", "-v", "sentiment_valid.jsonl", "-m", TINY_ID]
+        + ["--compute_classification_metrics", "--classification_n_classes", "2"]
+        + ["--classification_positive_class", " positive", "--n_epochs", "1"],
+        tmp_path,
+    )
+    assert created.returncode == 0, created.stderr + created.stdout
+    assert "classification on the validation set: accuracy=" in created.stdout  # what `follow` printed
+    job_id = created.stdout.split("Created fine-tune: ")[1].split()[0]
+    results = run_0x(openai_0x, tracked_server, [*cli, "fine_tunes.results", "-i", job_id], tmp_path)
+    assert results.returncode == 0, results.stderr
+    reader = csv.DictReader(io.StringIO(results.stdout.strip()))
+    assert list(reader.fieldnames or [])[-6:] == BINARY_COLUMNS
+    steps = scored_steps(client, job_id)
+    assert sorted(steps) == [10]  # one epoch of batch 1 (auto: 0.2 % of 10 examples, at least 1)
+    assert_rows_match(list(reader), steps, lambda p: sklearn_binary(p, " positive", [1.0]))
 
 
 def test_multiclass_job_reports_accuracy_and_weighted_f1(http: httpx.Client, client: OpenAI, tmp_path: Path) -> None:
