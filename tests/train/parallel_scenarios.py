@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tests.train.conftest import QuietReporter, varied_chat_rows
+from tunehouse.train.classify import ValidationClassifier
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.dpo import DPOConfig, dpo_trainer
 from tunehouse.train.recipe import Trainer
@@ -86,9 +87,22 @@ def training_runs(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def classification_scores(model_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Five examples scored as a classifier (3 and 2 over two processes), a query per pass: by one
+    next-token distribution (one-token labels), and over every token of each label."""
+    trainer = make_trainer(model_dir, out_dir, pass_tokens=16)
+
+    def score(labels: list[str]) -> dict[str, Any]:
+        rows = [{"prompt": f"Review {i}", "completion": labels[i % len(labels)]} for i in range(5)]
+        return ValidationClassifier(trainer.tokenizer, sorted(labels), rows, 2048, QuietReporter()).score(trainer)
+
+    return {"one_token": score([" no", " yes"]), "several_tokens": score([" no", " yes", " very good"])}
+
+
 def compute(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     results = {name: one_step(model_dir, out_dir / name, **step) for name, step in STEPS.items()}
     results["runs"] = training_runs(model_dir, out_dir / "runs")
+    results["classify"] = classification_scores(model_dir, out_dir / "classify")
     return results
 
 

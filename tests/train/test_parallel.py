@@ -61,3 +61,15 @@ def test_two_processes_train_validate_checkpoint_and_resume_like_one(
         assert got["resumed_steps"] == [5, 6, 7, 8]
         assert [h["train_loss"] for h in got["resumed_history"]] == [h["train_loss"] for h in got["history"]]
     assert "trainer_state.pt" in two_processes[0]["runs"]["checkpoint_files"]
+
+
+def test_two_processes_score_the_validation_set_as_a_classifier_like_one(
+    two_processes: list[dict[str, Any]], one_process: dict[str, Any]
+) -> None:
+    for name, want in one_process["classify"].items():
+        for rank in two_processes:
+            got = rank["classify"][name]
+            assert got["labels"] == want["labels"], name
+            torch.testing.assert_close(
+                torch.tensor(got["probabilities"]), torch.tensor(want["probabilities"]), rtol=0, atol=1e-6, msg=name
+            )
