@@ -75,3 +75,4 @@ def models_export(
         console.print(f"Note: {escape(note)}")
     for tool, command in report.commands.items():
         console.print(f"{tool}: [bold]{escape(command)}[/bold]")
+    console.print(f"Report: {escape(report.output)}/export-report.json")
