@@ -322,6 +322,19 @@ def test_requests_that_cannot_compute_the_metrics_are_refused_naming_the_field(
     assert error_of(http.post("/fine-tunes", json={**binary, "classification_betas": [0]}))["param"] == (
         "classification_betas"
     )
+    with pytest.raises(BadRequestError) as refused:
+        client.fine_tuning.jobs.create(
+            model=TINY_ID,
+            training_file=training_file,
+            validation_file=validation_file,
+            method={"type": "dpo"},
+            extra_body={"compute_classification_metrics": True, "classification_n_classes": 2},
+        )
+    assert refused.value.param == "compute_classification_metrics"
+    twice = {**legacy, "classification_n_classes": 2, "classification_positive_class": " positive"}
+    created = http.post("/fine-tunes", json={**twice, "classification_betas": [1, 1.0, 2]})
+    assert created.json()["hyperparams"]["classification_betas"] == [1.0, 2.0]  # one column each
+    http.post(f"/fine-tunes/{created.json()['id']}/cancel")
     # the 0.x CLI sends the flag false when it is not given: the other fields are then ignored
     plain = http.post("/fine-tunes", json={**legacy, "compute_classification_metrics": False, "n_epochs": 1})
     assert plain.status_code == 200 and "compute_classification_metrics" not in plain.json()["hyperparams"]

@@ -74,7 +74,7 @@ def classification_settings(
                 f"classification_betas must be 1 to {MAX_BETAS} positive numbers, e.g. [0.5, 1, 2].",
                 param="classification_betas",
             )
-        return ClassificationSettings(2, positive, tuple(float(b) for b in betas or (1.0,)))
+        return ClassificationSettings(2, positive, tuple(dict.fromkeys(float(b) for b in betas or (1.0,))))
     for field, value in (("classification_positive_class", positive), ("classification_betas", betas)):
         if value is not None:
             raise InvalidRequest(
