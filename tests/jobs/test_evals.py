@@ -121,6 +121,46 @@ def test_a_legacy_job_is_evaluated_on_its_raw_prompts(client: OpenAI, tmp_path: 
         assert item.sample.usage.prompt_tokens == reply.usage.prompt_tokens  # type: ignore[union-attr]
 
 
+def test_a_classifier_job_compares_the_classification_metrics_of_both_models(client: OpenAI, tmp_path: Path) -> None:
+    labels = [" positive", " negative"]
+    rows = [
+        {"prompt": f"Review {i}: {'great' if i % 2 == 0 else 'awful'} ->", "completion": labels[i % 2]}
+        for i in range(12)
+    ]
+    train = upload_rows(client, tmp_path, rows[:10], "train.jsonl")
+    valid = upload_rows(client, tmp_path, rows[8:], "valid.jsonl")
+    job = client.fine_tuning.jobs.create(
+        model=TINY_ID,
+        training_file=train,
+        validation_file=valid,
+        hyperparameters={"n_epochs": 1},
+        extra_body={
+            "compute_classification_metrics": True,
+            "classification_n_classes": 2,
+            "classification_positive_class": "positive",
+        },
+    )
+    assert wait_for_job(client, job.id).status == "succeeded"
+    eval_id = linked_eval(client, job.id)
+    message = summary_event(client, job.id, eval_id)
+    accuracies = []
+    for run in client.evals.runs.list(eval_id).data:
+        items = output_items(client, eval_id, run.id)
+        truth = [i.datasource_item["expected"] == " positive" for i in items]
+        # an answer is its class when it is one (up to surrounding spaces); anything else is wrong
+        predicted = [
+            (i.sample.output[0].content.strip() == "positive")
+            if i.sample.output[0].content.strip() in ("positive", "negative")
+            else not t
+            for i, t in zip(items, truth, strict=True)
+        ]
+        accuracy = sum(p == t for p, t in zip(predicted, truth, strict=True)) / len(items)
+        assert run.metadata["classification/accuracy"] == f"{accuracy:.4f}"
+        assert "classification/f1.0" in run.metadata and "classification/auroc" not in run.metadata
+        accuracies.append(accuracy)
+    assert f"classification/accuracy {accuracies[0]:.2f} → {accuracies[1]:.2f}" in message
+
+
 def test_a_worker_without_the_api_runs_eval_runs_on_an_engine_of_its_own(
     tmp_path: Path, shipped_model_dir: Path, tiny_model_dir: Path
 ) -> None:

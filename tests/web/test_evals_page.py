@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -99,3 +100,41 @@ def test_a_runs_report_url_opens_it_first_and_the_list_names_the_job(
     page.wait_for_selector(f"tr[data-eval='{eval_id}']", timeout=30_000)
     row = page.inner_text(f"tr[data-eval='{eval_id}']")
     assert job.id in row and "Exact match" in row
+
+
+def test_a_classifier_jobs_eval_shows_both_models_classification_metrics(
+    web_server: Server,  # noqa: F811
+    web_client: OpenAI,  # noqa: F811
+    page: Page,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    rows = [
+        {"prompt": f"Review {i}: {'fine' if i % 2 else 'poor'} ->", "completion": [" good", " bad"][i % 2]}
+        for i in range(12)
+    ]
+    job = web_client.fine_tuning.jobs.create(
+        model=TINY_ID,
+        training_file=upload_rows(web_client, tmp_path, rows[:10], "train.jsonl"),
+        validation_file=upload_rows(web_client, tmp_path, rows[8:], "valid.jsonl"),
+        hyperparameters={"n_epochs": 1},
+        extra_body={
+            "compute_classification_metrics": True,
+            "classification_n_classes": 2,
+            "classification_positive_class": " good",
+        },
+    )
+    assert wait_for_job(web_client, job.id).status == "succeeded"
+    deadline = time.time() + 180
+    runs: list[Any] = []
+    while time.time() < deadline:
+        eval_id = (web_client.fine_tuning.jobs.retrieve(job.id).metadata or {}).get("eval_id")
+        runs = web_client.evals.runs.list(eval_id).data if eval_id else []
+        if len(runs) == 2 and all("classification/accuracy" in (r.metadata or {}) for r in runs):
+            break
+        time.sleep(0.5)
+    assert runs and all("classification/accuracy" in (r.metadata or {}) for r in runs), runs
+    page.goto(runs[0].report_url)
+    page.wait_for_selector("#view[data-loaded='true'] tr[data-metric='classification/accuracy']", timeout=30_000)
+    for metric in ("classification/accuracy", "classification/f1.0"):
+        shown = page.locator(f"tr[data-metric='{metric}'] td").all_inner_texts()
+        assert shown == [metric, *(f"{float(r.metadata[metric]):.3f}" for r in runs)]

@@ -19,16 +19,19 @@ from tunehouse.config import settings
 from tunehouse.data.reader import iter_examples
 from tunehouse.errors import TunehouseError
 from tunehouse.eval import records
-from tunehouse.eval.compare import criterion_scores, describe_change
+from tunehouse.eval.classification import ClassificationSettings
+from tunehouse.eval.compare import answer_classification, criterion_scores, describe_change, describe_classification
 from tunehouse.eval.definitions import create_eval
 from tunehouse.eval.executor import RunInterrupted, RunTools, execute_run
 from tunehouse.eval.graders import ModelCaller, engine_caller, openai_caller, routing_caller
 from tunehouse.eval.heldout import INPUT_MESSAGES, ITEM_SCHEMA, answer_tokens, comparison_criteria, heldout_items
 from tunehouse.eval.runs import create_run
 from tunehouse.eval.sampler import EngineSampler
+from tunehouse.jobs.classification import job_settings
 from tunehouse.jobs.records import add_event, get_job, update_job
 from tunehouse.serve.engine import Engine
 from tunehouse.store.files import file_path, get_file
+from tunehouse.store.schema import EvalOutputItemRow
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,10 @@ class EvalRunner:
         except RunInterrupted:
             records.update_run(run_id, only_if_status={"in_progress"}, status="queued")
             return True
+        except Exception as exc:  # a bug, or the machine (out of memory): the run fails, the worker goes on
+            log.exception("eval run %s failed", run_id)
+            error = {"code": "internal_error", "message": f"The run stopped: {type(exc).__name__}: {exc}"}
+            records.update_run(run_id, only_if_status={"in_progress"}, status="failed", error=error)
         report_job_eval(run_id)
         return True
 
@@ -190,13 +197,25 @@ def report_job_eval(run_id: str) -> None:
             data={EVAL_KEY: evaluation.id},
         )
         return
-    scores = [
-        criterion_scores(evaluation.testing_criteria, (item.results for item in records.all_output_items(r.id)))
-        for r in runs
-    ]
+    outputs = [records.all_output_items(r.id) for r in runs]
+    scores = [criterion_scores(evaluation.testing_criteria, (item.results for item in found)) for found in outputs]
+    change = describe_change(*scores)
+    settings = job_settings(get_job(job_id))
+    if settings is not None:  # a classifier: how often each model answers with the right class
+        metrics = [_classification(settings, found) for found in outputs]
+        for run, values in zip(runs, metrics, strict=True):
+            shown = {name: f"{value:.4f}" for name, value in values.items() if value is not None}
+            records.update_run(run.id, run_metadata={**(run.run_metadata or {}), **shown})
+        change += f"; {describe_classification(*metrics)}"
     add_event(
         job_id,
         f"Evaluation {evaluation.id} compares base and fine-tuned on {base.result_counts['total']} validation "
-        f"examples: {describe_change(*scores)}.",
+        f"examples: {change}.",
         data={EVAL_KEY: evaluation.id},
     )
+
+
+def _classification(settings: ClassificationSettings, outputs: list[EvalOutputItemRow]) -> dict[str, float | None]:
+    """The classification metrics of one run's answers (an item that could not be answered is wrong)."""
+    answers = [(item.sample.get("output") or [{}])[0].get("content") or "" for item in outputs]
+    return answer_classification(settings, [item.datasource_item["expected"] for item in outputs], answers)

@@ -100,9 +100,14 @@ export function evalPage(ui, evalId, runId) {
         h("td", {}, String(r.result_counts.failed)), h("td", {}, String(r.result_counts.errored))))));
 
     const perRun = runs.map((r) => scores(evaluation.testing_criteria, [...outputs.get(r.id).values()]));
-    scoresPanel.replaceChildren(h("h2", {}, "Scores"), ui.table(["Grader", ...runs.map((r) => r.model || r.name)],
-      evaluation.testing_criteria.map((c, i) => h("tr", { "data-criterion": c.name }, h("td", {}, c.name),
-        perRun.map((s) => h("td", {}, `${percent(s[i].passed, s[i].graded)} passed (${s[i].passed}/${s[i].graded}) · mean ${s[i].mean.toFixed(2)}`))))));
+    // a classifier job's eval: the worker writes each run's classification metrics into its metadata
+    const metrics = [...new Set(runs.flatMap((r) => Object.keys(r.metadata || {}).filter((k) => k.startsWith("classification/"))))];
+    scoresPanel.replaceChildren(h("h2", {}, "Scores"), ui.table(["Grader", ...runs.map((r) => r.model || r.name)], [
+      ...evaluation.testing_criteria.map((c, i) => h("tr", { "data-criterion": c.name }, h("td", {}, c.name),
+        perRun.map((s) => h("td", {}, `${percent(s[i].passed, s[i].graded)} passed (${s[i].passed}/${s[i].graded}) · mean ${s[i].mean.toFixed(2)}`)))),
+      ...metrics.map((m) => h("tr", { "data-metric": m }, h("td", {}, m),
+        runs.map((r) => h("td", {}, r.metadata?.[m] ? Number(r.metadata[m]).toFixed(3) : "–")))),
+    ]));
 
     const ids = [...new Set(runs.flatMap((r) => [...outputs.get(r.id).keys()]))].sort((a, b) => a - b);
     const columns = ["#", "Prompt", "Expected", ...runs.flatMap((r) => [r.model || r.name, "Pass"])];
