@@ -7,6 +7,9 @@ A proxy in front of the source refuses file downloads exactly as OpenAI does, fo
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -59,12 +62,20 @@ def source_jobs(source: Server, tmp_path_factory: pytest.TempPathFactory) -> lis
     return done
 
 
-def migrate(home: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+def cli_env(home: Path) -> dict[str, str]:
+    env = Server(home).env | QUIET
+    env.pop("OPENAI_API_KEY", None)
+    return env
+
+
+def migrate(home: Path, *args: str) -> tuple[int, str]:
     """Run `tunehouse migrate ARGS` on the store at `home`; its exit code and output (stdout, stderr)."""
-    cli = Server(home)
-    cli.env.update(QUIET | (env or {}))
-    cli.env.pop("OPENAI_API_KEY", None)
-    result = cli.cli("migrate", *args)
+    result = subprocess.run(
+        [sys.executable, "-m", "tunehouse.cli.main", "migrate", *args],
+        env=cli_env(home),
+        capture_output=True,
+        text=True,
+    )
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     return result.returncode, output
@@ -244,7 +255,7 @@ def test_files_openai_will_not_hand_out_come_from_files_dir(
     job = source_jobs[1]  # no validation file: one file to bring
     home = make_home(tmp_path / "here", shipped_model_dir)
     assert Server(home).cli("models", "add", TINY_ID, str(tiny_model_dir)).returncode == 0
-    args = ["--from-base-url", like_openai, "--from-api-key", SOURCE_KEY, "--job", job.id, "--golden", "2", "--no-wait"]
+    args = ["--from-base-url", like_openai, "--from-api-key", SOURCE_KEY, "--job", job.id, "--golden", "2"]
 
     code, output = migrate(home, *args)
     assert code == 1
@@ -259,9 +270,29 @@ def test_files_openai_will_not_hand_out_come_from_files_dir(
     assert code == 1 and "it is not the file the job trained on" in output
 
     (originals / "sizes.jsonl").write_bytes(original)
-    code, output = migrate(home, *args, "--files-dir", str(originals), "--report", str(tmp_path / "r.md"))
+    args += ["--files-dir", str(originals), "--report", str(tmp_path / "r.md")]
+    # No worker runs on this store, so the command waits for training: Ctrl-C it there.
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "tunehouse.cli.main", "migrate", *args],
+        env=cli_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert waiting.stdout is not None
+    shown: list[str] = []
+    while not shown or "created ftjob-" not in shown[-1]:
+        line = waiting.stdout.readline()
+        assert line, "".join(shown)  # it ended before creating the job
+        shown.append(line)
+    waiting.send_signal(signal.SIGINT)
+    output = "".join(shown) + waiting.communicate(timeout=120)[0]
+    assert waiting.returncode == 130, output
+    assert "Interrupted" in output and "run the same command again to resume" in output and "Traceback" not in output
+
+    code, output = migrate(home, *args, "--no-wait")  # resumes: the job made before Ctrl-C is not made again
     assert code == 0, output
-    assert "jobs are training here; run the same command again" in output
+    assert "1 job is training here; run the same command again" in output and "created ftjob-" not in output
 
     monkeypatch.setenv("TUNEHOUSE_HOME", str(home))  # read the store the command wrote
     from tunehouse.jobs.records import list_jobs

@@ -170,8 +170,8 @@ def migrate(
     training = [row.source_job_id for row in migration.rows() if row.stage == "job_created"]
     if not wait and training:
         console.print(
-            f"{len(training)} jobs are training here; run the same command again when they finish to alias "
-            "and compare them."
+            f"{len(training)} {'jobs are' if len(training) > 1 else 'job is'} training here; run the same command "
+            "again when they finish to alias and compare them."
         )
     if observer.problems:
         raise typer.Exit(1)
