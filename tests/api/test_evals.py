@@ -238,7 +238,7 @@ def test_evals_list_page_update_and_delete(client: OpenAI) -> None:
         client.evals.retrieve(made[1])
 
 
-def test_runs_list_delete_and_cancel(client: OpenAI) -> None:
+def test_runs_list_delete_and_cancel(server: Server, client: OpenAI) -> None:
     evaluation = make_eval(client, [EXACT])
     content = [{"item": {"question": f"Count to {n}", "answer": str(n)}} for n in range(40)]
     slow = client.evals.runs.create(
@@ -262,6 +262,11 @@ def test_runs_list_delete_and_cancel(client: OpenAI) -> None:
     assert client.evals.runs.retrieve(slow.id, eval_id=evaluation.id).result_counts.total == len(kept)
     with pytest.raises(openai.ConflictError):
         client.evals.runs.cancel(slow.id, eval_id=evaluation.id)
+    # OpenAI's reference cancels at POST /evals/{eval_id}/runs/{run_id}, the SDK at …/cancel: both are served
+    again = httpx.post(
+        f"{server.base_url}/evals/{evaluation.id}/runs/{slow.id}", headers={"Authorization": "Bearer sk-local"}
+    )
+    assert again.status_code == 409 and "already canceled" in again.json()["error"]["message"]
 
     given = client.evals.runs.create(
         evaluation.id,
