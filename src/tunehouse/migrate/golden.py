@@ -4,7 +4,8 @@ model's answers with afterwards.
 The prompts are the first examples of the job's validation file — or, for a job without one, the
 last examples of its training file (which the model has seen; the record says so). Each prompt is
 asked greedily (temperature 0): chat messages as a chat completion, a legacy prompt as a completion.
-A source model that no longer answers (its base retired) leaves a golden set that says why it is empty.
+A source model that no longer answers (its base retired) leaves a golden set that says why it is empty;
+a prompt the source refuses (400) is left out, and counted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import orjson
 
 from tunehouse.eval.heldout import answer_tokens, heldout_item
 from tunehouse.migrate import GOLDEN_SIZE
-from tunehouse.migrate.source import ModelGone, Source
+from tunehouse.migrate.source import ModelGone, PromptRefused, Source
 from tunehouse.store.files import file_path, get_file
 
 
@@ -70,11 +71,15 @@ def record_golden(
     items, origin = golden_prompts(training_file, validation_file, size)
     max_tokens = answer_tokens(items)
     golden: dict[str, Any] = {"model": model, "origin": origin, "max_tokens": max_tokens, "items": [], "skipped": None}
+    refused: list[str] = []
     for index, item in enumerate(items):
         try:
-            answer = source.answer(model, item["input"], max_tokens, job_id)
+            golden["items"].append({**item, "source": source.answer(model, item["input"], max_tokens, job_id)})
         except ModelGone as gone:
             return golden | {"items": [], "skipped": f"the source no longer serves {model} ({gone})"}
-        golden["items"].append({**item, "source": answer})
+        except PromptRefused as refusal:
+            refused.append(str(refusal))
         progress(index + 1, len(items))
+    if refused:
+        golden["origin"] += f"; {len(refused)} prompts left out, which the source refused ({refused[0]})"
     return golden

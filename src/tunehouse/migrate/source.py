@@ -64,7 +64,8 @@ class Source:
                 f"{doing}: the source {self.url} refused the API key ({_message(exc)}). Pass a valid --from-api-key."
             ) from exc
         except openai.APIStatusError as exc:
-            raise MigrationFailed(f"{doing}: the source answered {exc.status_code}: {_message(exc)}") from exc
+            hint = " Check --from-base-url (it ends in /v1)." if exc.status_code == 404 else ""
+            raise MigrationFailed(f"{doing}: the source answered {exc.status_code}: {_message(exc)}{hint}") from exc
         except openai.APIError as exc:
             raise MigrationFailed(f"{doing}: the source's answer was not understood: {exc.message}") from exc
 
@@ -142,7 +143,8 @@ class Source:
 
     def answer(self, model: str, prompt: str | list[dict[str, Any]], max_tokens: int, job_id: str) -> str:
         """`model`'s greedy answer: a chat completion for messages, a completion for a raw prompt
-        (legacy prompt/completion data). NotFoundError passes through: the model no longer serves."""
+        (legacy prompt/completion data). ModelGone when the source no longer serves the model;
+        PromptRefused when it will not take this prompt (a tool message without its call, say)."""
         with self._calls(f"Job {job_id}: asking {model} for its answers"):
             try:
                 if isinstance(prompt, str):
@@ -158,8 +160,14 @@ class Source:
                 )
             except openai.NotFoundError as exc:
                 raise ModelGone(_message(exc)) from exc
+            except openai.BadRequestError as exc:
+                raise PromptRefused(_message(exc)) from exc
             return (chat.choices[0].message.content or "") if chat.choices else ""
 
 
 class ModelGone(Exception):
     """The source no longer serves the fine-tuned model (its base retired): there is nothing to record."""
+
+
+class PromptRefused(Exception):
+    """The source refused one golden prompt (400): that prompt is left out of the golden set."""
