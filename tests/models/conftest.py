@@ -7,6 +7,7 @@ change the model's answers decisively) and registered as a finished job register
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,17 +84,38 @@ def home(export_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield export_home
 
 
+LLAMACPP_LOG = REPO / ".cache" / "llamacpp-build.log"
+_build: subprocess.Popen[bytes] | None = None
+
+
+def _missing_build_tools() -> list[str]:
+    return [tool for tool in ("make", "cc", "c++") if shutil.which(tool) is None]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start building `.venv-llamacpp` as soon as a selected test needs it: the build (10+ minutes on
+    two cores, once per checkout) then runs beside the rest of the suite instead of before its test."""
+    global _build
+    needed = any("llamacpp" in getattr(item, "fixturenames", ()) for item in session.items)
+    if needed and _build is None and not (LLAMACPP_VENV / ".installed").exists() and not _missing_build_tools():
+        LLAMACPP_LOG.parent.mkdir(parents=True, exist_ok=True)
+        with open(LLAMACPP_LOG, "wb") as log:
+            _build = subprocess.Popen(["nice", "-n", "5", "make", "llamacpp"], cwd=REPO, stdout=log, stderr=log)
+
+
 @pytest.fixture(scope="session")
 def llamacpp() -> Path:
-    """`.venv-llamacpp` with llama-cpp-python, built by `make llamacpp` when absent (10+ minutes on two
-    cores, once per checkout); skipped, saying why, only where no C/C++ compiler or cmake exists."""
-    import shutil
-
-    stamp = LLAMACPP_VENV / ".installed"
-    if not stamp.exists():
-        missing = [tool for tool in ("cc", "c++", "cmake") if shutil.which(tool) is None]
+    """`.venv-llamacpp` with llama-cpp-python, from the build started at collection (or built here);
+    skipped, saying why, only where no C/C++ compiler exists."""
+    if not (LLAMACPP_VENV / ".installed").exists():
+        missing = _missing_build_tools()
         if missing:
             pytest.skip(f"llama-cpp-python needs a compiler to build and {', '.join(missing)} is missing")
-        build = subprocess.run(["make", "llamacpp"], cwd=REPO, capture_output=True, text=True, timeout=3600)
-        assert build.returncode == 0, f"make llamacpp failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+        if _build is not None:
+            code = _build.wait(timeout=3600)
+            output = LLAMACPP_LOG.read_text(errors="replace")[-3000:]
+        else:
+            done = subprocess.run(["make", "llamacpp"], cwd=REPO, capture_output=True, text=True, timeout=3600)
+            code, output = done.returncode, done.stdout[-3000:] + done.stderr[-3000:]
+        assert code == 0, f"make llamacpp failed:\n{output}"
     return LLAMACPP_VENV / "bin" / "python"
