@@ -187,3 +187,23 @@ def test_a_rotated_secret_kept_active_signs_beside_the_new_one(hook_client: Open
     for secret in (endpoint.signing_secret, rotated.signing_secret):
         assert hook_client.webhooks.unwrap(body, headers, secret=secret).data.id == job.id
     hook_client.webhooks.delete(endpoint.id)
+
+
+def test_the_cli_adds_lists_shows_deliveries_and_removes_endpoints(hook_server: Server) -> None:
+    def cli(*args: str) -> Any:
+        return hook_server.cli("webhooks", *args, "--base-url", hook_server.base_url)
+
+    added = cli("add", "http://127.0.0.1:9/hooks", "--name", "from-cli", "--json")
+    assert added.returncode == 0, added.stderr
+    endpoint = json.loads(added.stdout)
+    assert endpoint["signing_secret"].startswith("whsec_") and endpoint["event_types"] == JOB_EVENTS
+    listed = cli("list", "--json")
+    assert endpoint["id"] in [e["id"] for e in json.loads(listed.stdout)]
+    assert endpoint["signing_secret"] not in listed.stdout  # only its hint
+    assert json.loads(cli("deliveries", endpoint["id"], "--json").stdout) == []
+    assert cli("rm", endpoint["id"]).stdout.strip() == f"Removed webhook endpoint {endpoint['id']}"
+
+    again = cli("rm", endpoint["id"])
+    assert again.returncode == 1 and f"No such webhook endpoint: {endpoint['id']}" in again.stderr
+    refused = cli("add", "http://10.1.2.3/hooks")
+    assert refused.returncode == 1 and "need an entry" in refused.stderr and "Traceback" not in refused.stderr

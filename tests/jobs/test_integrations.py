@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import openai
@@ -67,6 +68,17 @@ def test_addresses_and_networks_the_operator_names_are_allowed(monkeypatch: pyte
         check_endpoint("http://10.1.2.4", PARAM)
     with pytest.raises(InvalidRequest, match="http"):
         check_endpoint("file:///etc/passwd", PARAM)
+
+
+def test_webhooks_may_name_public_hosts_but_private_ones_need_an_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TUNEHOUSE_ALLOWED_OUTBOUND", raising=False)
+    assert check_endpoint("https://8.8.8.8/hooks", PARAM, public_hosts=True) == [ipaddress.ip_address("8.8.8.8")]
+    with pytest.raises(InvalidRequest, match="loopback and private addresses need an entry"):
+        check_endpoint("http://127.0.0.1/hooks", PARAM, public_hosts=True)
+    with pytest.raises(InvalidRequest, match="non-public address"):
+        check_endpoint("http://localhost/hooks", PARAM, public_hosts=True)
+    with pytest.raises(InvalidRequest, match="only to the tracking server"):
+        check_endpoint("https://8.8.8.8/hooks", PARAM)  # a job's tracking server still needs the operator
 
 
 def test_integration_settings_are_checked() -> None:

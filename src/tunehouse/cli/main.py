@@ -22,6 +22,7 @@ from tunehouse.cli.files import files_app
 from tunehouse.cli.jobs import jobs_app
 from tunehouse.cli.migrate import migrate
 from tunehouse.cli.models_export import models_export
+from tunehouse.cli.webhooks import webhooks_app
 from tunehouse.errors import TunehouseError
 
 app = typer.Typer(help="Self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
@@ -33,6 +34,7 @@ app.add_typer(bench_app, name="bench")
 # Client commands: talk HTTP to a server (--base-url), like the openai SDK.
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("chat")(chat)
 app.command("migrate")(migrate)
 app.command("eval")(evaluate)

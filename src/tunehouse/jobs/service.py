@@ -11,6 +11,7 @@ from tunehouse.config import settings
 from tunehouse.errors import Conflict, InvalidRequest, InvalidValue, TunehouseError
 from tunehouse.ids import new_id
 from tunehouse.jobs.classification import OPTIONS_KEY, check_job_classes, classification_settings
+from tunehouse.jobs.email import check_notify_email
 from tunehouse.jobs.integrations import check_integrations
 from tunehouse.jobs.records import ACTIVE_STATES, TERMINAL_STATES, add_event, get_job, update_job
 from tunehouse.models.catalog import get_model
@@ -103,6 +104,7 @@ def _check_request(request: JobRequest) -> None:
                     f"metadata['{key}']: keys are at most 64 characters, values strings of at most 512.",
                     param="metadata",
                 )
+        check_notify_email(request.metadata)
     for param, part in (("method", request.method), ("integrations", request.integrations)):
         _reject_non_finite(part, param)
     if request.integrations is not None:
