@@ -32,7 +32,10 @@ Model = Annotated[str, typer.Option("--model", "-m", help="The generator model, 
 Concurrency = Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at once.")]
 Seed = Annotated[int, typer.Option(help="Same inputs, options and seed: the same requests (and cache hits).")]
 Temperature = Annotated[float, typer.Option(min=0.0, max=2.0, help="Sampling temperature of the generator.")]
-MaxTokens = Annotated[int, typer.Option(min=1, help="Longest reply asked for, in tokens.")]
+MaxTokens = Annotated[
+    int,
+    typer.Option(min=1, help="Ceiling on any reply, in tokens (each task asks for what it needs below it)."),
+]
 Timeout = Annotated[float, typer.Option(min=1.0, help="Seconds to wait for one reply.")]
 Retries = Annotated[
     int, typer.Option(min=0, max=10, help="Further tries after a server error, a timeout or an unreadable reply.")
@@ -175,19 +178,19 @@ def synth_command(
     cache_path = cache or default_cache_path()
     with _run_errors(cache_path):
         options = SynthOptions(
-            per_chunk,
-            chunk_tokens,
-            overlap_tokens,
-            seed,
-            concurrency,
-            min_support,
-            dedup_threshold,
-            max_pair_tokens,
-            judge_model,
-            judge_threshold,
+            per_chunk=per_chunk,
+            chunk_tokens=chunk_tokens,
+            overlap_tokens=overlap_tokens,
+            seed=seed,
+            concurrency=concurrency,
+            min_support=min_support,
+            dedup_threshold=dedup_threshold,
+            max_pair_tokens=max_pair_tokens,
+            judge_model=judge_model,
+            judge_threshold=judge_threshold,
         )
         example_format = ExampleFormat(format, system, _unescape(separator), _unescape(stop))
-        endpoint = Endpoint(base_url, api_key or NO_KEY, model, timeout, retries)
+        endpoint = Endpoint(base_url, api_key or NO_KEY, model, timeout=timeout, retries=retries)
         prompts = load_prompts(prompt_file)
         with _progress(not as_json) as progress:
             report = synthesize(
@@ -211,7 +214,7 @@ def synth_command(
         e = report.estimate
         console.print(
             f"estimate: at most {e.requests:,} requests, {e.prompt_tokens:,} prompt tokens and "
-            f"{e.max_completion_tokens:,} completion tokens (at --max-tokens {max_tokens}); no retries counted"
+            f"{e.max_completion_tokens:,} completion tokens; no retries counted"
         )
         return
     _print_usage(report.usage, report.seconds)
@@ -253,8 +256,15 @@ def augment_command(
 
     cache_path = cache or default_cache_path()
     with _run_errors(cache_path):
-        options = AugmentOptions(paraphrases, rewrite_context, seed, concurrency, min_similarity, max_pair_tokens)
-        endpoint = Endpoint(base_url, api_key or NO_KEY, model, timeout, retries)
+        options = AugmentOptions(
+            paraphrases=paraphrases,
+            rewrite_context=rewrite_context,
+            seed=seed,
+            concurrency=concurrency,
+            min_similarity=min_similarity,
+            max_pair_tokens=max_pair_tokens,
+        )
+        endpoint = Endpoint(base_url, api_key or NO_KEY, model, timeout=timeout, retries=retries)
         with _progress(not as_json) as progress:
             report = augment(
                 file,

@@ -30,7 +30,7 @@ from tunehouse.data.synth.chunking import count_tokens, token_measure
 from tunehouse.data.synth.client import Endpoint, Generator, RequestFailed, Sampling, Usage
 from tunehouse.data.synth.curation import paraphrase_problem
 from tunehouse.data.synth.output import write_jsonl
-from tunehouse.data.synth.prompts import PromptSet
+from tunehouse.data.synth.prompts import PromptSet, reply_tokens
 from tunehouse.data.synth.replies import read_paraphrases, read_rewrite
 from tunehouse.data.synth.tally import Tally
 from tunehouse.data.synth.work import Progress, Task, derive_seed, run_tasks
@@ -177,7 +177,9 @@ class _Augmentation:
             seed = derive_seed(self.options.seed, "paraphrase", source.question, source.answer)
             requests, stage = self.tally["paraphrase requests (examples)"], self.tally["paraphrases"]
             try:
-                found = self.generator.ask(messages, lambda reply: read_paraphrases(reply, n), seed)
+                found = self.generator.ask(
+                    messages, lambda reply: read_paraphrases(reply, n), seed, reply_tokens("paraphrase", n)
+                )
             except RequestFailed as exc:
                 requests.drop(str(exc), f"line {source.line}")
                 return []
@@ -212,7 +214,8 @@ class _Augmentation:
             seed = derive_seed(self.options.seed, "rewrite", context, k)
             stage = self.tally["context rewrites"]
             try:
-                rewritten = self.generator.ask(messages, lambda reply: read_rewrite(reply, context), seed)
+                budget = reply_tokens("rewrite", passage_tokens=count_tokens(self.measure, context))
+                rewritten = self.generator.ask(messages, lambda reply: read_rewrite(reply, context), seed, budget)
             except RequestFailed as exc:
                 stage.drop(f"{exc}; the original context kept", f"line {source.line}")
                 return []

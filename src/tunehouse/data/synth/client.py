@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 import openai
@@ -164,10 +164,15 @@ class Generator:
         messages: list[dict[str, str]],
         read: Callable[[str], T],
         seed: int,
-        sampling: Sampling | None = None,
+        max_tokens: int | None = None,
     ) -> T:
-        """The reader's result for a reply, from the cache or the endpoint, asking again while unreadable."""
-        sampling = sampling or self.sampling
+        """The reader's result for a reply, from the cache or the endpoint, asking again while unreadable.
+
+        `max_tokens` lowers the run's ceiling for this request (never raises it).
+        """
+        sampling = self.sampling
+        if max_tokens is not None and max_tokens < sampling.max_tokens:
+            sampling = replace(sampling, max_tokens=max_tokens)
         problem = "malformed reply"
         for attempt in range(1 + self.endpoint.retries):
             attempt_seed = seed + SEED_STRIDE * attempt

@@ -23,7 +23,7 @@ from tunehouse.data.synth.client import Endpoint, Generator, RequestFailed, Samp
 from tunehouse.data.synth.curation import NearDuplicates, grounding_problem
 from tunehouse.data.synth.documents import load_documents
 from tunehouse.data.synth.output import ExampleFormat, provenance_path, write_jsonl
-from tunehouse.data.synth.prompts import PromptSet
+from tunehouse.data.synth.prompts import PromptSet, reply_tokens
 from tunehouse.data.synth.replies import NoAnswer, read_answer, read_questions, read_rating
 from tunehouse.data.synth.tally import Tally
 from tunehouse.data.synth.work import Progress, Task, derive_seed, run_tasks
@@ -103,7 +103,7 @@ def _where(chunk: Chunk) -> str:
 def estimate(
     chunks: list[Chunk], prompts: PromptSet, options: SynthOptions, measure: TokenMeasure, max_tokens: int
 ) -> Estimate:
-    """Requests and tokens a run will need at most (every question answered, no retries)."""
+    """Requests and tokens a run will need at most (every question asked, every reply at its budget, no retries)."""
 
     def tokens(messages: list[dict[str, str]]) -> int:
         return sum(count_tokens(measure, m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages)
@@ -119,8 +119,10 @@ def estimate(
             prompt_tokens += per_chunk * tokens(
                 prompts.judge.messages(passage=chunk.text, question=question, answer=answer)
             )
-    requests = len(chunks) * (1 + per_chunk * (2 if options.judge_model else 1))
-    return Estimate(requests, prompt_tokens, requests * max_tokens)
+    budgets = [reply_tokens("questions", per_chunk)] + [reply_tokens("answer")] * per_chunk
+    budgets += [reply_tokens("judge")] * per_chunk if options.judge_model else []
+    completion_tokens = len(chunks) * sum(min(budget, max_tokens) for budget in budgets)
+    return Estimate(len(chunks) * len(budgets), prompt_tokens, completion_tokens)
 
 
 class _Generation:
@@ -139,7 +141,10 @@ class _Generation:
             stage = self.tally["question requests (passages)"]
             try:
                 questions = self.generator.ask(
-                    messages, lambda reply: read_questions(reply, n), derive_seed(self.options.seed, "q", chunk.text)
+                    messages,
+                    lambda reply: read_questions(reply, n),
+                    derive_seed(self.options.seed, "q", chunk.text),
+                    reply_tokens("questions", n),
                 )
             except RequestFailed as exc:
                 stage.drop(str(exc), _where(chunk))
@@ -158,7 +163,10 @@ class _Generation:
             stage = self.tally["answer requests (questions)"]
             try:
                 answer = self.generator.ask(
-                    messages, read_answer, derive_seed(self.options.seed, "a", chunk.text, question)
+                    messages,
+                    read_answer,
+                    derive_seed(self.options.seed, "a", chunk.text, question),
+                    reply_tokens("answer"),
                 )
             except RequestFailed as exc:
                 stage.drop(str(exc), question)
@@ -191,7 +199,7 @@ def _judge(
             messages = prompts.judge.messages(passage=pair.chunk.text, question=pair.question, answer=pair.answer)
             seed = derive_seed(options.seed, "judge", pair.chunk.text, pair.question, pair.answer)
             try:
-                rated[index] = judge.ask(messages, read_rating, seed)
+                rated[index] = judge.ask(messages, read_rating, seed, reply_tokens("judge"))
             except RequestFailed as exc:
                 stage.drop(f"judge: {exc}", pair.question)
             return []
@@ -295,7 +303,7 @@ def synthesize(
     pairs = curate(pairs, options, measure, tally)
     if options.judge_model:
         judge_endpoint = replace(endpoint, model=options.judge_model)
-        judge = Generator(judge_endpoint, cache, Sampling(temperature=0.0, max_tokens=8))
+        judge = Generator(judge_endpoint, cache, Sampling(temperature=0.0))
         report.judge_usage = judge.usage
         try:
             pairs = _judge(pairs, judge, prompts, options, tally, progress)

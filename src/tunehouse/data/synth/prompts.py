@@ -26,6 +26,9 @@ VARIABLES = {
     "judge": ({"passage", "question", "answer"}, {"question", "answer"}),
 }
 FIELDS = ("system", "user", "examples")
+# A reply's token budget per task: (base, per item asked for). Enough for what the task asks, so a
+# small model that rambles on stops early instead of costing minutes per reply on a CPU.
+REPLY_TOKENS = {"questions": (24, 32), "answer": (96, 0), "paraphrase": (24, 32), "rewrite": (64, 0), "judge": (8, 0)}
 
 _CURIE = (
     "Marie Curie was born in Warsaw in 1867. She moved to Paris in 1891 to study physics. "
@@ -248,3 +251,13 @@ def prompts_toml(prompts: PromptSet = DEFAULT_PROMPTS) -> str:
             lines += ["", f"[[{task}.examples]]"]
             lines += [f"{key} = {_toml_string(str(value))}" for key, value in example.items()]
     return "\n".join(lines) + "\n"
+
+
+def reply_tokens(task: str, n: int = 1, passage_tokens: int = 0) -> int:
+    """The most tokens a reply to `task` needs: a rewrite about twice its passage, a list 32 per item.
+
+    >>> reply_tokens("questions", n=3), reply_tokens("rewrite", passage_tokens=100)
+    (120, 264)
+    """
+    base, per_item = REPLY_TOKENS[task]
+    return base + per_item * n + (2 * passage_tokens if task == "rewrite" else 0)
