@@ -207,3 +207,39 @@ def test_the_cli_adds_lists_shows_deliveries_and_removes_endpoints(hook_server: 
     assert again.returncode == 1 and f"No such webhook endpoint: {endpoint['id']}" in again.stderr
     refused = cli("add", "http://10.1.2.3/hooks")
     assert refused.returncode == 1 and "need an entry" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_an_eval_run_that_completes_is_told_to_its_endpoints(hook_client: OpenAI) -> None:
+    receiver = WebhookReceiver(free_port()).start()
+    try:
+        endpoint = hook_client.webhooks.create(
+            name="evals", url=receiver.url, event_types=["eval.run.succeeded", "eval.run.failed"]
+        )
+        evaluation = hook_client.evals.create(
+            name="capitals",
+            data_source_config={
+                "type": "custom",
+                "item_schema": {"type": "object", "properties": {"answer": {"type": "string"}}},
+                "include_sample_schema": True,
+            },
+            testing_criteria=[
+                {
+                    "type": "string_check",
+                    "name": "Exact",
+                    "input": "{{sample.output_text}}",
+                    "reference": "{{item.answer}}",
+                    "operation": "eq",
+                }
+            ],
+        )
+        content = [{"item": {"answer": "Paris"}, "sample": {"output_text": "Paris", "model": "someone"}}]
+        run = hook_client.evals.runs.create(
+            evaluation.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": content}}
+        )
+        [(body, headers)] = receiver.wait_for(1)
+    finally:
+        receiver.stop()
+    event = hook_client.webhooks.unwrap(body, headers, secret=endpoint.signing_secret)
+    assert (event.type, event.data.id) == ("eval.run.succeeded", run.id)
+    assert hook_client.evals.runs.retrieve(run.id, eval_id=evaluation.id).status == "completed"
+    hook_client.webhooks.delete(endpoint.id)

@@ -10,6 +10,7 @@ from sqlalchemy import CursorResult, Select, and_, delete, or_, select, update
 
 from tunehouse.errors import NotFound
 from tunehouse.store.db import session
+from tunehouse.store.outbox import queue_eval_run_ended
 from tunehouse.store.pages import Page, page_newest_first
 from tunehouse.store.schema import EvalOutputItemRow, EvalRow, EvalRunRow
 
@@ -113,13 +114,16 @@ def runs_of(eval_id: str) -> list[EvalRunRow]:
 
 def update_run(run_id: str, *, only_if_status: set[str] | None = None, **values: Any) -> bool:
     """Set fields on a run; with `only_if_status`, only while it is in one of those states (see
-    `jobs.records.update_job`: how a cancel and the worker race safely)."""
+    `jobs.records.update_job`: how a cancel and the worker race safely). Ending a run queues its
+    `eval.run.*` webhook events in the same transaction."""
     statement = update(EvalRunRow).where(EvalRunRow.id == run_id)
     if only_if_status is not None:
         statement = statement.where(EvalRunRow.status.in_(only_if_status))
     with session() as s:
-        result = s.execute(statement.values(**values))
-    return cast(CursorResult[Any], result).rowcount > 0
+        changed = cast(CursorResult[Any], s.execute(statement.values(**values))).rowcount > 0
+        if changed and values.get("status") in RUN_TERMINAL:
+            queue_eval_run_ended(s, run_id, values["status"])
+    return changed
 
 
 def delete_run(eval_id: str, run_id: str) -> None:
