@@ -96,7 +96,7 @@ class StoreReporter:
             return
         self._checkpoint_steps.add(step)
         name = f"{self.model_name}:ckpt-step-{step}"
-        base = self.job.model
+        base = get_model(self.job.model).id  # the model itself when the job named it by an alias
         register_trained_model(
             name, kind="checkpoint", path=path, base_model=base, adapter=_is_adapter(path), job_id=self.job.id
         )
@@ -239,7 +239,7 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
         model_name,
         kind="fine-tuned",
         path=config.output_dir,
-        base_model=job.model,
+        base_model=get_model(job.model).id,
         adapter=config.use_lora,
         job_id=job.id,
     )

@@ -14,7 +14,7 @@ from tunehouse.jobs.classification import OPTIONS_KEY, check_job_classes, classi
 from tunehouse.jobs.email import check_notify_email
 from tunehouse.jobs.integrations import check_integrations
 from tunehouse.jobs.records import ACTIVE_STATES, TERMINAL_STATES, add_event, get_job, update_job
-from tunehouse.models.catalog import get_model
+from tunehouse.models.catalog import ModelInfo, get_model
 from tunehouse.store.db import session
 from tunehouse.store.files import file_path, get_file
 from tunehouse.store.schema import JobRow
@@ -78,7 +78,8 @@ def _resolve_method(request: JobRequest) -> dict[str, Any]:
     return {"type": method_type, method_type: section}
 
 
-def _check_request(request: JobRequest) -> None:
+def _check_request(request: JobRequest) -> ModelInfo:
+    """Refuse what cannot train (naming the parameter); the model the job starts from."""
     base = get_model(request.model, param="model")
     if base.kind == "checkpoint":
         raise InvalidRequest("Fine-tune from a fine-tuned model, not from a checkpoint.", param="model")
@@ -110,6 +111,7 @@ def _check_request(request: JobRequest) -> None:
     if request.integrations is not None:
         check_integrations(request.integrations)
     check_training_options(request.training)
+    return base
 
 
 def _reject_non_finite(value: Any, param: str) -> None:
@@ -139,7 +141,7 @@ def _classification_options(request: JobRequest, method_type: str) -> dict[str, 
 
 def create_job(request: JobRequest) -> JobRow:
     method = _resolve_method(request)
-    _check_request(request)
+    start = _check_request(request)
     org = settings().organization
     row = JobRow(
         id=new_id("ftjob-"),
@@ -161,6 +163,8 @@ def create_job(request: JobRequest) -> JobRow:
     with session() as s:
         s.add(row)
     add_event(row.id, f"Created fine-tuning job: {row.id}")
+    if start.id != request.model:  # the job keeps the name it was given; its model records the weights
+        add_event(row.id, f"Model '{request.model}' is an alias: this job fine-tunes {start.id}")
     return row
 
 

@@ -5,21 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
 from tunehouse.api.files.protocol import FileObject
+from tunehouse.api.request import OpenAIRequest
 from tunehouse.jobs.classification import job_settings
 from tunehouse.jobs.records import all_events
 from tunehouse.store.files import get_file
 from tunehouse.store.schema import EventRow, JobRow
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEFAULT_MODEL = "curie"  # OpenAI's default for legacy fine-tunes; an alias (models/aliases.py)
 LEGACY_STATUS = {"validating_files": "pending", "queued": "pending"}
 
 
-class CreateFineTuneRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class CreateFineTuneRequest(OpenAIRequest):
     training_file: str
     validation_file: str | None = None
     model: str = DEFAULT_MODEL

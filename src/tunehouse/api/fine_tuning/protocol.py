@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from tunehouse.api.request import OpenAIRequest
 from tunehouse.store.schema import CheckpointRow, EventRow, JobRow
 from tunehouse.train.options import options_summary
 
 
-class CreateJobRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class CreateJobRequest(OpenAIRequest):
     model: str
     training_file: str
     validation_file: str | None = None
