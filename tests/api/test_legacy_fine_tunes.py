@@ -57,7 +57,9 @@ def test_create_follow_results_use_and_delete(http: httpx.Client, client: OpenAI
     assert deleted == {"id": done["fine_tuned_model"], "object": "model", "deleted": True}
 
 
-def test_default_model_is_curie_as_openai_had_it_and_cancel_works(http: httpx.Client, client: OpenAI, tmp_path: Path) -> None:
+def test_default_model_is_curie_as_openai_had_it_and_cancel_works(
+    http: httpx.Client, client: OpenAI, tmp_path: Path
+) -> None:
     training_file = upload_rows(client, tmp_path, LEGACY_ROWS, "seed000.jsonl")
     fine_tune = http.post(
         "/fine-tunes", json={"training_file": training_file}
