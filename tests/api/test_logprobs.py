@@ -137,6 +137,26 @@ def test_what_lm_eval_sends_token_id_prompts_echoed_with_one_token(
     assert scores[0] > scores[1]  # the model knows Paris
 
 
+def test_an_end_of_turn_token_is_listed_in_the_legacy_shape_and_not_in_chat_content(
+    client: OpenAI, tokenizer: Any
+) -> None:
+    """OpenAI's legacy logprobs listed the `<|endoftext|>` that ended a completion, and lm-eval counts on
+    `max_tokens` 1 adding one entry whatever the token; chat's content holds the reply's tokens only."""
+    prompt = render_chat_prompt(tokenizer, MESSAGES) + "The capital of France is Paris."
+    legacy = client.completions.create(
+        model=SHIPPED_ID, prompt=prompt, max_tokens=1, echo=True, logprobs=1, temperature=0
+    ).choices[0]
+    assert legacy.finish_reason == "stop" and legacy.text == prompt  # the end-of-turn token has no text
+    assert legacy.logprobs is not None and legacy.logprobs.tokens[-1] == tokenizer.eos_token
+    assert len(legacy.logprobs.tokens) == len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) + 1
+    assert legacy.logprobs.text_offset[-1] == len(prompt)
+    chat = client.chat.completions.create(
+        model=SHIPPED_ID, messages=MESSAGES, max_tokens=16, temperature=0, logprobs=True
+    ).choices[0]
+    assert chat.finish_reason == "stop" and chat.logprobs is not None and chat.logprobs.content
+    assert "".join(t.token for t in chat.logprobs.content) == chat.message.content
+
+
 def test_a_streamed_completion_carries_the_same_logprobs_chunk_by_chunk(client: OpenAI) -> None:
     kwargs: dict[str, Any] = dict(model=TINY_ID, prompt=PROMPT, max_tokens=8, temperature=0, logprobs=2, echo=True)
     whole = client.completions.create(**kwargs).choices[0]

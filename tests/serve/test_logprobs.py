@@ -50,7 +50,7 @@ def test_generated_tokens_carry_the_model_s_own_log_probabilities(engine: Engine
     result = engine.generate(handle, prompt, SamplingParams(max_tokens=6, temperature=0, logprobs=3))
     assert result.logprobs is not None and result.prompt_logprobs is None
     generated = [r.token_id for r in result.logprobs]
-    assert handle.decode(generated) == result.text
+    assert handle.tokenizer.decode(generated, skip_special_tokens=True) == result.text
     expected = forward_logprobs(plain_model, prompt + generated)[len(prompt) - 1 :]
     assert_records_match(result.logprobs, expected, generated, top=3)
     assert all(r.top[0][0] == r.token_id for r in result.logprobs)  # greedy: each is the most likely

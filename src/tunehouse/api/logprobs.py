@@ -70,9 +70,12 @@ def _top(spelling: TokenSpelling, token_id: int, logprob: float) -> TopLogprob:
 
 
 def chat_logprobs(spelling: TokenSpelling, records: list[TokenLogprob]) -> ChatLogprobs:
-    """The chat shape of a completion's records (each has a log-probability: none is a prompt's first)."""
+    """The chat shape of a reply's records: its content's tokens, so not the end-of-turn token that the
+    legacy shape lists (none of them is a prompt's first token, without a log-probability)."""
     content = []
     for record in records:
+        if record.token_id in spelling.special_ids:
+            continue
         token = _top(spelling, record.token_id, record.logprob if record.logprob is not None else -math.inf)
         alternatives = [_top(spelling, token_id, logprob) for token_id, logprob in record.top]
         content.append(ChatTokenLogprob(**token.model_dump(), top_logprobs=alternatives))

@@ -84,7 +84,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
-    """The tokens of `text` (a stop sequence and what follows it cut off), when `logprobs` was asked."""
+    """The generated tokens (an end-of-sequence one too, as OpenAI's; those after a stop sequence's
+    start cut off), when `logprobs` was asked."""
     prompt_logprobs: list[TokenLogprob] | None = None
     """Every prompt token, the first without a log-probability, when `prompt_logprobs` was asked."""
 
@@ -211,7 +212,8 @@ class _TextCollector:
         self.token_ids: list[int] = []
         self._emitted = 0
         self._seen_prompt = False
-        self._unsent: list[TokenLogprob] = []
+        self._unsent: list[TokenLogprob] = []  # taken from the recorder, not sent yet
+        self._sent = 0
 
     def put(self, value: torch.Tensor) -> None:
         if not self._seen_prompt:  # generate() first puts the prompt
@@ -230,11 +232,11 @@ class _TextCollector:
     def end(self) -> None:
         pass
 
-    def finish(self, final_text: str) -> None:
-        """Emit the rest of the final text: what was held back for a stop sequence that never came, and
-        the records of the tokens that make up the final text (not those of a stop sequence)."""
-        records, self._unsent = within_text(self._unsent, len(final_text)), []
-        self._send(final_text, len(final_text), records)
+    def finish(self, result: Generation) -> None:
+        """Emit the rest of the final text (what was held back for a stop sequence that never came) and
+        the records of the generation's tokens not sent yet, so the stream's records are the result's."""
+        records, self._unsent = (result.logprobs or [])[self._sent :], []
+        self._send(result.text, len(result.text), records)
 
     def _send(self, text: str, limit: int, records: list[TokenLogprob] | None = None) -> None:
         if records is None:  # the tokens whose text is all out once `limit` characters are
@@ -247,6 +249,7 @@ class _TextCollector:
         if limit > self._emitted or records:
             self.emit(TextDelta(text[self._emitted : limit], records))
             self._emitted = max(limit, self._emitted)
+            self._sent += len(records)
 
 
 StreamEvent = tuple[int, "TextDelta | ScoredPrompt | Generation"]
@@ -509,7 +512,7 @@ class Engine:
                         )
                     result = self._run(work.handle, prompt_ids, params, collector, work.cancelled)
                     if collector is not None:
-                        collector.finish(result.text)
+                        collector.finish(result)
                     self._emit(work, (index, result))
                     results.append(result)
         except BaseException as exc:  # the caller raises it
@@ -603,7 +606,7 @@ class Engine:
         if recorder is not None:
             if new_tokens:
                 recorder.finish(new_tokens[-1])
-            logprobs = within_text(recorder.records, len(text))
+            logprobs = within_text(recorder.records, len(text)) if hit_stop else recorder.records
         return Generation(
             text=text,
             finish_reason=finish,

@@ -163,6 +163,6 @@ class LogprobRecorder(LogitsProcessor):
 
 
 def within_text(records: list[TokenLogprob], length: int) -> list[TokenLogprob]:
-    """The records of the tokens that make up the first `length` characters of their text: a stop
-    sequence cuts the tokens after it, and an end-of-sequence token at the end has no text."""
+    """The records of the tokens that begin within the first `length` characters of their text: what
+    is left of a generation that a stop sequence cut there."""
     return [record for record in records if record.span[0] < length]
