@@ -255,7 +255,8 @@ def test_files_openai_will_not_hand_out_come_from_files_dir(
     job = source_jobs[1]  # no validation file: one file to bring
     home = make_home(tmp_path / "here", shipped_model_dir)
     assert Server(home).cli("models", "add", TINY_ID, str(tiny_model_dir)).returncode == 0
-    args = ["--from-base-url", like_openai, "--from-api-key", SOURCE_KEY, "--job", job.id, "--golden", "2"]
+    report = ["--report", str(tmp_path / "report.md")]
+    args = ["--from-base-url", like_openai, "--from-api-key", SOURCE_KEY, "--job", job.id, "--golden", "2", *report]
 
     code, output = migrate(home, *args)
     assert code == 1
@@ -270,7 +271,7 @@ def test_files_openai_will_not_hand_out_come_from_files_dir(
     assert code == 1 and "it is not the file the job trained on" in output
 
     (originals / "sizes.jsonl").write_bytes(original)
-    args += ["--files-dir", str(originals), "--report", str(tmp_path / "r.md")]
+    args += ["--files-dir", str(originals)]
     # No worker runs on this store, so the command waits for training: Ctrl-C it there.
     waiting = subprocess.Popen(
         [sys.executable, "-m", "tunehouse.cli.main", "migrate", *args],
