@@ -159,6 +159,15 @@ def base_of(model: ModelInfo) -> ModelInfo:
     return seen
 
 
+def weights_of(model: ModelInfo) -> ModelInfo:
+    """The model whose weights `model` runs on: itself, or for a LoRA adapter the nearest ancestor that
+    is not one (a base, or a full fine-tune the adapter was trained on)."""
+    seen = model
+    while seen.adapter and seen.base_model is not None:
+        seen = get_model(seen.base_model)
+    return seen
+
+
 def register_base_model(model_id: str, path: Path, owned_by: str = "user") -> ModelInfo:
     """Register a local Hugging Face model folder (config, weights and tokenizer) as a base model."""
     path = path.expanduser().resolve()

@@ -52,7 +52,7 @@ from transformers import (
 from tunehouse.config import settings
 from tunehouse.errors import InvalidRequest, ModelLoadError, ServerBusy
 from tunehouse.hardware import default_device
-from tunehouse.models.catalog import ModelInfo, base_of, delete_model, get_model, model_not_found, weights_dir
+from tunehouse.models.catalog import ModelInfo, delete_model, get_model, model_not_found, weights_dir, weights_of
 from tunehouse.serve.logprobs import LogprobRecorder, TokenLogprob, TokenSpelling, prompt_logprobs, within_text
 from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
 
@@ -306,9 +306,8 @@ class Engine:
         return ModelHandle(info=info, weights=weights, is_base=info.kind == "base")
 
     def _weights(self, info: ModelInfo) -> LoadedModel:
-        """The weights `info` generates on (its base model's for an adapter), loaded on first use."""
-        if info.adapter:
-            info = base_of(info)
+        """The weights `info` generates on (for an adapter, those it was trained on), loaded on first use."""
+        info = weights_of(info)
         cache = self._bases if info.kind == "base" else self._full
         loaded = self._cached(cache, info.id)
         if loaded is None:
