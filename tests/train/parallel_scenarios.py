@@ -87,6 +87,26 @@ def training_runs(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def paused_run(model_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """The run of `training_runs` paused at step 3, where only the main process is asked to pause
+    (each process has its own pause file), then resumed from the pause's checkpoint."""
+    options = {"n_epochs": 2, "batch_size": 3, "checkpoint_interval": 4, "learning_rate": 5e-3}
+    trainer = make_trainer(model_dir, out_dir, **options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.config.pause_file = pause_file = out_dir / f"pause-{trainer.processes.rank}"
+    report = trainer.reporter.metrics
+
+    def pause_the_main_process_at_step_3(step: int, total: int, data: dict[str, Any]) -> None:
+        report(step, total, data)
+        if step == 3 and trainer.processes.is_main:
+            pause_file.touch()
+
+    trainer.reporter.metrics = pause_the_main_process_at_step_3  # type: ignore[method-assign]
+    paused = trainer.run()
+    resumed = make_trainer(model_dir, out_dir, resume_from=out_dir / "checkpoints" / "step-3", **options).run()
+    return {"paused": paused.paused, "paused_at": paused.steps, "resumed_history": resumed.history}
+
+
 def classification_scores(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Five examples scored as a classifier (3 and 2 over two processes), a query per pass: by one
     next-token distribution (one-token labels), and over every token of each label."""
@@ -102,6 +122,7 @@ def classification_scores(model_dir: Path, out_dir: Path) -> dict[str, Any]:
 def compute(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     results = {name: one_step(model_dir, out_dir / name, **step) for name, step in STEPS.items()}
     results["runs"] = training_runs(model_dir, out_dir / "runs")
+    results["paused"] = paused_run(model_dir, out_dir / "paused")
     results["classify"] = classification_scores(model_dir, out_dir / "classify")
     return results
 

@@ -63,6 +63,17 @@ def test_two_processes_train_validate_checkpoint_and_resume_like_one(
     assert "trainer_state.pt" in two_processes[0]["runs"]["checkpoint_files"]
 
 
+def test_two_processes_pause_together_when_only_the_main_one_is_asked_and_resume_exactly(
+    two_processes: list[dict[str, Any]], one_process: dict[str, Any]
+) -> None:
+    for rank in two_processes:
+        got = rank["paused"]
+        assert got["paused"] and got["paused_at"] == 3  # the other process stopped at the same step
+        resumed, whole = got["resumed_history"], rank["runs"]["history"]
+        assert [h["train_loss"] for h in resumed] == [h["train_loss"] for h in whole]
+    assert one_process["paused"]["paused_at"] == 3
+
+
 def test_two_processes_score_the_validation_set_as_a_classifier_like_one(
     two_processes: list[dict[str, Any]], one_process: dict[str, Any]
 ) -> None:
