@@ -17,6 +17,10 @@ def test_an_answer_is_grounded_when_its_content_words_are_in_the_passage() -> No
     assert support(invented, PASSAGE) == 2 / 6  # brackett and won; not nobel, medal, stockholm, chemistry
     assert grounding_problem("What did Brackett win?", invented, PASSAGE, 0.6) == "answer not grounded in its passage"
     assert grounding_problem("Who?", "It is.", PASSAGE, 0.6) == "answer says nothing"
+    wrong_year = grounding_problem(
+        "When was the institute founded?", "She founded the Saltmarsh Institute in 1997.", PASSAGE, 0.6
+    )
+    assert wrong_year == "answer has a number not in its passage"  # 3 of its 4 content words are in the passage
     off_topic = grounding_problem("What is the boiling point of mercury?", "The Saltmarsh Institute.", PASSAGE, 0.6)
     assert off_topic == "question not about its passage"
 

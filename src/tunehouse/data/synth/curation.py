@@ -1,8 +1,8 @@
 """The checks that decide which generated pairs and paraphrases are kept, each a named reason to drop.
 
 - grounded: most of the answer's content words (stop words aside, compared by their first five
-  letters, a crude stem) occur in the passage it was generated from, and the question shares at
-  least one with it. A token-overlap test: cheap, explainable, and it catches the answers a small
+  letters, a crude stem) occur in the passage it was generated from, every number in it does, and
+  the question shares at least one content word with it. A token-overlap test: cheap, explainable, and it catches the answers a small
   model invents; `--judge-model` adds a model's rating on top.
 - near duplicates: MinHash estimates of the Jaccard similarity of the sets of adjacent word pairs
   (datasketch's LSH), so a run of thousands of pairs is checked without comparing every two, and
@@ -56,6 +56,8 @@ def grounding_problem(question: str, answer: str, passage: str, min_support: flo
     """Why a pair is not grounded in its passage, or None when it is."""
     if not content_stems(answer):
         return "answer says nothing"
+    if {w for w in words(answer) if w.isdigit()} - set(words(passage)):
+        return "answer has a number not in its passage"  # a wrong year or count is the commonest invention
     if support(answer, passage) < min_support:
         return "answer not grounded in its passage"
     if not content_stems(question) & content_stems(passage):
