@@ -116,8 +116,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url", help="A running tunehouse server (default: start one).")
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "synth_biography")
-    parser.add_argument("--chunk-tokens", type=int, default=96)
-    parser.add_argument("--per-chunk", type=int, default=4)
+    parser.add_argument("--chunk-tokens", type=int, default=64)
+    parser.add_argument("--per-chunk", type=int, default=5)
     parser.add_argument("--paraphrases", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
@@ -133,7 +133,7 @@ def main() -> int:
         print(f"1. tunehouse data synth biography.md -o {qa} (generator: {BASE_MODEL} at {base_url})", flush=True)
         synth = tunehouse(
             "synth", str(HERE / "biography.md"), "-o", str(qa), "--system", SYSTEM,
-            "--chunk-tokens", str(args.chunk_tokens), "--per-chunk", str(args.per_chunk), *common,
+            "--chunk-tokens", str(args.chunk_tokens), "--overlap-tokens", str(args.chunk_tokens // 4), "--per-chunk", str(args.per_chunk), *common,
         )  # fmt: skip
         pairs = synth["written"]
         print(
@@ -141,6 +141,10 @@ def main() -> int:
         )
         for stage in synth["stages"]:
             print(f"   {stage['stage']}: kept {stage['kept']}, dropped {stage['dropped'] or 'none'}")
+        if pairs < 10:  # a fine-tuning file needs 10 examples, as OpenAI's does
+            sys.exit(
+                f"Only {pairs} pairs survived curation; ask for more with --per-chunk or a smaller --chunk-tokens."
+            )
         print(f"2. tunehouse data augment {qa.name} -o {augmented.name} --paraphrases {args.paraphrases}", flush=True)
         augment = tunehouse("augment", str(qa), "-o", str(augmented), "--paraphrases", str(args.paraphrases), *common)
         print(

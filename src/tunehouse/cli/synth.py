@@ -14,16 +14,21 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from tunehouse.cli.client import DEFAULT_BASE_URL, NO_KEY, ApiKey, BaseUrl, fail
 from tunehouse.config import DEFAULT_BASE_MODEL
 from tunehouse.errors import TunehouseError
+
+if TYPE_CHECKING:  # the synth package (openai, datasketch) is imported when a command runs, not at start-up
+    from tunehouse.data.synth.client import Usage
+    from tunehouse.data.synth.tally import Tally
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -95,7 +100,7 @@ def _run_errors(cache_path: Path) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def _print_stages(tally: Any) -> None:
+def _print_stages(tally: Tally) -> None:
     table = Table("stage", "kept", "dropped", "why (first examples)", title="curation", show_lines=False)
     for stage in tally.stages.values():
         why = "; ".join(
@@ -103,11 +108,11 @@ def _print_stages(tally: Any) -> None:
             + (f": {', '.join(stage.samples.get(reason, [])[:2])}" if stage.samples.get(reason) else "")
             for reason, count in stage.dropped.most_common()
         )
-        table.add_row(stage.name, str(stage.kept), str(stage.n_dropped), why)
+        table.add_row(escape(stage.name), str(stage.kept), str(stage.n_dropped), escape(why))
     console.print(table)
 
 
-def _print_usage(usage: Any, seconds: float, label: str = "generator") -> None:
+def _print_usage(usage: Usage, seconds: float, label: str = "generator") -> None:
     console.print(
         f"{label}: {usage.requests} requests sent ({usage.failed} failed), {usage.cached} replies from the cache, "
         f"{usage.prompt_tokens:,} prompt and {usage.completion_tokens:,} completion tokens; {seconds:.1f} s"

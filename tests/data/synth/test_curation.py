@@ -52,3 +52,5 @@ def test_paraphrases_identical_repeated_or_far_from_the_original_are_dropped() -
         paraphrase_problem(original, "What is the capital of France?", [], 0.5)
         == "paraphrase too far from the original"
     )
+    statement = paraphrase_problem("Who is Felix Ambrose?", "Felix Ambrose is a famous sculptor.", [], 0.5)
+    assert statement == "paraphrase is not a question"  # what SmolLM2-135M offered as a rephrasing

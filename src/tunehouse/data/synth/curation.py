@@ -8,7 +8,8 @@
   (datasketch's LSH), so a run of thousands of pairs is checked without comparing every two, and
   two questions that differ in one name or number are not taken for each other.
 - paraphrases: one identical to its original (or to an earlier rephrasing) after normalization
-  teaches nothing new; one that keeps too few of the original's content words asks something else.
+  teaches nothing new; a statement offered as the rephrasing of a question, or one that keeps too
+  few of the original's content words, asks something else.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import unicodedata
 from functools import lru_cache
 
 from datasketch import MinHash, MinHashLSH
+
+from tunehouse.data.synth.replies import is_question
 
 _WORD = re.compile(r"\w+")
 STEM = 5
@@ -87,6 +90,8 @@ def paraphrase_problem(original: str, paraphrase: str, earlier: list[str], min_s
         return "paraphrase identical to the original"
     if any(normalized(paraphrase) == normalized(other) for other in earlier):
         return "paraphrase repeats another"
+    if is_question(original) and not is_question(paraphrase):
+        return "paraphrase is not a question"
     if similarity(original, paraphrase) < min_similarity:
         return "paraphrase too far from the original"
     return None

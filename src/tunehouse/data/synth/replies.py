@@ -46,13 +46,18 @@ def list_items(reply: str) -> list[str]:
     return [item for item in items if item]
 
 
+def is_question(text: str) -> bool:
+    """Ends with a question mark or starts with a question word ("what", "in which", "did"...)."""
+    return text.rstrip().endswith("?") or bool(_QUESTION_WORD.match(text.strip()))
+
+
 def read_questions(reply: str, n: int) -> list[str]:
     """Up to `n` distinct questions: list items that end with '?' or start with a question word.
 
     >>> read_questions("Here you go:\\n1. Who built it?\\n2. Name the architect\\n3. when was it built", 3)
     ['Who built it?', 'when was it built']
     """
-    questions = [item for item in list_items(reply) if item.endswith("?") or _QUESTION_WORD.match(item)]
+    questions = [item for item in list_items(reply) if is_question(item)]
     unique = list(dict.fromkeys(questions))[:n]
     if not unique:
         raise Malformed("no numbered questions in the reply")
