@@ -71,7 +71,10 @@ def finished_job(client: OpenAI, tmp_path_factory: pytest.TempPathFactory) -> An
 
 def test_file_objects(http: httpx.Client, finished_job: Any) -> None:
     listing = http.get("/files").json()
-    assert_schema(listing, "ListFilesResponse")
+    # OpenAI takes purpose "evals" on upload, but its spec's file object leaves it out of the enum:
+    # other tests' eval files are checked as files of another purpose.
+    files = [{**f, "purpose": "user_data"} if f["purpose"] == "evals" else f for f in listing["data"]]
+    assert_schema({**listing, "data": files}, "ListFilesResponse")
     assert_schema(http.get(f"/files/{finished_job.training_file}").json(), "OpenAIFile")
     assert_schema(http.get(f"/files/{finished_job.result_files[0]}").json(), "OpenAIFile")
     assert_schema(http.get("/files", params={"purpose": "nothing-here"}).json(), "ListFilesResponse")
