@@ -279,6 +279,9 @@ def test_files_openai_will_not_hand_out_come_from_files_dir(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A suite started in the background (`make test &`) ignores SIGINT, and children inherit that:
+        # give the command the default disposition, so Python turns the signal into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert waiting.stdout is not None
     shown: list[str] = []
