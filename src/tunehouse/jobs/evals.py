@@ -28,6 +28,7 @@ from tunehouse.eval.heldout import INPUT_MESSAGES, ITEM_SCHEMA, answer_tokens, c
 from tunehouse.eval.runs import create_run
 from tunehouse.eval.sampler import EngineSampler
 from tunehouse.jobs.classification import job_settings
+from tunehouse.jobs.launch import pid_alive
 from tunehouse.jobs.records import add_event, get_job, update_job
 from tunehouse.serve.engine import Engine
 from tunehouse.store.files import file_path, get_file
@@ -42,22 +43,12 @@ EVAL_KEY = "eval_id"
 """The job metadata key naming its base-vs-fine-tuned eval."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def requeue_orphaned_runs() -> None:
     """Runs left `in_progress` by a worker that died (here, or silent past the heartbeat limit) go back
     to the queue; the next worker resumes each after its last written output item."""
     host, now = socket.gethostname(), time.time()
     for run in records.runs_in("in_progress"):
-        dead_here = run.worker_host == host and run.worker_pid is not None and not _pid_alive(run.worker_pid)
+        dead_here = run.worker_host == host and run.worker_pid is not None and not pid_alive(run.worker_pid)
         stale = run.heartbeat_at is None or now - run.heartbeat_at > STALE_HEARTBEAT_SECONDS
         if dead_here or stale:
             records.update_run(run.id, only_if_status={"in_progress"}, status="queued")

@@ -82,6 +82,17 @@ def is_alive(identity: str) -> bool:
         return False
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (someone else's counts: it exists)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def exit_with_worker() -> None:
     """In a trainer process: exit at once when the worker that started it is gone.
 

@@ -29,6 +29,7 @@ from tunehouse.jobs.launch import (
     is_alive,
     launch_environment,
     pause_file,
+    pid_alive,
     process_count,
     process_identity,
     trainer_command,
@@ -79,16 +80,6 @@ def claim_next_job() -> str | None:
     return job_id if claimed else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _trainer_file(job_id: str) -> Path:
     return settings().jobs_dir / job_id / TRAINER_FILE
 
@@ -133,7 +124,7 @@ def requeue_orphaned_jobs() -> None:
         running = list(s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE_STATES))).all())
     now = time.time()
     for job in running:
-        dead_here = job.worker_host == host and job.worker_pid is not None and not _pid_alive(job.worker_pid)
+        dead_here = job.worker_host == host and job.worker_pid is not None and not pid_alive(job.worker_pid)
         stale = job.heartbeat_at is None or now - job.heartbeat_at > STALE_HEARTBEAT_SECONDS
         if not (dead_here or stale):
             continue
