@@ -105,8 +105,10 @@ def test_queued_jobs_pause_at_once_and_cancel_works_while_paused_or_pausing(
     server: Server, client: OpenAI, tmp_path: Path
 ) -> None:
     training_file = upload_rows(client, tmp_path, chat_rows(40))
+    # 2,000 steps: long enough that the job is still running when the test pauses it at the end
+    long_file = upload_rows(client, tmp_path, chat_rows(200), name="long.jsonl")
     running = client.fine_tuning.jobs.create(
-        model=TINY_ID, training_file=training_file, hyperparameters={"n_epochs": 3, "batch_size": 1}
+        model=TINY_ID, training_file=long_file, hyperparameters={"n_epochs": 10, "batch_size": 1}
     )
     _wait_for_step(client, running.id)  # the one worker is busy with it: the next job waits
     waiting = client.fine_tuning.jobs.create(model=TINY_ID, training_file=training_file)
