@@ -53,6 +53,7 @@ from tunehouse.config import settings
 from tunehouse.errors import InvalidRequest, ModelLoadError, ServerBusy
 from tunehouse.hardware import default_device
 from tunehouse.models.catalog import ModelInfo, delete_model, get_model, model_not_found, weights_dir, weights_of
+from tunehouse.serve.constraint import ConstraintFactory, TokenConstraint, adjust_logits
 from tunehouse.serve.logprobs import LogprobRecorder, TokenLogprob, TokenSpelling, prompt_logprobs, within_text
 from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
 
@@ -75,6 +76,15 @@ class SamplingParams:
     """Record each generated token's log-probability with this many most likely alternatives; None: don't."""
     prompt_logprobs: bool = False
     """Record the prompt's tokens too (legacy `echo`), with `logprobs` alternatives each."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    constraint: ConstraintFactory | None = None
+    """Makes each choice's TokenConstraint (structured output); None: any token may follow."""
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias or self.constraint)
 
 
 @dataclass
@@ -167,14 +177,22 @@ class ModelHandle:
 class _StopCriteria(StoppingCriteria):
     """Ends generation at a stop sequence or when the client went away."""
 
-    def __init__(self, tokenizer: Any, prompt_len: int, stops: list[str], cancelled: threading.Event) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_len: int,
+        stops: list[str],
+        cancelled: threading.Event,
+        request: _RequestLogits | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.prompt_len = prompt_len
         self.stops = stops
         self.cancelled = cancelled
+        self.request = request
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        done = self.cancelled.is_set()
+        done = self.cancelled.is_set() or (self.request is not None and self.request.done(input_ids))
         if self.stops and not done:
             text = self.tokenizer.decode(input_ids[0, self.prompt_len :], skip_special_tokens=True)
             done = cut_at_stop(text, self.stops)[1]
@@ -191,6 +209,43 @@ class _RejectBrokenLogits(LogitsProcessor):
         if (scores.isnan() | scores.isposinf()).any():
             raise _broken_weights(self.model_id)
         return scores
+
+
+class _RequestLogits(LogitsProcessor):
+    """A request's logit bias, penalties and constraint (`serve/constraint.py`), on a one-row batch."""
+
+    def __init__(self, params: SamplingParams, prompt_len: int) -> None:
+        self.params = params
+        self.prompt_len = prompt_len
+        self.constraint: TokenConstraint | None = params.constraint() if params.constraint else None
+        self._accepted = 0  # generated tokens the constraint has been told of
+
+    def sync(self, input_ids: torch.Tensor) -> list[int]:
+        """The tokens generated so far, each told to the constraint once."""
+        generated = input_ids[0, self.prompt_len :].tolist()
+        if self.constraint is not None:
+            for token_id in generated[self._accepted :]:
+                self.constraint.accept(token_id)
+        self._accepted = len(generated)
+        return generated
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = self.sync(input_ids)
+        p = self.params
+        adjust_logits(
+            scores[0],
+            generated,
+            presence_penalty=p.presence_penalty,
+            frequency_penalty=p.frequency_penalty,
+            logit_bias=p.logit_bias,
+            constraint=self.constraint,
+        )
+        return scores
+
+    def done(self, input_ids: torch.Tensor) -> bool:
+        """True once the constraint's grammar is complete with the tokens drawn so far."""
+        self.sync(input_ids)
+        return self.constraint is not None and self.constraint.is_done()
 
 
 def _broken_weights(model_id: str) -> ModelLoadError:
@@ -558,8 +613,11 @@ class Engine:
         prompt_len = len(prompt_ids)
         max_tokens = min(params.max_tokens, handle.weights.context_length - prompt_len)
         input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)  # (1, T)
-        stopper = _StopCriteria(tokenizer, prompt_len, params.stop, cancelled)
+        request = _RequestLogits(params, prompt_len) if params.adjusts_logits else None
+        stopper = _StopCriteria(tokenizer, prompt_len, params.stop, cancelled, request)
         processors: list[LogitsProcessor] = [_RejectBrokenLogits(handle.model_id)]
+        if request is not None:
+            processors.append(request)
         recorder = None
         if params.logprobs is not None:
             recorder = LogprobRecorder(handle.spelling, params.logprobs, handle.weights.vocab_size)
