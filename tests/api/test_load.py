@@ -177,6 +177,7 @@ def test_past_the_line_s_bound_a_chat_is_refused_with_429(busy_server: Server, h
             json={"model": TINY_ID, "prompt": "hi", "max_tokens": 2, "stream": True},
         )
         assert streamed.status_code == 429 and streamed.json()["error"]["code"] == "rate_limit_exceeded"
+        assert streamed.headers["retry-after"] == "1"  # the SDK waits that long before it retries
     finally:
         for chat in chats:
             chat.close()

@@ -20,8 +20,16 @@ from tunehouse.errors import TunehouseError
 log = logging.getLogger(__name__)
 
 
+RETRY_AFTER_SECONDS = 1
+"""What a 429 asks the client to wait: the line moves a generation at a time, so soon is worth a try."""
+
+
 def envelope(status: int, message: str, *, type: str, param: str | None, code: str | None) -> JSONResponse:
-    headers = {"x-should-retry": "false"} if status >= 500 else None
+    headers = None
+    if status >= 500:
+        headers = {"x-should-retry": "false"}
+    elif status == 429:  # the SDK waits this long before its retry, instead of its own guess
+        headers = {"retry-after": str(RETRY_AFTER_SECONDS)}
     return JSONResponse(
         status_code=status,
         content={"error": {"message": message, "type": type, "param": param, "code": code}},
