@@ -19,6 +19,7 @@ from tunehouse.api.fine_tunes.router import router as fine_tunes_router
 from tunehouse.api.fine_tuning.router import router as fine_tuning_router
 from tunehouse.api.graders.router import router as graders_router
 from tunehouse.api.guard import RequestGuard
+from tunehouse.api.metrics import router as metrics_router
 from tunehouse.api.models.router import router as models_router
 from tunehouse.api.webhooks.router import router as webhooks_router
 from tunehouse.serve.engine import Engine
@@ -57,6 +58,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     v1.include_router(graders_router)
     v1.include_router(webhooks_router)
     app.include_router(v1)
+    app.include_router(metrics_router)  # Prometheus's `/metrics`, at the root where it looks
 
     @app.get("/health", include_in_schema=False)
     def health() -> dict[str, str]:

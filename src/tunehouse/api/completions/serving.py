@@ -15,7 +15,8 @@ from typing import Any
 from tunehouse.api.chat.protocol import Usage
 from tunehouse.api.completions.protocol import Completion, CompletionChoice, CompletionRequest
 from tunehouse.api.logprobs import CompletionLogprobs, completion_logprobs
-from tunehouse.api.sampling import response_header, sampling_params
+from tunehouse.api.metrics import measured, measured_stream
+from tunehouse.api.sampling import logit_bias_ids, response_header, sampling_params
 from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
 from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams, ScoredPrompt
@@ -55,6 +56,9 @@ def _prepare(engine: Engine, request: CompletionRequest) -> tuple[ModelHandle, l
         top_p=request.top_p,
         stop=request.stop,
         seed=request.seed,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        logit_bias=logit_bias_ids(request.logit_bias, handle.weights.vocab_size),
     )
     params = replace(params, logprobs=request.logprobs, prompt_logprobs=request.echo and request.logprobs is not None)
     return handle, _prompts(handle, request.prompt), params
@@ -83,7 +87,7 @@ def _choice_logprobs(
 
 async def create_completion(engine: Engine, request: CompletionRequest) -> dict[str, Any]:
     handle, prompts, params = await engine.prepare(_prepare, engine, request)
-    results = await engine.generate_async(handle, _choice_prompts(prompts, request.n), params)
+    results = await measured(engine.generate_async(handle, _choice_prompts(prompts, request.n), params))
     choices = []
     for index, result in enumerate(results):
         prompt = prompts[index // request.n]
@@ -102,7 +106,9 @@ async def stream_completion(engine: Engine, request: CompletionRequest) -> Async
     """Chunks: each choice's echoed prompt (with its tokens' log-probabilities when asked), its text
     deltas (each with its tokens'), a finish chunk per choice, then usage if asked."""
     handle, prompts, params = await engine.prepare(_prepare, engine, request)
-    events = await first_taken(engine.stream_async(handle, _choice_prompts(prompts, request.n), params))
+    events = await first_taken(
+        measured_stream(engine.stream_async(handle, _choice_prompts(prompts, request.n), params))
+    )
     base = response_header("cmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
