@@ -20,6 +20,8 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from tests import postgres
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache"
 SHIPPED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -73,6 +75,8 @@ class Server:
             "TUNEHOUSE_MAX_FILE_BYTES": str(MAX_FILE_BYTES),
         }
         self.env.pop("TUNEHOUSE_API_KEY", None)
+        if postgres.wanted():  # TUNEHOUSE_TEST_DB=postgresql: this home's store is a database of its own
+            self.env["TUNEHOUSE_DATABASE_URL"] = postgres.cluster().database_for(str(home))
         self.log = home / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -126,6 +130,20 @@ def running_server(
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres.Cluster]:
+    """A real PostgreSQL server (tests/postgres.py), started once per session and stopped at its end."""
+    cluster = postgres.cluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: postgres.Cluster, request: pytest.FixtureRequest) -> str:
+    """A SQLAlchemy URL (`postgresql+psycopg://…`) of a new, empty database for this test alone (~40 ms)."""
+    return postgres_cluster.database_for(request.node.nodeid)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from rich.table import Table
 from tunehouse.cli.bench import bench_app
 from tunehouse.cli.chat import chat
 from tunehouse.cli.data import data_app
+from tunehouse.cli.db import db_app
 from tunehouse.cli.eval import evaluate
 from tunehouse.cli.files import files_app
 from tunehouse.cli.jobs import jobs_app
@@ -31,6 +32,7 @@ app.add_typer(models_app, name="models")
 models_app.command("export")(models_export)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
+app.add_typer(db_app, name="db")
 # Client commands: talk HTTP to a server (--base-url), like the openai SDK.
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")

@@ -1,4 +1,5 @@
-"""Engine and sessions. One engine per database URL per process; the schema is created on first use.
+"""Engine and sessions. One engine per database URL per process; on first use the schema is brought to
+the newest revision (`store/migrations`), so a store made by an older release is upgraded in place.
 
 SQLite is opened in WAL mode with a busy timeout because the server and the trainer child process
 write to it at the same time.
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tunehouse.config import settings
 from tunehouse.errors import InvalidRequest
-from tunehouse.store.schema import Base
+from tunehouse.store import migrations
 
 
 @lru_cache(maxsize=8)
@@ -35,12 +36,26 @@ def _engine(url: str) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    migrations.upgrade(engine)
     return engine
 
 
 def engine() -> Engine:
     return _engine(settings().database_url)
+
+
+def revisions() -> tuple[set[str], set[str]]:
+    """The schema revisions the store is at (empty: a store not yet opened by this release), and the
+    newest ones this code has — read without upgrading anything."""
+    url = settings().database_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return set(), migrations.heads()
+    reader = create_engine(url)
+    try:
+        with reader.connect() as connection:
+            return migrations.current(connection), migrations.heads()
+    finally:
+        reader.dispose()
 
 
 @lru_cache(maxsize=8)

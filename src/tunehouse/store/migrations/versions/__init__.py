@@ -1,0 +1,1 @@
+"""One module per revision of the schema; Alembic loads them by path."""
