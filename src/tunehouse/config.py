@@ -7,6 +7,7 @@ so a test can point a whole process tree at a temporary home by setting one vari
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,16 @@ class Settings:
     """Wall-clock seconds a `python` grader may run for one item before it is stopped."""
     python_grader_memory_mb: int
     """Address space a `python` grader's process may use, in MiB, before its allocations fail."""
+    serve_backend: str
+    """What generates chat and completions: `builtin` (tunehouse's own engine) or `vllm` (`serve/vllm_backend.py`)."""
+    vllm_python: Path | None
+    """A Python with vLLM for `serve_backend=vllm`; unset: the checkout's `.venv-vllm` (`make vllm`)."""
+    vllm_args: tuple[str, ...]
+    """Extra command-line arguments for each vLLM server, after tunehouse's own (which they override)."""
+    vllm_max_lora_rank: int
+    """The largest LoRA rank vLLM makes room for (`--max-lora-rank`); an adapter above it is refused."""
+    vllm_start_timeout_s: float
+    """How long a vLLM server may take to load its model before its first request fails."""
     llamacpp_python: Path | None
     """A Python with llama-cpp-python, for checking GGUF exports in llama.cpp (`models/export/verify.py`);
     unset: the checkout's `.venv-llamacpp` (`make llamacpp`) when there is one."""
@@ -117,6 +128,13 @@ def settings() -> Settings:
         grader_embedding_model=os.environ.get("TUNEHOUSE_GRADER_EMBEDDING_MODEL") or None,
         python_grader_timeout_s=float(os.environ.get("TUNEHOUSE_PYTHON_GRADER_TIMEOUT_S", 30)),
         python_grader_memory_mb=int(os.environ.get("TUNEHOUSE_PYTHON_GRADER_MEMORY_MB", 1024)),
+        serve_backend=os.environ.get("TUNEHOUSE_SERVE_BACKEND", "builtin").strip().lower() or "builtin",
+        vllm_python=Path(os.environ["TUNEHOUSE_VLLM_PYTHON"]).expanduser()
+        if os.environ.get("TUNEHOUSE_VLLM_PYTHON")
+        else None,
+        vllm_args=tuple(shlex.split(os.environ.get("TUNEHOUSE_VLLM_ARGS", ""))),
+        vllm_max_lora_rank=int(os.environ.get("TUNEHOUSE_VLLM_MAX_LORA_RANK", 64)),
+        vllm_start_timeout_s=float(os.environ.get("TUNEHOUSE_VLLM_START_TIMEOUT_S", 1200)),
         llamacpp_python=Path(os.environ["TUNEHOUSE_LLAMACPP_PYTHON"]).expanduser()
         if os.environ.get("TUNEHOUSE_LLAMACPP_PYTHON")
         else None,

@@ -140,3 +140,12 @@ class MigrationFailed(TunehouseError):
     status_code = 502
     error_type = "server_error"
     code = "migration_failed"
+
+
+class ServingBackendUnavailable(TunehouseError):
+    """The serving backend (a vLLM server tunehouse runs, `serve/vllm_backend.py`) did not start or
+    stopped answering (503): the message says why and where its log is; the request may be retried."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "serving_backend_unavailable"

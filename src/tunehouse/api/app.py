@@ -22,7 +22,7 @@ from tunehouse.api.guard import RequestGuard
 from tunehouse.api.metrics import router as metrics_router
 from tunehouse.api.models.router import router as models_router
 from tunehouse.api.webhooks.router import router as webhooks_router
-from tunehouse.serve.engine import Engine
+from tunehouse.serve.backends import serving_engine
 from tunehouse.store.blobs import remove_stale_temporaries
 from tunehouse.store.db import checkpoint, engine
 from tunehouse.web import mount_dashboard
@@ -48,7 +48,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
         checkpoint()  # a copy of tunehouse.db alone, after a clean stop, is then the whole store
 
     app = FastAPI(title="tunehouse", version=__version__, lifespan=lifespan)
-    app.state.engine = Engine()
+    app.state.engine = serving_engine()  # TUNEHOUSE_SERVE_BACKEND: the built-in engine or vLLM
     install_error_handlers(app)
     app.add_middleware(RequestGuard)  # foreign hosts and origins, body sizes: before any route
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])

@@ -83,9 +83,13 @@ def serve(
         os.environ["TUNEHOUSE_API_KEY"] = api_key
     from tunehouse.api.app import create_app
 
+    try:
+        application = create_app(run_worker=worker)
+    except TunehouseError as exc:  # e.g. TUNEHOUSE_SERVE_BACKEND=vllm without vLLM installed
+        fail(exc)
     # On SIGTERM, requests in flight get SHUTDOWN_GRACE_SECONDS to finish; then the server stops anyway.
     uvicorn.run(
-        create_app(run_worker=worker),
+        application,
         host=host,
         port=port,
         log_level="info",
