@@ -44,14 +44,15 @@ chromium:
 	fi
 
 # llama.cpp's Python binding, compiled for this CPU in a venv of its own (10+ minutes on two cores),
-# kept out of .venv so `make install` stays quick; the GGUF export tests and `--verify` run it.
+# kept out of .venv so `make install` stays quick; the GGUF export tests and `--verify` run it, and
+# `tunehouse bench serve` runs its OpenAI-compatible server (the `server` extra).
 LLAMACPP := .venv-llamacpp
 llamacpp: $(LLAMACPP)/.installed
 $(LLAMACPP)/.installed:
 	$(PY) -m venv $(LLAMACPP)
 	$(LLAMACPP)/bin/pip install -q --upgrade pip
 	CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
-		$(LLAMACPP)/bin/pip install -q llama-cpp-python==0.3.36
+		$(LLAMACPP)/bin/pip install -q 'llama-cpp-python[server]==0.3.36'
 	touch $@
 
 # vLLM's CPU build in a venv of its own (3.5 GB), for TUNEHOUSE_SERVE_BACKEND=vllm and its test. torch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,105 @@ def _print_summary(summary: dict[str, Any]) -> None:
         if len(summary["pair_speedups"]) > 1:
             pairs = ", ".join(f"{ratio:.2f}×" for ratio in summary["pair_speedups"])
             console.print(f"Each run of ours against the TRL run after it: {pairs}.")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: str = typer.Option(
+        "HuggingFaceTB/SmolLM2-135M-Instruct", help="A base model id of this home, or a Hugging Face folder."
+    ),
+    rounds: int = typer.Option(3, min=1, help="Rounds; the systems take turns in each, and figures are medians."),
+    clients: str = typer.Option("1,4,16,64", help="Concurrent client counts, comma-separated."),
+    max_tokens: int = typer.Option(64, min=2, help="Tokens each concurrent request asks for."),
+    decode_tokens: int = typer.Option(128, min=2, help="Tokens the single-stream decode asks for."),
+    systems: str = typer.Option("tunehouse,llama.cpp,vllm", help="Systems to run, where installed."),
+    adapters: bool = typer.Option(True, "--adapters/--no-adapters", help="Run the mixed-adapter round."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write every figure here."),
+) -> None:
+    """Serve MODEL with tunehouse and, where installed, llama.cpp's server (`make llamacpp`, on the
+    shipped GGUF) and vLLM (`make vllm`); interleave them over rounds and compare time to first token,
+    decode tokens/s, and aggregate tokens/s and p50/p99 latency at each client count. Run it from the
+    repository, where the peers' venvs are."""
+    import json
+
+    from tunehouse.bench.serve import SYSTEMS, ServeBenchSettings, run
+    from tunehouse.models.shipped import SHIPPED_MODEL_ID, shipped_gguf_path
+
+    levels = tuple(int(c) for c in clients.split(",") if c.strip())
+    if not levels or min(levels) < 1:
+        raise typer.BadParameter("give positive integers, e.g. 1,4,16", param_hint="--clients")
+    chosen = tuple(s.strip() for s in systems.split(",") if s.strip())
+    if unknown := set(chosen) - set(SYSTEMS):
+        raise typer.BadParameter(f"unknown {', '.join(sorted(unknown))}; choose from {', '.join(SYSTEMS)}")
+    settings = ServeBenchSettings(
+        model_id=Path(model).name if Path(model).is_dir() else model,
+        model_dir=_model_dir(model),
+        gguf=shipped_gguf_path() if model == SHIPPED_MODEL_ID else None,
+        rounds=rounds,
+        clients=levels,
+        max_tokens=max_tokens,
+        decode_tokens=decode_tokens,
+        systems=chosen,
+        adapters=adapters,
+        repo=Path.cwd(),
+    )
+    report = run(settings, log=console.print)
+    _print_serve_report(report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=1))
+
+
+SERVE_METRICS = {
+    "ttft_short_seconds": "time to first token, ~50-token prompt (s)",
+    "ttft_long_seconds": "time to first token, ~500-token prompt (s)",
+    "decode_tokens_per_second": "decode tokens/s, one stream",
+}
+
+
+LOAD_METRIC = re.compile(r"(mixed_)?c(\d+)_(.+)")  # what bench/serve.py names a load level's figures
+LOAD_FIGURES = {
+    "tokens_per_second": "aggregate tokens/s",
+    "p50_seconds": "p50 latency (s)",
+    "p99_seconds": "p99 latency (s)",
+}
+
+
+def _serve_row(metric: str) -> tuple[tuple[int, int, int], str]:
+    """Where a metric's row goes in the table (single-stream figures, then by client count, mixed
+    adapters last) and its label."""
+    if metric in SERVE_METRICS:
+        return (0, 0, list(SERVE_METRICS).index(metric)), SERVE_METRICS[metric]
+    match = LOAD_METRIC.fullmatch(metric)
+    if match is None:
+        return (3, 0, 0), metric
+    mixed, clients, figure = match.groups()
+    who = f"{clients} client{'s' if clients != '1' else ''}" + (", two adapters and the base mixed" if mixed else "")
+    order = list(LOAD_FIGURES).index(figure) if figure in LOAD_FIGURES else len(LOAD_FIGURES)
+    return (2 if mixed else 1, int(clients), order), f"{LOAD_FIGURES.get(figure, figure)}, {who}"
+
+
+def _print_serve_report(report: dict[str, Any]) -> None:
+    summary, ratios = report["summary"], report["ratios"]
+    systems = list(summary)
+    metrics = sorted({m for figures in summary.values() for m in figures}, key=lambda m: _serve_row(m)[0])
+    table = Table("median over rounds", *systems, *(f"tunehouse ÷ {peer}" for peer in ratios))
+    for metric in metrics:
+        row = [f"{summary[s][metric]:.2f}" if metric in summary[s] else "—" for s in systems]
+        row += [f"{ratios[p][metric]:.2f}×" if metric in ratios[p] else "—" for p in ratios]
+        table.add_row(_serve_row(metric)[1], *row)
+    table.add_row("peak RSS of the server (GB)", *(f"{report['peak_rss_bytes'][s] / 1e9:.2f}" for s in systems))
+    console.print(table)
+    host = report["machine"]
+    console.print(
+        f"{report['model']} on {host['device']}, {host['memory_gb']} GB; flags: "
+        f"{' '.join(host['flags']) or 'none of note'}; load average at the start {host['load_average']}. "
+        f"{report['settings']['rounds']} rounds, {report['settings']['max_tokens']} tokens a request. Ratios: "
+        "for tokens/s above 1 favours tunehouse, for seconds below 1 does."
+    )
+    if report["mixed_over_base"] is not None:
+        console.print(
+            f"tunehouse with two adapters and the base mixed: {report['mixed_over_base']:.2f}× its base-only "
+            "aggregate tokens/s at as many clients."
+        )
+    for system, why in report["skipped"].items():
+        console.print(f"{system} skipped: {why}")
