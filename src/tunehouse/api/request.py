@@ -1,6 +1,7 @@
 """The base of every JSON request body: fields OpenAI's API has and tunehouse does not use are
-ignored, and an explicit JSON `null` means the field's default, as OpenAI reads it (the 0.28 CLI
-sends `"n": null`, `"logprobs": null`… for every option it was not given)."""
+ignored (except by the completion requests, which refuse what they do not honour: `api/sampling.py`),
+and an explicit JSON `null` means the field's default, as OpenAI reads it (the 0.28 CLI sends
+`"n": null`, `"logprobs": null`… for every option it was not given)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from tunehouse.api.logprobs import ChatLogprobs
 from tunehouse.api.sampling import SamplingRequest
@@ -24,6 +24,15 @@ class ChatCompletionRequest(SamplingRequest):
     stream_options: dict[str, Any] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)  # needs `logprobs: true`, as OpenAI's does
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id → bias, -100 to 100
+    response_format: dict[str, Any] | None = None  # text | json_object | json_schema (serve/structured.py)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None  # none | auto | required | {"type": "function", …}
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None  # the legacy form of `tools`
+    function_call: str | dict[str, Any] | None = None  # the legacy form of `tool_choice`
 
 
 class Usage(BaseModel):
@@ -32,10 +41,29 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None  # legacy `functions` requests get their call here
+
+    @model_serializer(mode="wrap")
+    def _calls_only_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """`tool_calls` and `function_call` appear when there are calls, as OpenAI's (its schema has no null)."""
+        body: dict[str, Any] = handler(self)
+        return {k: v for k, v in body.items() if v is not None or k not in ("tool_calls", "function_call")}
 
 
 class Choice(BaseModel):
@@ -55,9 +83,25 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A streamed tool call: its first piece has the id, type and name, later ones argument text."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta
+
+
 class Delta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    function_call: FunctionCallDelta | None = None
 
 
 class ChunkChoice(BaseModel):
@@ -77,8 +121,16 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        """Deltas carry only what changed: unset `role`/`content` are omitted, not null."""
+        """Deltas carry only what changed: unset `role`/`content`/tool call fields are omitted, not null."""
         body = self.model_dump()
         for choice in body["choices"]:
-            choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
+            choice["delta"] = _without_nulls(choice["delta"])
         return body
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value

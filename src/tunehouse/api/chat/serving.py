@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from tunehouse.api.chat.formats import DeltaReader, ReplyFormat, reply_format, reply_message, uses_tools
 from tunehouse.api.chat.protocol import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -13,16 +14,17 @@ from tunehouse.api.chat.protocol import (
     Choice,
     ChunkChoice,
     Delta,
-    ResponseMessage,
     Usage,
 )
 from tunehouse.api.logprobs import chat_logprobs
 from tunehouse.api.metrics import measured, measured_stream
-from tunehouse.api.sampling import response_header, sampling_params
+from tunehouse.api.sampling import logit_bias_ids, response_header, sampling_params
 from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
 from tunehouse.models.template import render_chat_prompt
 from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams, ScoredPrompt
+from tunehouse.serve.structured import grammar_constraint
+from tunehouse.serve.tools import render_prompt
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 DEFAULT_MAX_TOKENS = 512
@@ -52,12 +54,20 @@ def _logprobs(request: ChatCompletionRequest) -> int | None:
     return request.top_logprobs or 0
 
 
-def _prepare(engine: Engine, request: ChatCompletionRequest) -> tuple[ModelHandle, list[int], SamplingParams]:
-    """Resolve the model once, render the messages with its chat template and tokenize them."""
+def _prepare(
+    engine: Engine, request: ChatCompletionRequest
+) -> tuple[ModelHandle, list[int], SamplingParams, ReplyFormat]:
+    """Resolve the model once, render the messages (and tools) with its chat template and tokenize
+    them; the reply's grammar, when it has one, is compiled here, so a bad schema fails first."""
     _check_messages(request.messages)
     logprobs = _logprobs(request)
+    fmt = reply_format(request)
     handle = engine.open(request.model)
-    prompt_ids = handle.encode(render_chat_prompt(handle.tokenizer, request.messages))
+    if uses_tools(request.messages, fmt):
+        prompt = render_prompt(handle.tokenizer, request.messages, fmt.tools)
+    else:
+        prompt = render_chat_prompt(handle.tokenizer, request.messages)
+    prompt_ids = handle.encode(prompt)
     handle.check_prompt(prompt_ids, param="messages")
     params = sampling_params(
         max_tokens=request.max_completion_tokens or request.max_tokens or DEFAULT_MAX_TOKENS,
@@ -65,22 +75,22 @@ def _prepare(engine: Engine, request: ChatCompletionRequest) -> tuple[ModelHandl
         top_p=request.top_p,
         stop=request.stop,
         seed=request.seed,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        logit_bias=logit_bias_ids(request.logit_bias, handle.weights.vocab_size),
     )
-    return handle, prompt_ids, replace(params, logprobs=logprobs)
+    constraint = None if fmt.grammar is None else grammar_constraint(handle.tokenizer, fmt.grammar)
+    return handle, prompt_ids, replace(params, logprobs=logprobs, constraint=constraint), fmt
 
 
 async def create_chat_completion(engine: Engine, request: ChatCompletionRequest) -> dict[str, Any]:
-    handle, prompt_ids, params = await engine.prepare(_prepare, engine, request)
+    handle, prompt_ids, params, fmt = await engine.prepare(_prepare, engine, request)
     results = await measured(engine.generate_async(handle, [prompt_ids] * request.n, params))
-    choices = [
-        Choice(
-            index=index,
-            message=ResponseMessage(content=result.text),
-            finish_reason=result.finish_reason,
-            logprobs=None if result.logprobs is None else chat_logprobs(handle.spelling, result.logprobs),
-        )
-        for index, result in enumerate(results)
-    ]
+    choices = []
+    for index, result in enumerate(results):
+        message, finish_reason = reply_message(result.text, result.finish_reason, fmt)
+        logprobs = None if result.logprobs is None else chat_logprobs(handle.spelling, result.logprobs)
+        choices.append(Choice(index=index, message=message, finish_reason=finish_reason, logprobs=logprobs))
     completion_tokens = sum(result.completion_tokens for result in results)
     usage = Usage(
         prompt_tokens=len(prompt_ids),
@@ -91,31 +101,37 @@ async def create_chat_completion(engine: Engine, request: ChatCompletionRequest)
 
 
 async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
-    """Chunks: a role delta, content deltas (each with its tokens' log-probabilities when asked), a
-    finish chunk per choice, then usage if asked."""
-    handle, prompt_ids, params = await engine.prepare(_prepare, engine, request)
+    """Chunks: a role delta, content deltas (each with its tokens' log-probabilities when asked) and
+    tool call deltas, a finish chunk per choice, then usage if asked."""
+    handle, prompt_ids, params, fmt = await engine.prepare(_prepare, engine, request)
     events = await first_taken(measured_stream(engine.stream_async(handle, [prompt_ids] * request.n, params)))
     base = response_header("chatcmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
     async def generate() -> AsyncGenerator[dict[str, Any], None]:
         completion_tokens, started = 0, -1
+        reader = DeltaReader(fmt)
         try:
             async for index, item in events:
                 if index > started:  # a choice's first chunk says who speaks
-                    started = index
+                    started, reader = index, DeltaReader(fmt)
                     yield ChatCompletionChunk(
                         **base, choices=[ChunkChoice(index=index, delta=Delta(role="assistant", content=""))]
                     ).to_wire()
                 if isinstance(item, Generation):
                     completion_tokens += item.completion_tokens
+                    deltas, finish_reason = reader.finish(item.finish_reason)
+                    for delta in deltas:
+                        yield ChatCompletionChunk(**base, choices=[ChunkChoice(index=index, delta=delta)]).to_wire()
                     yield ChatCompletionChunk(
-                        **base, choices=[ChunkChoice(index=index, delta=Delta(), finish_reason=item.finish_reason)]
+                        **base, choices=[ChunkChoice(index=index, delta=Delta(), finish_reason=finish_reason)]
                     ).to_wire()
                 elif not isinstance(item, ScoredPrompt) and (item.text or item.logprobs):
                     logprobs = None if params.logprobs is None else chat_logprobs(handle.spelling, item.logprobs)
-                    choice = ChunkChoice(index=index, delta=Delta(content=item.text), logprobs=logprobs)
-                    yield ChatCompletionChunk(**base, choices=[choice]).to_wire()
+                    deltas = reader.feed(item.text) or ([Delta(content="")] if logprobs else [])
+                    for number, delta in enumerate(deltas):  # the tokens' records ride on the first
+                        choice = ChunkChoice(index=index, delta=delta, logprobs=logprobs if number == 0 else None)
+                        yield ChatCompletionChunk(**base, choices=[choice]).to_wire()
         finally:
             await events.aclose()  # a client that hung up stops the generation
         if include_usage:

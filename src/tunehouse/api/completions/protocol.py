@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
 from tunehouse.api.chat.protocol import Usage
 from tunehouse.api.logprobs import CompletionLogprobs
-from tunehouse.api.sampling import SamplingRequest
+from tunehouse.api.sampling import NO_EFFECT, SamplingRequest
 
 
 class CompletionRequest(SamplingRequest):
@@ -24,6 +25,15 @@ class CompletionRequest(SamplingRequest):
     seed: int | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None  # token id → bias, -100 to 100
+
+    no_effect: ClassVar[dict[str, Callable[[Any, dict[str, Any]], bool]]] = {
+        **NO_EFFECT,
+        "best_of": lambda value, body: value in (1, body.get("n") or 1),  # the best of n is all n: no choosing
+        "suffix": lambda value, body: value == "",
+    }
 
 
 class CompletionChoice(BaseModel):

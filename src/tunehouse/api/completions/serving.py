@@ -16,7 +16,7 @@ from tunehouse.api.chat.protocol import Usage
 from tunehouse.api.completions.protocol import Completion, CompletionChoice, CompletionRequest
 from tunehouse.api.logprobs import CompletionLogprobs, completion_logprobs
 from tunehouse.api.metrics import measured, measured_stream
-from tunehouse.api.sampling import response_header, sampling_params
+from tunehouse.api.sampling import logit_bias_ids, response_header, sampling_params
 from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
 from tunehouse.serve.engine import Engine, Generation, ModelHandle, SamplingParams, ScoredPrompt
@@ -56,6 +56,9 @@ def _prepare(engine: Engine, request: CompletionRequest) -> tuple[ModelHandle, l
         top_p=request.top_p,
         stop=request.stop,
         seed=request.seed,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+        logit_bias=logit_bias_ids(request.logit_bias, handle.weights.vocab_size),
     )
     params = replace(params, logprobs=request.logprobs, prompt_logprobs=request.echo and request.logprobs is not None)
     return handle, _prompts(handle, request.prompt), params

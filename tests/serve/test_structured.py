@@ -1,0 +1,93 @@
+"""Grammar constraints on the engine, and reading tool calls out of a reply as it streams."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from tests.conftest import TINY_ID
+from tunehouse.errors import InvalidRequest
+from tunehouse.serve.engine import Engine, SamplingParams
+from tunehouse.serve.structured import grammar_constraint, json_schema_grammar, lark_grammar
+from tunehouse.serve.tools import CallReader, Tool, ToolCall, call_grammar_lark, hermes_messages, split_reply
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": -5, "maximum": 5}},
+    "required": ["ok", "n"],
+    "additionalProperties": False,
+}
+LOOKUP = Tool("lookup", "Find a word.", {"type": "object", "properties": {"word": {"enum": ["a", "b"]}}})
+
+
+def test_the_engine_writes_only_what_the_schema_allows(engine: Engine) -> None:
+    handle = engine.open(TINY_ID)
+    factory = grammar_constraint(handle.tokenizer, json_schema_grammar(SCHEMA, param="response_format"))
+    for seed in range(3):
+        params = SamplingParams(max_tokens=40, temperature=1.0, seed=seed, constraint=factory)
+        result = engine.generate(handle, handle.encode("hello"), params)
+        assert result.finish_reason == "stop"
+        jsonschema.validate(json.loads(result.text), SCHEMA)
+
+
+def test_ids_past_the_tokenizer_s_vocabulary_are_never_allowed() -> None:
+    from transformers import AutoTokenizer
+
+    from tests.conftest import CACHE, SHIPPED_FOLDER
+
+    tokenizer = AutoTokenizer.from_pretrained(CACHE / "models" / SHIPPED_FOLDER)
+    constraint = grammar_constraint(tokenizer, json_schema_grammar(SCHEMA, param="x"))()
+    logits = torch.zeros(len(tokenizer) + 64)  # an embedding padded past the tokenizer
+    constraint.mask(logits)
+    allowed = torch.isfinite(logits).nonzero().flatten().tolist()
+    assert allowed and max(allowed) < len(tokenizer)
+    assert all(tokenizer.decode([i]).startswith("{") for i in allowed)
+
+
+def test_a_schema_that_cannot_be_enforced_names_the_field() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        json_schema_grammar({"type": "string", "format": "no-such-format"}, param="response_format")
+    assert caught.value.param == "response_format" and "no-such-format" in caught.value.message
+
+
+def test_a_forced_call_grammar_compiles_for_each_tool() -> None:
+    assert lark_grammar(call_grammar_lark([LOOKUP, Tool("noop")]), param="tools")
+    assert lark_grammar(call_grammar_lark([LOOKUP], reply=json.dumps(SCHEMA)), param="tools")
+
+
+def test_calls_are_read_as_the_reply_streams_in() -> None:
+    reply = 'Let me look. <tool_call>\n{"name": "lookup", "arguments": {"word": "a"}}\n</tool_call>'
+    reader = CallReader([LOOKUP])
+    parts = [part for char in reply for part in reader.feed(char)] + reader.finish()
+    assert "".join(p for p in parts if isinstance(p, str)) == "Let me look. "
+    assert [p for p in parts if isinstance(p, ToolCall)] == [ToolCall("lookup", '{"word": "a"}')]
+    assert split_reply(reply, [LOOKUP]) == ("Let me look.", [ToolCall("lookup", '{"word": "a"}')])
+
+
+def test_a_call_to_an_unknown_tool_or_unparsable_stays_content() -> None:
+    for reply in ('<tool_call>{"name": "other", "arguments": {}}</tool_call>', "<tool_call>{oops</tool_call>"):
+        assert split_reply(reply, [LOOKUP]) == (reply, [])
+    assert split_reply("a < b <tool", [LOOKUP]) == ("a < b <tool", [])
+
+
+def test_calls_and_results_render_in_the_hermes_convention() -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Look up a."},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"word": "a"}'}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "found"},
+    ]
+    rendered = hermes_messages(messages, [LOOKUP])
+    assert [m["role"] for m in rendered] == ["system", "user", "assistant", "user"]
+    assert rendered[0]["content"].startswith("Be brief.\n\n# Tools") and '"name": "lookup"' in rendered[0]["content"]
+    assert rendered[2]["content"] == '<tool_call>\n{"name": "lookup", "arguments": {"word": "a"}}\n</tool_call>'
+    assert rendered[3]["content"] == "<tool_response>\nfound\n</tool_response>"
