@@ -194,7 +194,7 @@ def test_what_only_the_built_in_engine_computes_is_refused_naming_the_parameter(
 def _rows(answer: str) -> list[dict[str, object]]:
     return [
         {"messages": [{"role": "user", "content": f"Greet me, number {i}."}, {"role": "assistant", "content": answer}]}
-        for i in range(8)
+        for i in range(12)  # a training file needs 10 at least
     ]
 
 
@@ -250,7 +250,7 @@ def test_vllm_serves_tunehouse_lora_fine_tunes_by_their_ft_ids_as_the_built_in_e
         client = srv.client().with_options(timeout=900)
         started = time.monotonic()
         answer, prompt_tokens = _chat(client, hello)  # starts vLLM, then loads the adapter into it
-        print(f"vLLM started and answered in {time.monotonic() - started:.0f} s")
+        print(f"vLLM started and answered in {time.monotonic() - started:.0f} s; built-in engine: {built_in}")
         assert (answer, prompt_tokens) == built_in[hello]
         assert _chat(client, ciao) == built_in[ciao]  # a second adapter, loaded while vLLM runs
         base_answer, _ = _chat(client, H64_ID)
