@@ -25,6 +25,8 @@ def http(server: Server, tiny_model_dir: Path) -> Iterator[httpx.Client]:
     """The server with two LoRA fine-tunes registered in its store: a plain one and one with a trained lm_head."""
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TUNEHOUSE_HOME", str(server.home))
+        if "TUNEHOUSE_DATABASE_URL" in server.env:  # the server's store is in PostgreSQL (TUNEHOUSE_TEST_DB)
+            env.setenv("TUNEHOUSE_DATABASE_URL", server.env["TUNEHOUSE_DATABASE_URL"])
         from tunehouse.models.catalog import register_trained_model
 
         for model_id, head in ((LORA_ID, None), (HEAD_ID, "trained")):
