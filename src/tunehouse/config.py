@@ -19,6 +19,8 @@ class Settings:
     home: Path
     database_url: str
     api_key: str | None
+    admin_key: str | None
+    """The key that manages projects and their keys (`/v1/organization/projects`); unset: nobody can."""
     organization: str
     max_file_bytes: int
     train_processes: int | None
@@ -111,6 +113,7 @@ def settings() -> Settings:
         home=home,
         database_url=database_url,
         api_key=os.environ.get("TUNEHOUSE_API_KEY") or None,
+        admin_key=os.environ.get("TUNEHOUSE_ADMIN_KEY") or None,
         organization=os.environ.get("TUNEHOUSE_ORGANIZATION", "tunehouse"),
         max_file_bytes=int(os.environ.get("TUNEHOUSE_MAX_FILE_BYTES", 512 * 1024 * 1024)),
         train_processes=int(os.environ.get("TUNEHOUSE_TRAIN_PROCESSES") or 0) or None,

@@ -53,9 +53,41 @@ def test_a_schema_that_cannot_be_enforced_names_the_field() -> None:
     assert caught.value.param == "response_format" and "no-such-format" in caught.value.message
 
 
-def test_a_forced_call_grammar_compiles_for_each_tool() -> None:
-    assert lark_grammar(call_grammar_lark([LOOKUP, Tool("noop")]), param="tools")
-    assert lark_grammar(call_grammar_lark([LOOKUP], reply=json.dumps(SCHEMA)), param="tools")
+def _allowed(grammar: str, text: str) -> bool:
+    """Whether the grammar lets SmolLM2's tokens of `text` be written, one after the other."""
+    from transformers import AutoTokenizer
+
+    from tests.conftest import CACHE, SHIPPED_FOLDER
+
+    tokenizer = AutoTokenizer.from_pretrained(CACHE / "models" / SHIPPED_FOLDER)
+    constraint = grammar_constraint(tokenizer, grammar)()
+    for token_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        logits = torch.zeros(len(tokenizer))
+        constraint.mask(logits)
+        if not torch.isfinite(logits[token_id]):
+            return False
+        constraint.accept(token_id)
+    return True
+
+
+CALL = '<tool_call>\n{"name": "lookup", "arguments": {"word": "a"}}\n</tool_call>'
+
+
+def test_a_forced_call_is_a_call_of_an_offered_tool_with_its_arguments() -> None:
+    forced = lark_grammar(call_grammar_lark([LOOKUP, Tool("noop")]), param="tools")
+    assert _allowed(forced, CALL)
+    assert not _allowed(forced, "Sure! " + CALL)
+    assert not _allowed(forced, CALL.replace('"a"', '"c"'))  # not in the parameter's enum
+    assert not _allowed(forced, CALL.replace("lookup", "other"))
+    either = lark_grammar(call_grammar_lark([LOOKUP], reply=SCHEMA), param="tools")
+    assert _allowed(either, CALL) and _allowed(either, '{"ok": true, "n": 3}')
+
+
+def test_with_tools_offered_any_text_goes_but_a_call_must_be_well_formed() -> None:
+    auto = lark_grammar(call_grammar_lark([LOOKUP], free_text=True), param="tools")
+    assert _allowed(auto, "Plain words, no call. {not json}")
+    assert _allowed(auto, "Let me look. " + CALL + "\nDone.")
+    assert not _allowed(auto, "Let me look. " + CALL.replace('"a"', '"zzz"'))
 
 
 def test_calls_are_read_as_the_reply_streams_in() -> None:

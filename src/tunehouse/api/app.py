@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 
 from tunehouse import __version__
-from tunehouse.api.auth import require_api_key
+from tunehouse.api.auth import require_admin_key, require_api_key
 from tunehouse.api.chat.router import router as chat_router
 from tunehouse.api.completions.router import router as completions_router
 from tunehouse.api.errors import install_error_handlers
@@ -21,6 +21,7 @@ from tunehouse.api.graders.router import router as graders_router
 from tunehouse.api.guard import RequestGuard
 from tunehouse.api.metrics import router as metrics_router
 from tunehouse.api.models.router import router as models_router
+from tunehouse.api.organization.router import router as organization_router
 from tunehouse.api.webhooks.router import router as webhooks_router
 from tunehouse.serve.backends import serving_engine
 from tunehouse.store.blobs import remove_stale_temporaries
@@ -58,6 +59,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     v1.include_router(graders_router)
     v1.include_router(webhooks_router)
     app.include_router(v1)
+    app.include_router(organization_router, prefix="/v1", dependencies=[Depends(require_admin_key)])
     app.include_router(metrics_router)  # Prometheus's `/metrics`, at the root where it looks
 
     @app.get("/health", include_in_schema=False)

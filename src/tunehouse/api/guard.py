@@ -70,7 +70,8 @@ class RequestGuard:
         config = settings()
         host = _hostname(headers.get("host", ""))
         allowed = {h.lower() for h in config.allowed_hosts}
-        if not config.api_key and not (is_loopback_name(host) or host in allowed or "*" in allowed):
+        keyless = not config.api_key and not config.admin_key  # with either, every /v1 request needs a key
+        if keyless and not (is_loopback_name(host) or host in allowed or "*" in allowed):
             raise Forbidden(
                 f"This server answers requests for its loopback address, not for '{host}'. Behind a reverse "
                 "proxy, name its host in TUNEHOUSE_ALLOWED_HOSTS.",

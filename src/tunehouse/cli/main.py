@@ -23,7 +23,9 @@ from tunehouse.cli.files import files_app
 from tunehouse.cli.jobs import jobs_app
 from tunehouse.cli.migrate import migrate
 from tunehouse.cli.models_export import models_export
+from tunehouse.cli.projects import keys_app, projects_app
 from tunehouse.cli.webhooks import webhooks_app
+from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
 
 app = typer.Typer(help="Self-hosted, OpenAI-compatible fine-tuning.", no_args_is_help=True)
@@ -37,6 +39,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(files_app, name="files")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(projects_app, name="projects")
+app.add_typer(keys_app, name="keys")
 app.command("chat")(chat)
 app.command("migrate")(migrate)
 app.command("eval")(evaluate)
@@ -73,10 +77,11 @@ def serve(
     """Run the OpenAI-compatible API (and, by default, one training worker)."""
     import uvicorn
 
-    if not api_key and not _is_loopback(host):
+    if not api_key and not settings().admin_key and not _is_loopback(host):
         err_console.print(
             f"[red]Error:[/red] refusing to bind {host} without an API key: anyone on the network "
-            "could use it. Set --api-key or TUNEHOUSE_API_KEY, or bind 127.0.0.1."
+            "could use it. Set --api-key or TUNEHOUSE_API_KEY (or TUNEHOUSE_ADMIN_KEY, for projects' keys), "
+            "or bind 127.0.0.1."
         )
         raise typer.Exit(2)
     if api_key:

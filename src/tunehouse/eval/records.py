@@ -12,6 +12,7 @@ from tunehouse.errors import NotFound
 from tunehouse.store.db import session
 from tunehouse.store.outbox import queue_eval_run_ended
 from tunehouse.store.pages import Page, page_newest_first
+from tunehouse.store.projects import owner, visible
 from tunehouse.store.schema import EvalOutputItemRow, EvalRow, EvalRunRow
 
 RUN_TERMINAL = {"completed", "failed", "canceled"}
@@ -19,6 +20,7 @@ RUN_ACTIVE = {"queued", "in_progress"}
 
 
 def add_eval(row: EvalRow) -> EvalRow:
+    row.project_id = owner()
     with session() as s:
         s.add(row)
     return row
@@ -26,7 +28,7 @@ def add_eval(row: EvalRow) -> EvalRow:
 
 def get_eval(eval_id: str) -> EvalRow:
     with session() as s:
-        row = s.scalar(select(EvalRow).where(EvalRow.id == eval_id))
+        row = s.scalar(select(EvalRow).where(EvalRow.id == eval_id, visible(EvalRow.project_id)))
     if row is None:
         raise NotFound(f"No such eval: {eval_id}", param="eval_id")
     return row
@@ -36,8 +38,10 @@ def list_evals(after: str | None, limit: int, order: str, order_by: str) -> Page
     """Evals by creation (`seq`) or by last update, `after` continuing past that eval."""
     ascending = order == "asc"
     if order_by == "created_at":
-        return page_newest_first(select(EvalRow), EvalRow, after, limit, ascending=ascending)
-    query: Select[Any] = select(EvalRow)
+        return page_newest_first(
+            select(EvalRow).where(visible(EvalRow.project_id)), EvalRow, after, limit, ascending=ascending
+        )
+    query: Select[Any] = select(EvalRow).where(visible(EvalRow.project_id))
     with session() as s:
         if after:
             cursor = s.execute(select(EvalRow.updated_at, EvalRow.seq).where(EvalRow.id == after)).first()
@@ -85,10 +89,10 @@ def add_run(row: EvalRunRow) -> EvalRunRow:
 
 
 def get_run(eval_id: str, run_id: str) -> EvalRunRow:
+    get_eval(eval_id)  # another project's eval, and so its runs, are not found
     with session() as s:
         row = s.scalar(select(EvalRunRow).where(EvalRunRow.id == run_id, EvalRunRow.eval_id == eval_id))
     if row is None:
-        get_eval(eval_id)
         raise NotFound(f"No such eval run: {run_id}", param="run_id")
     return row
 

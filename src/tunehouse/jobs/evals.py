@@ -32,6 +32,7 @@ from tunehouse.jobs.launch import pid_alive
 from tunehouse.jobs.records import add_event, get_job, update_job
 from tunehouse.serve.engine import Engine
 from tunehouse.store.files import file_path, get_file
+from tunehouse.store.projects import acting_for
 from tunehouse.store.schema import EvalOutputItemRow
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class EvalRunner:
             should_stop=lambda: stop is not None and stop.is_set(),
         )
         try:
-            execute_run(run_id, tools)
+            with acting_for(_project_of_run(run_id)):  # its models and graders are its project's
+                execute_run(run_id, tools)
         except RunInterrupted:
             records.update_run(run_id, only_if_status={"in_progress"}, status="queued")
             return True
@@ -111,6 +113,11 @@ class EvalRunner:
             records.update_run(run_id, only_if_status={"in_progress"}, status="failed", error=error)
         report_job_eval(run_id)
         return True
+
+
+def _project_of_run(run_id: str) -> str | None:
+    run = records.find_run(run_id)
+    return None if run is None else records.get_eval(run.eval_id).project_id
 
 
 def queue_job_eval(job_id: str) -> str | None:
@@ -161,7 +168,8 @@ def queue_job_eval(job_id: str) -> str | None:
 def queue_job_eval_safely(job_id: str) -> None:
     """`queue_job_eval`, whose failure is the eval's and never the job's: it is logged and told in an event."""
     try:
-        queue_job_eval(job_id)
+        with acting_for(get_job(job_id).project_id):  # the eval belongs to the job's project
+            queue_job_eval(job_id)
     except TunehouseError as exc:
         add_event(job_id, f"The base-vs-fine-tuned evaluation was not created: {exc.message}", level="warn")
     except Exception as exc:  # a bug here must not touch the job that succeeded

@@ -14,6 +14,7 @@ from tunehouse.jobs.email import job_emails
 from tunehouse.store.db import session
 from tunehouse.store.outbox import JOB_EVENTS, queue_event
 from tunehouse.store.pages import Page, page_newest_first
+from tunehouse.store.projects import visible
 from tunehouse.store.schema import CheckpointRow, EventRow, JobRow
 
 TERMINAL_STATES = {"succeeded", "failed", "cancelled"}
@@ -23,14 +24,14 @@ ACTIVE_STATES = {"running", "pausing"}
 
 def get_job(job_id: str) -> JobRow:
     with session() as s:
-        row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        row = s.scalar(select(JobRow).where(JobRow.id == job_id, visible(JobRow.project_id)))
     if row is None:
         raise NotFound(f"No such fine-tuning job: {job_id}", param="fine_tuning_job_id")
     return row
 
 
 def list_jobs(after: str | None, limit: int, metadata: dict[str, str] | None) -> Page[JobRow]:
-    query = select(JobRow)
+    query = select(JobRow).where(visible(JobRow.project_id))
     page = page_newest_first(query, JobRow, after, limit if metadata is None else 10_000_000)
     if metadata is None:
         return page
@@ -53,7 +54,7 @@ def update_job(job_id: str, *, only_if_status: set[str] | None = None, **values:
         changed = cast(CursorResult[Any], s.execute(statement.values(**values))).rowcount > 0
         if changed and values.get("status") in JOB_EVENTS:
             job = s.scalars(select(JobRow).where(JobRow.id == job_id)).one()
-            queue_event(s, JOB_EVENTS[job.status], job_id, job_emails(s, job))
+            queue_event(s, JOB_EVENTS[job.status], job_id, job_emails(s, job), project_id=job.project_id)
     return changed
 
 

@@ -42,6 +42,7 @@ from tunehouse.jobs.service import fail_job, fine_tuned_model_name
 from tunehouse.jobs.tracking import attach_trackers
 from tunehouse.models.catalog import base_of, delete_model, get_model, register_trained_model, weights_dir
 from tunehouse.store.files import create_file, file_path, get_file
+from tunehouse.store.projects import DEFAULT_PROJECT_ID, enter_project
 from tunehouse.store.schema import JobRow
 from tunehouse.train.config import SFTConfig
 from tunehouse.train.distributed import SingleProcess, from_environment
@@ -201,6 +202,7 @@ def _train(
 
 def run_job(job_id: str, processes: SingleProcess) -> None:
     job = get_job(job_id)
+    enter_project(job.project_id or DEFAULT_PROJECT_ID)  # what it reads and makes is the job's project's
     torch.set_num_threads(max(1, torch.get_num_threads()))
     train_examples = _read_examples(job.training_file)
     valid_examples = _read_examples(job.validation_file) if job.validation_file else None

@@ -17,6 +17,7 @@ from tunehouse.jobs.records import ACTIVE_STATES, TERMINAL_STATES, add_event, ge
 from tunehouse.models.catalog import ModelInfo, get_model
 from tunehouse.store.db import session
 from tunehouse.store.files import file_path, get_file
+from tunehouse.store.projects import org_name, owner
 from tunehouse.store.schema import JobRow
 from tunehouse.train.hyperparams import check_hyperparameters
 from tunehouse.train.options import check_training_options
@@ -43,8 +44,10 @@ class JobRequest:
 
 
 def fine_tuned_model_name(job: JobRow) -> str:
-    """`ft:{base}:{org}:{suffix}:{id}` as OpenAI names them; the id is the job id's random tail."""
-    return f"ft:{job.model}:{job.organization_id.removeprefix('org-')}:{job.suffix or ''}:{job.id[-8:]}"
+    """`ft:{base}:{org}:{suffix}:{id}` as OpenAI names them; the id is the job id's random tail, `{org}`
+    the organization for the default project and the project's name for any other."""
+    org = job.organization_id.removeprefix("org-") if job.project_id is None else org_name(job.project_id)
+    return f"ft:{job.model}:{org}:{job.suffix or ''}:{job.id[-8:]}"
 
 
 def _resolve_method(request: JobRequest) -> dict[str, Any]:
@@ -159,6 +162,7 @@ def create_job(request: JobRequest) -> JobRow:
         job_metadata=request.metadata,
         integrations=request.integrations,
         result_files=[],
+        project_id=owner(),
     )
     with session() as s:
         s.add(row)

@@ -27,6 +27,7 @@ from tunehouse.jobs.integrations import Address, check_endpoint
 from tunehouse.store.db import session
 from tunehouse.store.outbox import EVENT_TYPES
 from tunehouse.store.pages import Page, page_newest_first
+from tunehouse.store.projects import owner, visible
 from tunehouse.store.schema import WebhookEndpointRow
 
 MAX_NAME = 256
@@ -83,6 +84,7 @@ def create_endpoint(name: Any, url: Any, event_types: Any) -> WebhookEndpointRow
         secret=new_secret(),
         created_at=now,
         updated_at=now,
+        project_id=owner(),
     )
     with session() as s:
         s.add(row)
@@ -98,11 +100,13 @@ def get_endpoint(endpoint_id: str) -> WebhookEndpointRow:
 
 def find_endpoint(endpoint_id: str) -> WebhookEndpointRow | None:
     with session() as s:
-        return s.scalar(select(WebhookEndpointRow).where(WebhookEndpointRow.id == endpoint_id))
+        query = select(WebhookEndpointRow).where(WebhookEndpointRow.id == endpoint_id)
+        return s.scalar(query.where(visible(WebhookEndpointRow.project_id)))
 
 
 def list_endpoints(after: str | None, limit: int) -> Page[WebhookEndpointRow]:
-    return page_newest_first(select(WebhookEndpointRow), WebhookEndpointRow, after, limit)
+    query = select(WebhookEndpointRow).where(visible(WebhookEndpointRow.project_id))
+    return page_newest_first(query, WebhookEndpointRow, after, limit)
 
 
 def update_endpoint(

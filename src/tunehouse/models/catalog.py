@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 
 from tunehouse.config import settings
 from tunehouse.errors import Conflict, InvalidRequest, InvalidValue, ModelLoadError, ModelNotFound
@@ -28,6 +28,7 @@ from tunehouse.models.shipped import (
     materialize_shipped_model,
 )
 from tunehouse.store.db import session
+from tunehouse.store.projects import org_name, owner, visible
 from tunehouse.store.schema import ModelRow
 
 
@@ -88,11 +89,16 @@ def model_not_found(model_id: str, *, param: str = "model") -> ModelNotFound:
     )
 
 
+def _shared_or_own() -> ColumnElement[bool]:
+    """Base models are every project's; a fine-tuned model and its checkpoints only its project's."""
+    return or_(ModelRow.kind == "base", visible(ModelRow.project_id))
+
+
 def _registered(model_id: str) -> ModelInfo | None:
     if model_id == SHIPPED_MODEL_ID:
         return _shipped_info()
     with session() as s:
-        row = s.get(ModelRow, model_id)
+        row = s.scalar(select(ModelRow).where(ModelRow.id == model_id, _shared_or_own()))
         return None if row is None else _from_row(row)
 
 
@@ -137,7 +143,7 @@ def unalias(name: str) -> None:
 
 def list_models(include_checkpoints: bool = False) -> list[ModelInfo]:
     with session() as s:
-        rows = s.scalars(select(ModelRow).order_by(ModelRow.created.desc())).all()
+        rows = s.scalars(select(ModelRow).where(_shared_or_own()).order_by(ModelRow.created.desc())).all()
         models = [_from_row(r) for r in rows if include_checkpoints or r.kind != "checkpoint"]
     return [_shipped_info(), *models]
 
@@ -203,11 +209,12 @@ def register_trained_model(
             id=model_id,
             kind=kind,
             created=int(time.time()),
-            owned_by=settings().organization,
+            owned_by=org_name(owner()),
             path=str(path),
             base_model=base_model,
             adapter=adapter,
             job_id=job_id,
+            project_id=owner(),
         )
         s.merge(row)
         return _from_row(row)

@@ -28,6 +28,7 @@ generation starts on it again, and its adapter leaves memory as soon as no gener
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import queue
 import threading
@@ -465,7 +466,9 @@ class Engine:
             self._check_room(self._preparing + len(self._waiting))
             self._preparing += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._preparers, partial(fn, *args, **kwargs))
+            # In the caller's context: resolving a model sees only the request's project (`store/projects.py`).
+            call = partial(contextvars.copy_context().run, fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._preparers, call)
         finally:
             with self._line_changed:
                 self._preparing -= 1

@@ -38,6 +38,7 @@ JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False, "item_separato
 whitespace forever."""
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
 @lru_cache(maxsize=8)
@@ -81,14 +82,17 @@ class GrammarConstraint:
         """Only the tokens the grammar allows next keep their scores (the logits row may be wider than
         the tokenizer's vocabulary: ids past it are never allowed)."""
         if self.matcher.is_error():  # nothing valid can follow: end the reply
-            allowed = torch.zeros(logits.shape[0], dtype=torch.bool)
-            allowed[self.eos] = True
+            refused = np.ones(logits.shape[0], dtype=bool)
+            refused[self.eos] = False
         else:
             bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-            allowed = torch.from_numpy(np.unpackbits(bits, bitorder="little").astype(bool))
-        width = min(logits.shape[0], self.vocab_size, allowed.shape[0])
-        logits[:width].masked_fill_(~allowed[:width].to(logits.device), float("-inf"))
+            refused = np.unpackbits(bits, bitorder="little") == 0
+        width = min(logits.shape[0], self.vocab_size, refused.shape[0])
         logits[width:] = float("-inf")
+        if logits.device.type == "cpu" and logits.dtype in NUMPY_FLOATS:
+            np.putmask(logits[:width].numpy(), refused[:width], -np.inf)  # a tenth of torch's time on a busy CPU
+        else:
+            logits[:width].masked_fill_(torch.from_numpy(refused[:width]).to(logits.device), float("-inf"))
 
     def accept(self, token_id: int) -> None:
         if not self.matcher.consume_token(token_id):

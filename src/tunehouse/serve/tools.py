@@ -213,18 +213,41 @@ def split_reply(text: str, tools: list[Tool]) -> tuple[str | None, list[ToolCall
     return content or (None if calls else content), calls
 
 
-def call_grammar_lark(tools: list[Tool], *, reply: str | None = None) -> str:
-    """Lark (llguidance's dialect) for a reply that is one call of one of `tools`, its arguments
-    matching that tool's parameters; or, given `reply` (a JSON schema, as text), JSON matching it."""
-    options = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
-            "required": ["name", "arguments"],
-            "additionalProperties": False,
-        }
-        for tool in tools
-    ]
-    schema = {**(options[0] if len(options) == 1 else {"anyOf": options}), "x-guidance": CALL_JSON_OPTIONS}
-    start = "start: tool_call | reply\nreply: %json " + reply if reply is not None else "start: tool_call"
-    return f'{start}\ntool_call: "{CALL_OPEN}\\n" call "\\n{CALL_CLOSE}"\ncall: %json {json.dumps(schema)}\n'
+def tags_are_tokens(tokenizer: Any) -> bool:
+    """Whether `<tool_call>` and `</tool_call>` are tokens of their own (Qwen2.5's), not text."""
+    added = tokenizer.get_added_vocab()
+    return CALL_OPEN in added and CALL_CLOSE in added
+
+
+def call_grammar_lark(
+    tools: list[Tool], *, free_text: bool = False, reply: dict[str, Any] | None = None, tag_tokens: bool = False
+) -> str:
+    """Lark (llguidance's dialect) for tool calls in the `<tool_call>` form, each call's arguments
+    matching its tool's parameters, the JSON spaced as `json.dumps` spaces it.
+
+    Without `free_text`: the reply is one call (or, given `reply`, JSON matching that schema instead).
+    With it: any text, in which the calls the model chooses to make must be well formed; the call
+    grammar starts where the model writes `<tool_call>` (a lazy lexeme), so free text costs nothing.
+    `tag_tokens`: the tags are special tokens of the tokenizer, referred to as such.
+    """
+    open_tag = CALL_OPEN if tag_tokens else json.dumps(CALL_OPEN)
+    close_tag = CALL_CLOSE if tag_tokens else json.dumps(CALL_CLOSE)
+    rules = []
+    for index, tool in enumerate(tools):
+        head = json.dumps('\n{"name": ' + json.dumps(tool.name) + ', "arguments": ')
+        arguments = json.dumps({**tool.parameters, "x-guidance": CALL_JSON_OPTIONS})
+        body = f"{head} %json {arguments} {json.dumps(chr(125) + chr(10))} {close_tag}"
+        if not free_text:
+            rules.append(f"call_{index}: {open_tag} {body}")
+        elif tag_tokens:
+            rules.append(f"call_{index}: TEXT {open_tag} {body}")
+        else:
+            rules += [f"call_{index}_open[lazy]: TEXT {open_tag}", f"call_{index}: call_{index}_open {body}"]
+    calls = " | ".join(f"call_{index}" for index in range(len(tools)))
+    if free_text:
+        start = f"%llguidance {{}}\nstart: ({calls})* TEXT\nTEXT: /(.|\\n)*/"
+    elif reply is not None:
+        start = f"start: {calls} | reply\nreply: %json {json.dumps({**reply, 'x-guidance': CALL_JSON_OPTIONS})}"
+    else:
+        start = f"start: {calls}"
+    return "\n".join([start, *rules]) + "\n"

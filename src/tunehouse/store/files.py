@@ -14,6 +14,7 @@ from tunehouse.ids import new_id
 from tunehouse.store.blobs import blob_path, delete_blob, write_blob
 from tunehouse.store.db import session
 from tunehouse.store.pages import Page, page_newest_first
+from tunehouse.store.projects import owner, visible
 from tunehouse.store.schema import FileRow
 
 UPLOAD_PURPOSES = {"assistants", "batch", "fine-tune", "vision", "user_data", "evals"}
@@ -53,6 +54,7 @@ def create_file(
         expires_at=now + expires_after_seconds if expires_after_seconds else None,
         status="processed",
         blob=key,
+        project_id=owner(),
     )
     try:
         with session() as s:
@@ -65,7 +67,7 @@ def create_file(
 
 def get_file(file_id: str, param: str = "file_id") -> FileRow:
     with session() as s:
-        row = s.scalar(select(FileRow).where(FileRow.id == file_id))
+        row = s.scalar(select(FileRow).where(FileRow.id == file_id, visible(FileRow.project_id)))
     if row is None:
         raise NotFound(f"No such File object: {file_id}", param=param)
     return row
@@ -76,7 +78,7 @@ def file_path(row: FileRow) -> Path:
 
 
 def list_files(after: str | None, limit: int, order: str, purpose: str | None) -> Page[FileRow]:
-    query = select(FileRow)
+    query = select(FileRow).where(visible(FileRow.project_id))
     if purpose:
         query = query.where(FileRow.purpose == purpose)
     return page_newest_first(query, FileRow, after, limit, ascending=(order == "asc"))

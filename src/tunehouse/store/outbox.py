@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tunehouse.ids import new_id
 from tunehouse.store.db import session
 from tunehouse.store.pages import Page, page_newest_first
-from tunehouse.store.schema import DeliveryAttemptRow, OutboxRow, WebhookEndpointRow
+from tunehouse.store.schema import DeliveryAttemptRow, EvalRow, EvalRunRow, OutboxRow, WebhookEndpointRow
 
 JOB_EVENTS = {
     "succeeded": "fine_tuning.job.succeeded",
@@ -42,14 +42,26 @@ class Email:
     text: str
 
 
-def queue_event(s: Session, event_type: str, subject_id: str, emails: tuple[Email, ...] = ()) -> str:
-    """In the caller's transaction: an event of `event_type` about `subject_id` (a job or run id)
-    for every endpoint subscribed to it, in OpenAI's payload shape, plus `emails`. Returns its id."""
+def queue_event(
+    s: Session, event_type: str, subject_id: str, emails: tuple[Email, ...] = (), *, project_id: str | None = None
+) -> str:
+    """In the caller's transaction: an event of `event_type` about `subject_id` (a job or run id of
+    project `project_id`, None: the default project) for every endpoint of that project subscribed
+    to it, in OpenAI's payload shape, plus `emails`. Returns its id."""
     now = int(time.time())
     event_id = new_id("evt_")
     payload = {"id": event_id, "object": "event", "created_at": now, "type": event_type, "data": {"id": subject_id}}
-    common = {"event_id": event_id, "event_type": event_type, "subject_id": subject_id, "created_at": now}
-    endpoints = s.scalars(select(WebhookEndpointRow)).all()
+    common = {
+        "event_id": event_id,
+        "event_type": event_type,
+        "subject_id": subject_id,
+        "created_at": now,
+        "project_id": project_id,
+    }
+    owner = WebhookEndpointRow.project_id
+    endpoints = s.scalars(
+        select(WebhookEndpointRow).where(owner.is_(None) if project_id is None else owner == project_id)
+    )
     for endpoint in endpoints:
         if event_type in endpoint.event_types:
             s.add(_row(common, channel="webhook", endpoint_id=endpoint.id, payload=payload))
@@ -63,7 +75,9 @@ def queue_eval_run_ended(s: Session, run_id: str, status: str) -> None:
     """For the Evals API: call in the transaction that moves run `run_id` to an end `status`
     (`completed`, `failed` or `canceled`), and its `eval.run.*` webhooks go out."""
     if status in EVAL_RUN_EVENTS:
-        queue_event(s, EVAL_RUN_EVENTS[status], run_id)
+        run_eval = select(EvalRunRow.eval_id).where(EvalRunRow.id == run_id).scalar_subquery()
+        project_id = s.scalar(select(EvalRow.project_id).where(EvalRow.id == run_eval))
+        queue_event(s, EVAL_RUN_EVENTS[status], run_id, project_id=project_id)
 
 
 def _row(common: dict[str, Any], **values: Any) -> OutboxRow:

@@ -29,6 +29,7 @@ class FileRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="processed")
     status_details: Mapped[str | None] = mapped_column(Text, nullable=True)
     blob: Mapped[str] = mapped_column(String(512))
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # none: the default project
 
 
 class JobRow(Base):
@@ -39,6 +40,7 @@ class JobRow(Base):
     created_at: Mapped[int] = mapped_column(Integer)
     model: Mapped[str] = mapped_column(String(512))
     organization_id: Mapped[str] = mapped_column(String(128))
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # none: the default project
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
     status: Mapped[str] = mapped_column(String(32), index=True)
@@ -100,6 +102,7 @@ class ModelRow(Base):
     base_model: Mapped[str | None] = mapped_column(String(600), nullable=True)
     adapter: Mapped[bool] = mapped_column(Boolean, default=False)
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # none: default or base
 
 
 class AliasRow(Base):
@@ -149,6 +152,7 @@ class EvalRow(Base):
     data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
     testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     eval_metadata: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)  # none: the default project
 
 
 class EvalRunRow(Base):
@@ -246,3 +250,44 @@ class DeliveryAttemptRow(Base):
     success: Mapped[bool] = mapped_column(Boolean)
     response_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ProjectRow(Base):
+    """A project of the admin API (`/v1/organization/projects`): its keys see only its own objects."""
+
+    __tablename__ = "projects"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[int] = mapped_column(Integer)
+    archived_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class ServiceAccountRow(Base):
+    """A project's service account: the owner of one API key."""
+
+    __tablename__ = "service_accounts"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))  # member | none
+    created_at: Mapped[int] = mapped_column(Integer)
+
+
+class ApiKeyRow(Base):
+    """A project API key, kept as the SHA-256 of its value (shown once, at creation)."""
+
+    __tablename__ = "api_keys"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    service_account_id: Mapped[str] = mapped_column(String(64), ForeignKey("service_accounts.id"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    digest: Mapped[str] = mapped_column(String(64), unique=True, index=True)  # sha256 hex of the key
+    redacted_value: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(Integer)
+    last_used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)

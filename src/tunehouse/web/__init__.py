@@ -27,6 +27,7 @@ def mount_dashboard(app: FastAPI) -> None:
     @app.get("/dashboard/api/info", include_in_schema=False)
     def dashboard_info() -> dict[str, object]:
         """What the page must know before it has a key: whether to ask for one."""
-        return {"auth_required": bool(settings().api_key), "version": __version__}
+        config = settings()
+        return {"auth_required": bool(config.api_key or config.admin_key), "version": __version__}
 
     app.mount("/static", StaticFiles(directory=STATIC), name="dashboard-static")

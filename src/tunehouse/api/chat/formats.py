@@ -5,7 +5,6 @@ the grammar (`serve/structured.py`) that the reply must follow."""
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +20,15 @@ from tunehouse.api.chat.protocol import (
 )
 from tunehouse.errors import InvalidRequest
 from tunehouse.ids import new_id
-from tunehouse.serve.structured import ANY_OBJECT, JSON_OPTIONS, json_schema_grammar, lark_grammar
-from tunehouse.serve.tools import NO_PARAMETERS, CallReader, Tool, call_grammar_lark, split_reply
+from tunehouse.serve.structured import ANY_OBJECT, json_schema_grammar, lark_grammar
+from tunehouse.serve.tools import (
+    NO_PARAMETERS,
+    CallReader,
+    Tool,
+    call_grammar_lark,
+    split_reply,
+    tags_are_tokens,
+)
 from tunehouse.serve.tools import ToolCall as ServedCall
 
 NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -38,8 +44,30 @@ class ReplyFormat:
     """The request used `functions`: a call is answered as `function_call`, OpenAI's old way."""
     single_call: bool = False
     """`parallel_tool_calls: false`, or legacy functions: at most one call per reply."""
-    grammar: str | None = None
-    """What the reply must match (llguidance); None: any text."""
+    schema: dict[str, Any] | None = None
+    """The JSON schema a text reply must match (`response_format`); None: any text."""
+    forced: list[Tool] = field(default_factory=list)
+    """The tools one of which the reply must call (`required` or a named function)."""
+
+    def grammar(self, tokenizer: Any) -> str | None:
+        """What the reply must match (llguidance), for the model's tokenizer; None: anything.
+
+        With tools offered and no call forced, the model writes what it likes, but a call it starts
+        must be well formed with arguments that match the tool's parameters (as OpenAI's `strict`)."""
+        tag_tokens = tags_are_tokens(tokenizer)
+        if self.forced:
+            return lark_grammar(call_grammar_lark(self.forced, tag_tokens=tag_tokens), param=self.source)
+        if self.read_calls and self.schema is not None:  # JSON or a call, and nothing else
+            lark = call_grammar_lark(self.tools, reply=self.schema, tag_tokens=tag_tokens)
+            return lark_grammar(lark, param=self.source)
+        if self.read_calls:
+            lark = call_grammar_lark(self.tools, free_text=True, tag_tokens=tag_tokens)
+            return lark_grammar(lark, param=self.source)
+        return None if self.schema is None else json_schema_grammar(self.schema, param="response_format")
+
+    @property
+    def source(self) -> str:
+        return "functions" if self.legacy else "tools"
 
 
 def _tools(request: ChatCompletionRequest) -> tuple[list[Tool], str]:
@@ -139,19 +167,12 @@ def reply_format(request: ChatCompletionRequest) -> ReplyFormat:
     schema = _reply_schema(request)
     legacy = source == "functions"
     single = legacy or request.parallel_tool_calls is False
+    if schema is not None:
+        json_schema_grammar(schema, param="response_format")  # names the field if it cannot be enforced
     if choice in (None, "none"):
-        grammar = None if schema is None else json_schema_grammar(schema, param="response_format")
-        return ReplyFormat(grammar=grammar, legacy=legacy)
-    if choice == "auto":
-        grammar = None
-        if schema is not None:  # JSON or a call, and nothing else
-            json_schema_grammar(schema, param="response_format")  # names the field if it cannot be enforced
-            reply = json.dumps({**schema, "x-guidance": JSON_OPTIONS})
-            grammar = lark_grammar(call_grammar_lark(tools, reply=reply), param=source)
-        return ReplyFormat(tools=tools, read_calls=True, legacy=legacy, single_call=single, grammar=grammar)
-    called = tools if choice == "required" else [tool for tool in tools if tool.name == choice]
-    grammar = lark_grammar(call_grammar_lark(called), param=source)
-    return ReplyFormat(tools=tools, read_calls=True, legacy=legacy, single_call=single, grammar=grammar)
+        return ReplyFormat(legacy=legacy, schema=schema)
+    forced = [] if choice == "auto" else [tool for tool in tools if choice in ("required", tool.name)]
+    return ReplyFormat(tools=tools, read_calls=True, legacy=legacy, single_call=single, schema=schema, forced=forced)
 
 
 def uses_tools(messages: list[dict[str, Any]], fmt: ReplyFormat) -> bool:

@@ -79,7 +79,8 @@ def _prepare(
         frequency_penalty=request.frequency_penalty,
         logit_bias=logit_bias_ids(request.logit_bias, handle.weights.vocab_size),
     )
-    constraint = None if fmt.grammar is None else grammar_constraint(handle.tokenizer, fmt.grammar)
+    grammar = fmt.grammar(handle.tokenizer)
+    constraint = None if grammar is None else grammar_constraint(handle.tokenizer, grammar)
     return handle, prompt_ids, replace(params, logprobs=logprobs, constraint=constraint), fmt
 
 
