@@ -26,6 +26,7 @@ from tunehouse.errors import InvalidRequest, InvalidValue, ModelLoadError, Servi
 from tunehouse.models.catalog import ModelInfo
 from tunehouse.serve.backends import serving_engine
 from tunehouse.serve.engine import Engine, SamplingParams
+from tunehouse.serve.logprobs import TextSpans, TokenSpelling
 from tunehouse.serve.vllm_backend import (
     VllmEngine,
     check_adapter,
@@ -34,6 +35,7 @@ from tunehouse.serve.vllm_backend import (
     lora_rank_room,
     server_command,
     server_environment,
+    token_records,
     vllm_python,
 )
 
@@ -64,6 +66,8 @@ def test_the_server_runs_offline_with_runtime_lora_loading() -> None:
     assert env["HF_HUB_OFFLINE"] == "1"
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     assert env["PATH"] == "/bin"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"  # not 92% of the machine, vLLM's CPU default
+    assert server_environment({"VLLM_CPU_KVCACHE_SPACE": "8"})["VLLM_CPU_KVCACHE_SPACE"] == "8"
 
 
 @pytest.mark.parametrize(("rank", "room"), [(1, 1), (8, 8), (16, 16), (17, 32), (300, 320), (512, 512)])
@@ -171,14 +175,37 @@ def test_a_completion_request_carries_the_ids_and_the_sampling_asked() -> None:
     assert (body["max_tokens"], body["temperature"], body["top_p"], body["seed"]) == (20, 0.0, 0.9, 4)
     assert body["stop"] == ["\n"] and body["presence_penalty"] == 0.5 and body["logit_bias"] == {"7": -100.0}
     assert "frequency_penalty" not in body  # what was not asked is vLLM's default
+    assert "logprobs" not in body
     assert body["stream_options"] == {"include_usage": True}
+    asked = completion_body("ft:x", [1], SamplingParams(logprobs=0), max_tokens=1, seed=None, stream=False)
+    assert (asked["logprobs"], asked["return_tokens_as_token_ids"]) == (0, True)
+
+
+def test_vllm_s_log_probabilities_become_tunehouse_s_records_spelled_by_id(shipped_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    spelling = TokenSpelling(AutoTokenizer.from_pretrained(str(shipped_model_dir)))
+    hello, world, eos = 19556, 905, 2  # "Hello", " world", <|im_end|>
+    answer = {
+        "tokens": [f"token_id:{hello}", f"token_id:{world}", f"token_id:{eos}"],
+        "token_logprobs": [-0.5, -0.25, -0.125],
+        "top_logprobs": [
+            {f"token_id:{hello}": -0.5, "token_id:7": -3.0, "token_id:8": -1.0},  # vLLM's order is not rank
+            {f"token_id:{world}": -0.25},
+            {f"token_id:{eos}": -0.125},
+        ],
+    }
+    records = token_records(answer, TextSpans(spelling), top=2)
+    assert [r.token_id for r in records] == [hello, world, eos]
+    assert [r.logprob for r in records] == [-0.5, -0.25, -0.125]
+    assert records[0].top == [(hello, -0.5), (8, -1.0)]
+    assert [r.span for r in records] == [(0, 5), (5, 11), (11, 11)]  # the end token takes no room
 
 
 @pytest.mark.parametrize(
     ("params", "param"),
     [
-        (SamplingParams(logprobs=2), "logprobs"),
-        (SamplingParams(prompt_logprobs=True), "logprobs"),
+        (SamplingParams(logprobs=2, prompt_logprobs=True), "echo"),
         (SamplingParams(constraint=lambda: None), "response_format"),  # type: ignore[arg-type,return-value]  # never called
     ],
 )
@@ -218,6 +245,20 @@ def _chat(client: openai.OpenAI, model: str) -> tuple[str, int]:
     return reply.choices[0].message.content or "", reply.usage.prompt_tokens
 
 
+def _logprobs(client: openai.OpenAI, model: str) -> list[tuple[str, float, list[str]]]:
+    """Each reply token's text, log-probability and its two most likely alternatives' texts."""
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Greet me, number 3."}],
+        temperature=0,
+        max_tokens=12,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    assert reply.choices[0].logprobs is not None and reply.choices[0].logprobs.content
+    return [(t.token, t.logprob, [a.token for a in t.top_logprobs]) for t in reply.choices[0].logprobs.content]
+
+
 @pytest.mark.skipif(
     not HAS_VLLM,
     reason="vLLM is not installed: `make vllm` builds .venv-vllm with vLLM's CPU build (3.5 GB, minutes), "
@@ -236,12 +277,12 @@ def test_vllm_serves_tunehouse_lora_fine_tunes_by_their_ft_ids_as_the_built_in_e
         hello = _train(client, tmp_path, "Bonjour, ami!", "hello.jsonl")
         ciao = _train(client, tmp_path, "Ciao bella, ciao.", "ciao.jsonl")
         built_in = {model: _chat(client, model) for model in (hello, ciao)}
+        built_in_logprobs = _logprobs(client, hello)
 
     vllm_env = {
         **env,
         "TUNEHOUSE_SERVE_BACKEND": "vllm",
         "TUNEHOUSE_VLLM_ARGS": "--max-model-len 1024",
-        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache: plenty for a 1,024-token context
     }
     srv = Server(home)  # the same home, its models registered: now served by vLLM
     srv.env.update(vllm_env)
@@ -270,11 +311,16 @@ def test_vllm_serves_tunehouse_lora_fine_tunes_by_their_ft_ids_as_the_built_in_e
         assert streamed == built_in[ciao][0]
         assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == built_in[ciao][1]
 
+        tokens = _logprobs(client, hello)
+        assert [t for t, _, _ in tokens] == [t for t, _, _ in built_in_logprobs]
+        for (_, logprob, alternatives), (_, expected, expected_alternatives) in zip(
+            tokens, built_in_logprobs, strict=True
+        ):
+            assert logprob == pytest.approx(expected, abs=0.15)  # vLLM computes in bf16, tunehouse's in fp32
+            assert alternatives[0] == expected_alternatives[0]
         with pytest.raises(openai.BadRequestError) as refused:
-            client.chat.completions.create(
-                model=hello, messages=[{"role": "user", "content": "Hi"}], logprobs=True, max_tokens=2
-            )
-        assert refused.value.code == "invalid_request" and "vLLM backend" in refused.value.message
+            client.completions.create(model=hello, prompt="Hi", echo=True, logprobs=1, max_tokens=2)
+        assert refused.value.param == "echo" and "vLLM backend" in refused.value.message
 
         client.models.delete(ciao)  # unloaded from vLLM; the id is gone
         with pytest.raises(openai.NotFoundError):

@@ -12,7 +12,9 @@ is loaded into its weights' server by its `ft:` id on first use (`/v1/load_lora_
 that finishes later serves with no restart, and unloaded when the model is deleted. Adapters vLLM
 cannot serve (DoRA, trained biases, whole-module copies such as `lm_head` in PEFT's `modules_to_save`,
 a rank above TUNEHOUSE_VLLM_MAX_LORA_RANK) are refused before they reach it, and so is what only the
-built-in engine computes: log-probabilities and structured output (`response_format`, forced tools).
+built-in engine computes: the prompt's log-probabilities (`echo`) and structured output
+(`response_format`, forced tools). Generated tokens' log-probabilities come from vLLM, named by id
+and spelled by tunehouse as the built-in engine spells them.
 
 The servers are children of this process: they stop with `close` and, should this process die
 without closing, with it (the kernel's parent-death signal).
@@ -62,12 +64,13 @@ from tunehouse.serve.engine import (
     StreamEvent,
     TextDelta,
 )
-from tunehouse.serve.logprobs import TokenSpelling
+from tunehouse.serve.logprobs import TextSpans, TokenLogprob, TokenSpelling, within_text
 
 CHECKOUT_VENV = Path(__file__).resolve().parents[3] / ".venv-vllm"
 """Where `make vllm` installs vLLM, in a source checkout."""
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The `--max-lora-rank` values vLLM accepts."""
+CPU_KV_CACHE_GIB = 2  # the KV cache of vLLM's CPU build, unless VLLM_CPU_KVCACHE_SPACE says otherwise
 MAX_LORAS = 4  # adapters in one batch (`--max-loras`); TUNEHOUSE_VLLM_ARGS may say otherwise
 PREPARE_THREADS = 4  # requests resolving their model at once (the first for a model waits for its server)
 POLL_S = 1.0  # how often a starting server is asked whether it is ready
@@ -137,6 +140,9 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    # vLLM's CPU build otherwise reserves 92% of the machine's memory and refuses to start when less is
+    # free; GPUs ignore it. The user's own value wins.
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
     return env
 
 
@@ -307,11 +313,11 @@ def _loaded_model(folder: Path, max_model_len: int | None) -> LoadedModel:
 # --- requests -------------------------------------------------------------------------------------------
 def check_sampling(params: SamplingParams) -> None:
     """InvalidRequest naming the parameter for what only the built-in engine computes."""
-    if params.logprobs is not None or params.prompt_logprobs:
+    if params.prompt_logprobs:
         raise InvalidRequest(
-            "Log-probabilities are not served by the vLLM backend (TUNEHOUSE_SERVE_BACKEND=vllm); "
-            "ask without 'logprobs' (and 'echo'), or use tunehouse's built-in engine.",
-            param="logprobs",
+            "The prompt's log-probabilities ('echo' with 'logprobs') are not served by the vLLM backend "
+            "(TUNEHOUSE_SERVE_BACKEND=vllm); ask without 'echo', or use tunehouse's built-in engine.",
+            param="echo",
         )
     if params.constraint is not None:
         raise InvalidRequest(
@@ -341,9 +347,29 @@ def completion_body(
         "logit_bias": {str(token): bias for token, bias in params.logit_bias.items()} or None,
     }
     body.update({key: value for key, value in optional.items() if value is not None})
+    if params.logprobs is not None:  # tokens named by id (`token_id:N`), which tunehouse spells itself
+        body.update(logprobs=params.logprobs, return_tokens_as_token_ids=True)
     if stream:
         body.update(stream=True, stream_options={"include_usage": True})
     return body
+
+
+def _token_id(token: str) -> int:
+    return int(token.removeprefix("token_id:"))
+
+
+def token_records(logprobs: dict[str, Any] | None, spans: TextSpans, top: int) -> list[TokenLogprob]:
+    """tunehouse's records of the tokens in one vLLM `logprobs` answer (ids as `token_id:N`), their
+    spans continuing `spans`; each token's `top` most likely alternatives, most likely first."""
+    if not logprobs:
+        return []
+    tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
+    records = []
+    for token, logprob, alternatives in zip(logprobs["tokens"], logprobs["token_logprobs"], tops, strict=True):
+        token_id = _token_id(token)
+        ranked = sorted(((_token_id(t), float(lp)) for t, lp in (alternatives or {}).items()), key=lambda p: -p[1])
+        records.append(TokenLogprob(token_id, float(logprob), ranked[:top], spans.add(token_id)))
+    return records
 
 
 def _error_from(server: VllmServer, status: int, text: str) -> TunehouseError:
@@ -375,16 +401,34 @@ class _Call:
     server: VllmServer
     body: dict[str, Any]
     prompt_tokens: int
+    spelling: TokenSpelling
 
-    def result(self, data: dict[str, Any]) -> Generation:
+    @property
+    def top(self) -> int | None:
+        """Alternatives each token reports; None: no log-probabilities asked."""
+        top: int | None = self.body.get("logprobs")
+        return top
+
+    def result(self, data: dict[str, Any], records: list[TokenLogprob] | None = None) -> Generation:
+        """The Generation of vLLM's answer `data` (or of a stream's, with the records it carried)."""
         choice = data["choices"][0]
         usage = data.get("usage") or {}
+        text = choice.get("text") or ""
+        logprobs = None
+        if self.top is not None:
+            logprobs = records if records is not None else token_records(choice.get("logprobs"), self.spans(), self.top)
+            if isinstance(choice.get("stop_reason"), str):  # cut at a stop sequence: what began before it
+                logprobs = within_text(logprobs, len(text))
         return Generation(
-            text=choice.get("text") or "",
+            text=text,
             finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
             prompt_tokens=self.prompt_tokens,
             completion_tokens=int(usage.get("completion_tokens") or 0),
+            logprobs=logprobs,
         )
+
+    def spans(self) -> TextSpans:
+        return TextSpans(self.spelling)
 
 
 def _event(line: str) -> dict[str, Any] | None:
@@ -402,7 +446,10 @@ class _StreamState:
         self.call = call
         self.text = ""
         self.finish_reason: str | None = None
+        self.stop_reason: object = None
         self.completion_tokens = 0
+        self.records: list[TokenLogprob] = []
+        self._spans = call.spans()
 
     def read(self, chunk: dict[str, Any]) -> TextDelta | None:
         if "error" in chunk:
@@ -411,18 +458,21 @@ class _StreamState:
             self.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
         for choice in chunk.get("choices") or []:
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
-            if text := choice.get("text"):
-                self.text += text
-                return TextDelta(text)
+            self.stop_reason = choice.get("stop_reason") or self.stop_reason
+            records = []
+            if self.call.top is not None:
+                records = token_records(choice.get("logprobs"), self._spans, self.call.top)
+                self.records += records
+            text = choice.get("text") or ""
+            self.text += text
+            if text or records:
+                return TextDelta(text, records)
         return None
 
     def generation(self) -> Generation:
-        return self.call.result(
-            {
-                "choices": [{"text": self.text, "finish_reason": self.finish_reason}],
-                "usage": {"completion_tokens": self.completion_tokens},
-            }
-        )
+        choice = {"text": self.text, "finish_reason": self.finish_reason, "stop_reason": self.stop_reason}
+        usage = {"completion_tokens": self.completion_tokens}
+        return self.call.result({"choices": [choice], "usage": usage}, self.records)
 
 
 # --- the engine -----------------------------------------------------------------------------------------
@@ -579,7 +629,7 @@ class VllmEngine:
             max_tokens = min(params.max_tokens, handle.weights.context_length - len(prompt_ids))
             seed = None if params.seed is None else params.seed + index
             body = completion_body(handle.model_id, prompt_ids, params, max_tokens, seed, stream)
-            calls.append(_Call(server, body, len(prompt_ids)))
+            calls.append(_Call(server, body, len(prompt_ids), handle.spelling))
         return calls
 
     # --- generation ----------------------------------------------------------------------------------------
