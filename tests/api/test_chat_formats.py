@@ -197,9 +197,18 @@ def test_tool_choice_none_offers_no_tools(client: OpenAI) -> None:
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0].function.name"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": "get_weather"}}, "tool_choice"),
+        ({"tools": [WEATHER], "functions": [WEATHER["function"]]}, "functions"),
     ],
 )
 def test_bad_tools_are_refused_naming_the_field(client: OpenAI, extra: dict[str, Any], param: str) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=TINY_ID, messages=ASK, max_tokens=4, extra_body=extra)
     assert caught.value.body["param"] == param  # type: ignore[index]
+
+
+def test_a_malformed_tool_call_in_the_history_is_refused(client: OpenAI) -> None:
+    history = [*ASK, {"role": "assistant", "tool_calls": [{"id": "call_1", "function": "get_weather"}]}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=TINY_ID, messages=history, max_tokens=4)  # type: ignore[arg-type]
+    assert caught.value.body["param"] == "messages[1].tool_calls"  # type: ignore[index]

@@ -85,7 +85,11 @@ def _arguments_object(arguments: Any) -> Any:
 
 def _calls_of(message: dict[str, Any]) -> list[dict[str, Any]]:
     """An assistant message's calls as `{"name", "arguments"}` (tool calls or a legacy function call)."""
-    calls = [call.get("function", {}) for call in message.get("tool_calls") or [] if isinstance(call, dict)]
+    tool_calls = message.get("tool_calls")
+    listed = (
+        [call.get("function") for call in tool_calls if isinstance(call, dict)] if isinstance(tool_calls, list) else []
+    )
+    calls: list[dict[str, Any]] = [call for call in listed if isinstance(call, dict)]
     if isinstance(message.get("function_call"), dict):
         calls.append(message["function_call"])
     return [{"name": call.get("name"), "arguments": _arguments_object(call.get("arguments", {}))} for call in calls]

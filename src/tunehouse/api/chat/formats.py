@@ -122,9 +122,11 @@ def _choice(request: ChatCompletionRequest, tools: list[Tool], source: str) -> s
         if choice not in allowed:
             raise InvalidRequest(f"Invalid '{param}': {choice!r}; expected one of {', '.join(allowed)}.", param=param)
         return choice
-    name = choice.get("name") if source == "functions" else (choice.get("function") or {}).get("name")
-    if source == "tools" and choice.get("type") != "function":
-        raise InvalidRequest(f"Invalid '{param}.type': expected 'function'.", param=f"{param}.type")
+    if source == "tools" and (choice.get("type") != "function" or not isinstance(choice.get("function"), dict)):
+        raise InvalidRequest(
+            f'Invalid \'{param}\': expected {{"type": "function", "function": {{"name": …}}}}.', param=param
+        )
+    name = choice.get("name") if source == "functions" else choice["function"].get("name")
     if name not in {tool.name for tool in tools}:
         raise InvalidRequest(f"Invalid '{param}': no function named {name!r} was given.", param=param)
     return str(name)

@@ -43,6 +43,17 @@ def _check_messages(messages: list[dict[str, Any]]) -> None:
             raise InvalidRequest(
                 f"messages[{index}].content must be a string or a list of parts.", param=f"messages[{index}].content"
             )
+        calls = message.get("tool_calls")
+        if calls is not None and not (
+            isinstance(calls, list)
+            and all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and c["function"].get("name") for c in calls
+            )
+        ):
+            raise InvalidRequest(
+                f"messages[{index}].tool_calls must be a list of {{'id', 'type', 'function': {{'name', 'arguments'}}}}.",
+                param=f"messages[{index}].tool_calls",
+            )
 
 
 def _logprobs(request: ChatCompletionRequest) -> int | None:
