@@ -1,4 +1,4 @@
-"""Grammar constraints on the engine, and reading tool calls out of a reply as it streams."""
+"""Grammar constraints: what the engine may write under a JSON schema or a tool call grammar."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.conftest import TINY_ID
 from tunehouse.errors import InvalidRequest
 from tunehouse.serve.engine import Engine, SamplingParams
 from tunehouse.serve.structured import grammar_constraint, json_schema_grammar, lark_grammar
-from tunehouse.serve.tools import CallReader, Tool, ToolCall, call_grammar_lark, hermes_messages, split_reply
+from tunehouse.serve.tools import Tool, call_grammar_lark
 
 SCHEMA = {
     "type": "object",
@@ -88,38 +88,3 @@ def test_with_tools_offered_any_text_goes_but_a_call_must_be_well_formed() -> No
     assert _allowed(auto, "Plain words, no call. {not json}")
     assert _allowed(auto, "Let me look. " + CALL + "\nDone.")
     assert not _allowed(auto, "Let me look. " + CALL.replace('"a"', '"zzz"'))
-
-
-def test_calls_are_read_as_the_reply_streams_in() -> None:
-    reply = 'Let me look. <tool_call>\n{"name": "lookup", "arguments": {"word": "a"}}\n</tool_call>'
-    reader = CallReader([LOOKUP])
-    parts = [part for char in reply for part in reader.feed(char)] + reader.finish()
-    assert "".join(p for p in parts if isinstance(p, str)) == "Let me look. "
-    assert [p for p in parts if isinstance(p, ToolCall)] == [ToolCall("lookup", '{"word": "a"}')]
-    assert split_reply(reply, [LOOKUP]) == ("Let me look.", [ToolCall("lookup", '{"word": "a"}')])
-
-
-def test_a_call_to_an_unknown_tool_or_unparsable_stays_content() -> None:
-    for reply in ('<tool_call>{"name": "other", "arguments": {}}</tool_call>', "<tool_call>{oops</tool_call>"):
-        assert split_reply(reply, [LOOKUP]) == (reply, [])
-    assert split_reply("a < b <tool", [LOOKUP]) == ("a < b <tool", [])
-
-
-def test_calls_and_results_render_in_the_hermes_convention() -> None:
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": "Look up a."},
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"word": "a"}'}}
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "found"},
-    ]
-    rendered = hermes_messages(messages, [LOOKUP])
-    assert [m["role"] for m in rendered] == ["system", "user", "assistant", "user"]
-    assert rendered[0]["content"].startswith("Be brief.\n\n# Tools") and '"name": "lookup"' in rendered[0]["content"]
-    assert rendered[2]["content"] == '<tool_call>\n{"name": "lookup", "arguments": {"word": "a"}}\n</tool_call>'
-    assert rendered[3]["content"] == "<tool_response>\nfound\n</tool_response>"
