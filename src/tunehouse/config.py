@@ -29,6 +29,9 @@ class Settings:
     """Largest request body other than a file upload (chat, completions, job creation)."""
     max_queued_generations: int
     """Chat and completion requests that may wait for the serving engine; one more is refused with a 429."""
+    serve_threads: int
+    """CPU cores the serving engine keeps while a training job runs beside it (default half); a trainer child
+    gets the rest (`jobs/launch.py`). 0 on a machine that only trains: its trainers get every core."""
     allowed_hosts: tuple[str, ...]
     """Host names the server answers besides loopback (`api/guard.py`), e.g. a reverse proxy's."""
     allowed_origins: tuple[str, ...]
@@ -86,6 +89,12 @@ class Settings:
     """The longest wait between two tries of one delivery."""
     notify_give_up_s: float
     """How long after its event a delivery is still tried; then it is marked failed."""
+    blob_url: str | None
+    """Where files, checkpoints and trained models are shared between the API and workers on other
+    machines: a folder every machine mounts (`/mnt/tunehouse`) or an fsspec URL (`s3://bucket/prefix`);
+    each home keeps a local copy of what it uses (`store/blobs.py`). Unset: the home alone."""
+    lease_seconds: float
+    """How long a worker holds a job without a heartbeat before another worker may take it over."""
 
     @property
     def blobs_dir(self) -> Path:
@@ -119,6 +128,7 @@ def settings() -> Settings:
         train_processes=int(os.environ.get("TUNEHOUSE_TRAIN_PROCESSES") or 0) or None,
         max_request_bytes=int(os.environ.get("TUNEHOUSE_MAX_REQUEST_BYTES", 8 * 1024 * 1024)),
         max_queued_generations=int(os.environ.get("TUNEHOUSE_MAX_QUEUED_GENERATIONS", 64)),
+        serve_threads=int(os.environ.get("TUNEHOUSE_SERVE_THREADS") or max(1, (os.cpu_count() or 2) // 2)),
         allowed_hosts=_entries("TUNEHOUSE_ALLOWED_HOSTS"),
         allowed_origins=_entries("TUNEHOUSE_ALLOWED_ORIGINS"),
         allowed_outbound=_entries("TUNEHOUSE_ALLOWED_OUTBOUND"),
@@ -153,4 +163,6 @@ def settings() -> Settings:
         notify_retry_base_s=float(os.environ.get("TUNEHOUSE_NOTIFY_RETRY_BASE_S", 1)),
         notify_retry_max_s=float(os.environ.get("TUNEHOUSE_NOTIFY_RETRY_MAX_S", 600)),
         notify_give_up_s=float(os.environ.get("TUNEHOUSE_NOTIFY_GIVE_UP_S", 24 * 3600)),
+        blob_url=os.environ.get("TUNEHOUSE_BLOB_URL") or None,
+        lease_seconds=float(os.environ.get("TUNEHOUSE_LEASE_SECONDS", 60)),
     )

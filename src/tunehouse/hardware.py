@@ -42,3 +42,10 @@ def bf16_supported(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return cpu_has_fast_bf16()
+
+
+def cuda_memory_mb() -> list[int]:
+    """Each visible CUDA GPU's memory in MiB (empty without CUDA): what a worker can take on."""
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_properties(i).total_memory // 2**20 for i in range(torch.cuda.device_count())]

@@ -28,7 +28,7 @@ CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(SFTConfig)}
 @pytest.mark.parametrize("option", TRAINING_OPTIONS, ids=lambda o: o.name)
 def test_sft_config_defaults_are_the_declared_ones(option: Any) -> None:
     if option.config_field is None:
-        assert option.name == "processes"  # read by the worker, not the trainer
+        assert option.name in ("processes", "device")  # read by the worker, not the trainer
         return
     assert CONFIG_FIELDS[option.config_field].default == option.config_value(option.default)
 

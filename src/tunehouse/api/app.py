@@ -23,6 +23,8 @@ from tunehouse.api.metrics import router as metrics_router
 from tunehouse.api.models.router import router as models_router
 from tunehouse.api.organization.router import router as organization_router
 from tunehouse.api.webhooks.router import router as webhooks_router
+from tunehouse.api.workers.router import require_operator
+from tunehouse.api.workers.router import router as workers_router
 from tunehouse.serve.backends import serving_engine
 from tunehouse.store.blobs import remove_stale_temporaries
 from tunehouse.store.db import checkpoint, engine
@@ -60,6 +62,7 @@ def create_app(run_worker: bool = False) -> FastAPI:
     v1.include_router(webhooks_router)
     app.include_router(v1)
     app.include_router(organization_router, prefix="/v1", dependencies=[Depends(require_admin_key)])
+    app.include_router(workers_router, dependencies=[Depends(require_operator)])
     app.include_router(metrics_router)  # Prometheus's `/metrics`, at the root where it looks
 
     @app.get("/health", include_in_schema=False)

@@ -25,6 +25,7 @@ from tunehouse.cli.migrate import migrate
 from tunehouse.cli.models_export import models_export
 from tunehouse.cli.projects import keys_app, projects_app
 from tunehouse.cli.webhooks import webhooks_app
+from tunehouse.cli.workers import workers
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
 
@@ -44,6 +45,7 @@ app.add_typer(keys_app, name="keys")
 app.command("chat")(chat)
 app.command("migrate")(migrate)
 app.command("eval")(evaluate)
+app.command("workers")(workers)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -116,10 +118,18 @@ def backup(target: Path = typer.Argument(..., help="The new file to write the co
 
 @app.command()
 def worker() -> None:
-    """Run a training worker without the API (several machines share one database)."""
+    """Run a training worker without the API: workers on several machines share one database
+    (TUNEHOUSE_DATABASE_URL) and one blob root (TUNEHOUSE_BLOB_URL). SIGTERM or Ctrl-C stops it
+    cleanly: its job goes back to the queue, to resume from its last checkpoint."""
+    import signal
+    import threading
+
     from tunehouse.jobs.worker import run_worker_forever
 
-    run_worker_forever()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    run_worker_forever(stop)
 
 
 @models_app.command("add")

@@ -30,10 +30,11 @@ PAUSE_FILE = "pause"
 log = logging.getLogger(__name__)
 
 
-def process_count(requested: int | None) -> int:
-    """The job's `training.processes`, else `TUNEHOUSE_TRAIN_PROCESSES`, else every visible GPU (one on CPU)."""
-    count = requested or settings().train_processes or torch.cuda.device_count() or 1
-    gpus = torch.cuda.device_count()
+def process_count(requested: int | None, device: str | None = None) -> int:
+    """The job's `training.processes`, else `TUNEHOUSE_TRAIN_PROCESSES`, else every visible GPU (one on
+    CPU, and for a job whose `training.device` is `cpu`)."""
+    gpus = 0 if device == "cpu" else torch.cuda.device_count()
+    count = requested or settings().train_processes or gpus or 1
     if gpus and count > gpus:
         raise InvalidValue(
             f"training.processes is {count} but this machine has {gpus} CUDA GPUs: one process per GPU at most.",
@@ -113,14 +114,17 @@ def exit_with_worker() -> None:
     threading.Thread(target=watch, name="tunehouse-worker-watch", daemon=True).start()
 
 
-def launch_environment(processes: int) -> dict[str, str]:
-    """The trainer's environment: its worker's identity (`exit_with_worker`), and the machine's cores
-    shared out between its processes (torchrun would give each one thread) unless OMP_NUM_THREADS
-    says otherwise."""
+def launch_environment(processes: int, device: str | None = None) -> dict[str, str]:
+    """The trainer's environment: its worker's identity (`exit_with_worker`), no GPU for a job whose
+    `training.device` is `cpu`, and the machine's cores but those serving keeps
+    (TUNEHOUSE_SERVE_THREADS) shared out between its processes (torchrun would give each one thread)
+    unless OMP_NUM_THREADS says otherwise."""
     env = dict(os.environ)
     env[WORKER_ENV] = process_identity(os.getpid())
-    if processes > 1:
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    cores = max(1, (os.cpu_count() or 1) - settings().serve_threads)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // processes)))
     return env
 
 

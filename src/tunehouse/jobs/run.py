@@ -39,6 +39,7 @@ from tunehouse.jobs.records import (
     update_job,
 )
 from tunehouse.jobs.service import fail_job, fine_tuned_model_name
+from tunehouse.jobs.sharing import fetch_latest_checkpoint, share_checkpoint, share_model
 from tunehouse.jobs.tracking import attach_trackers
 from tunehouse.models.catalog import base_of, delete_model, get_model, register_trained_model, weights_dir
 from tunehouse.store.files import create_file, file_path, get_file
@@ -96,6 +97,7 @@ class StoreReporter:
         if step in self._checkpoint_steps:
             return
         self._checkpoint_steps.add(step)
+        share_checkpoint(self.job.id, path)  # before it is recorded: a recorded one can be resumed anywhere
         name = f"{self.model_name}:ckpt-step-{step}"
         base = get_model(self.job.model).id  # the model itself when the job named it by an alias
         register_trained_model(
@@ -174,6 +176,7 @@ def build_config(job: JobRow, n_examples: int) -> tuple[SFTConfig, ResolvedHyper
     )
     if isinstance(config, DPOConfig) and resolved.beta is not None:
         config.beta = resolved.beta
+    fetch_latest_checkpoint(job.id, config.checkpoint_dir)  # written by another worker, if it got further
     config.resume_from = latest_checkpoint(config.checkpoint_dir)
     config.pause_file = pause_file(job.id)  # the worker writes it when the job is paused
     return config, resolved
@@ -237,6 +240,7 @@ def run_job(job_id: str, processes: SingleProcess) -> None:
     result_file = result_csv(result.history, (classification, classes) if classification else None)
     results = create_file(f"{job.id}_results.csv", "fine-tune-results", [result_file], internal=True)
     reporter.finish(result_file, config.output_dir, model_name)
+    share_model(job.id, config.output_dir)
     register_trained_model(
         model_name,
         kind="fine-tuned",

@@ -4,6 +4,11 @@ A child process means a crash (or an out-of-memory kill) fails one job, not the 
 can stop training at once by terminating the process. The store is the only channel between them.
 With several GPUs (or `training.processes`) the child is `accelerate launch`, which starts one
 trainer process per GPU (`jobs/launch.py`); a cancel stops all of them.
+
+Several workers (on one machine or many: `tunehouse worker`, sharing one database and one blob root)
+each claim jobs that fit their machine (`jobs/claims.py`) and hold them under a lease renewed by a
+heartbeat thread (`jobs/leases.py`); a job whose worker vanished goes back to the queue once its
+lease runs out, and whoever claims it next resumes it from its newest checkpoint.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from sqlalchemy import select
 
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
+from tunehouse.jobs.claims import claim_next_job
 from tunehouse.jobs.delivery import start_sender_thread
 from tunehouse.jobs.evals import EvalRunner, queue_job_eval_safely
 from tunehouse.jobs.launch import (
@@ -34,6 +40,15 @@ from tunehouse.jobs.launch import (
     process_identity,
     trainer_command,
 )
+from tunehouse.jobs.leases import (
+    Capacity,
+    Heartbeat,
+    expire_lease,
+    register_worker,
+    release_expired_leases,
+    stop_worker,
+    this_machine,
+)
 from tunehouse.jobs.records import ACTIVE_STATES, add_event, get_job, update_job
 from tunehouse.jobs.service import fail_job, validate_job_files
 from tunehouse.serve.engine import Engine
@@ -43,7 +58,6 @@ from tunehouse.store.schema import JobRow
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-STALE_HEARTBEAT_SECONDS = 120
 TERMINATE_GRACE_SECONDS = 3
 TRAINER_FILE = "trainer.pid"
 """In a job's folder: the identity (`PID:START_TIME`) of the trainer process last started for it."""
@@ -62,22 +76,6 @@ def validate_pending_jobs() -> None:
         except Exception as exc:  # a validator bug must not kill the worker; it fails the one job
             log.exception("validation of %s crashed", job_id)
             fail_job(job_id, "validation_error", f"File validation failed unexpectedly: {exc}")
-
-
-def claim_next_job() -> str | None:
-    """Atomically move the oldest queued job to running; None if another worker won it or none wait."""
-    job_id = _oldest_job_id("queued")
-    if job_id is None:
-        return None
-    claimed = update_job(
-        job_id,
-        only_if_status={"queued"},
-        status="running",
-        worker_host=socket.gethostname(),
-        worker_pid=os.getpid(),
-        heartbeat_at=time.time(),
-    )
-    return job_id if claimed else None
 
 
 def _trainer_file(job_id: str) -> Path:
@@ -106,30 +104,29 @@ def stop_leftover_trainer(job_id: str) -> None:
 def set_aside(job_id: str, why: str) -> None:
     """A job whose trainer stopped early for `why`: a running one goes back to the queue, a pausing
     one is paused; either continues from its newest checkpoint when it runs again."""
-    if update_job(job_id, only_if_status={"running"}, status="queued"):
+    released = {"worker_id": None, "lease_expires_at": None}
+    if update_job(job_id, only_if_status={"running"}, status="queued", **released):
         add_event(job_id, f"{why}; the job was re-queued and will resume from its last checkpoint.", level="warn")
-    elif update_job(job_id, only_if_status={"pausing"}, status="paused", estimated_finish=None):
+    elif update_job(job_id, only_if_status={"pausing"}, status="paused", estimated_finish=None, **released):
         add_event(job_id, f"{why}; the job is paused and will resume from its last checkpoint.", level="warn")
 
 
 def requeue_orphaned_jobs() -> None:
-    """Jobs left `running` by a worker that died go back to the queue (`pausing` ones are paused),
-    their leftover trainer stopped.
+    """Jobs left `running` by a worker that died go back to the queue (`pausing` ones are paused).
 
-    The trainer resumes a re-queued job from its newest complete checkpoint (weights, optimizer,
+    A worker of this machine that is gone is known dead at once: its leftover trainer is stopped and
+    its lease ended now. Other machines' workers are known dead when their lease runs out. The
+    trainer resumes a re-queued job from its newest complete checkpoint (weights, optimizer,
     scheduler, RNG and data position), so it ends as if it had never stopped (PITFALLS 1).
     """
     host = socket.gethostname()
     with session() as s:
         running = list(s.scalars(select(JobRow).where(JobRow.status.in_(ACTIVE_STATES))).all())
-    now = time.time()
     for job in running:
-        dead_here = job.worker_host == host and job.worker_pid is not None and not pid_alive(job.worker_pid)
-        stale = job.heartbeat_at is None or now - job.heartbeat_at > STALE_HEARTBEAT_SECONDS
-        if not (dead_here or stale):
-            continue
-        stop_leftover_trainer(job.id)
-        set_aside(job.id, "The worker running this job stopped")
+        if job.worker_host == host and job.worker_pid is not None and not pid_alive(job.worker_pid):
+            stop_leftover_trainer(job.id)
+            expire_lease(job.id, job.worker_id)
+    release_expired_leases()
 
 
 def _log_tail(path: Path, lines: int = 8) -> str:
@@ -139,10 +136,12 @@ def _log_tail(path: Path, lines: int = 8) -> str:
         return ""
 
 
-def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
-    """Run the trainer child for a claimed job and watch it until it ends or the job is cancelled."""
+def run_claimed_job(job_id: str, stop: threading.Event | None = None, heartbeat: Heartbeat | None = None) -> None:
+    """Run the trainer child for a claimed job and watch it until it ends, the job is cancelled, or
+    its lease is lost (another worker took the job over: this one must not train it too)."""
+    training = get_job(job_id).training_options or {}
     try:
-        processes = process_count((get_job(job_id).training_options or {}).get("processes"))
+        processes = process_count(training.get("processes"), training.get("device"))
     except TunehouseError as exc:
         fail_job(job_id, exc.code or "training_failed", exc.message, exc.param)
         return
@@ -152,7 +151,7 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
     with open(log_path, "ab") as log_file:
         child = subprocess.Popen(
             trainer_command(job_id, processes),
-            env=launch_environment(processes),
+            env=launch_environment(processes, training.get("device")),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -160,7 +159,10 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
     _trainer_file(job_id).write_text(process_identity(child.pid))
     while child.poll() is None:
         status = get_job(job_id).status
-        if status == "cancelled" or (stop is not None and stop.is_set()):
+        lost = heartbeat is not None and heartbeat.lost.is_set()
+        if status == "cancelled" or lost or (stop is not None and stop.is_set()):
+            if lost:
+                log.error("the lease on job %s was lost to another worker; stopping its trainer here", job_id)
             _terminate(child)
             break
         if status == "pausing":  # the trainer checkpoints and stops at its next step boundary
@@ -170,6 +172,8 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None) -> None:
     code = child.wait()
     _trainer_file(job_id).unlink(missing_ok=True)
     pause_file(job_id).unlink(missing_ok=True)
+    if heartbeat is not None and heartbeat.lost.is_set():
+        return  # the job is another worker's now
     if code == 0:
         queue_job_eval_safely(job_id)  # base vs fine-tuned on its validation file, if it has one
     if code != 0 and get_job(job_id).status in ACTIVE_STATES:
@@ -220,32 +224,47 @@ def _signal_all(group: int, processes: list[psutil.Process], sig: signal.Signals
             process.send_signal(sig)
 
 
-def work_once(stop: threading.Event | None = None, evals: EvalRunner | None = None) -> bool:
-    """Validate what is new, then run one queued eval run or else one queued job, if there is one.
-    Returns whether it ran one. Eval runs go first: someone usually waits on them, and the eval a job
-    queues when it succeeds then runs before the next job starts."""
+def work_once(
+    heartbeat: Heartbeat, capacity: Capacity, stop: threading.Event | None = None, evals: EvalRunner | None = None
+) -> bool:
+    """Validate what is new, then run one queued eval run or else one queued job that fits this
+    machine, if there is one. Returns whether it ran one. Eval runs go first: someone usually waits on
+    them, and the eval a job queues when it succeeds then runs before the next job starts."""
     validate_pending_jobs()
     if evals is not None and evals.run_next(stop):
         return True
-    job_id = claim_next_job()
+    release_expired_leases()
+    job_id = claim_next_job(heartbeat.worker_id, capacity)
     if job_id is None:
         return False
-    run_claimed_job(job_id, stop)
+    heartbeat.hold(job_id)
+    try:
+        run_claimed_job(job_id, stop, heartbeat)
+    finally:
+        heartbeat.hold(None)
     return True
 
 
 def run_worker_forever(stop: threading.Event | None = None, engine: Engine | None = None) -> None:
     """Work until `stop`; eval runs generate on `engine` (the server's), else on an engine of their own."""
+    stop = stop or threading.Event()
+    capacity = this_machine()
+    worker_id = register_worker(capacity)
+    log.info("worker %s: %s with %d GPUs", worker_id, capacity.device, capacity.gpus)
+    heartbeat = Heartbeat(worker_id, stop).start()
     requeue_orphaned_jobs()
     start_sender_thread(stop)  # webhook events and emails, beside the jobs and never in their way
     evals = EvalRunner(engine)
-    while stop is None or not stop.is_set():
-        try:
-            if not work_once(stop, evals):
+    try:
+        while not stop.is_set():
+            try:
+                if not work_once(heartbeat, capacity, stop, evals):
+                    time.sleep(POLL_SECONDS)
+            except Exception:  # keep serving other jobs; the failure is already recorded on its job
+                log.exception("worker loop error")
                 time.sleep(POLL_SECONDS)
-        except Exception:  # keep serving other jobs; the failure is already recorded on its job
-            log.exception("worker loop error")
-            time.sleep(POLL_SECONDS)
+    finally:
+        stop_worker(worker_id)
 
 
 def start_worker_thread(engine: Engine | None = None) -> tuple[threading.Thread, threading.Event]:

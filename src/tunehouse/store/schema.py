@@ -61,6 +61,9 @@ class JobRow(Base):
     worker_host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     worker_pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(nullable=True)
+    # The worker that holds the job (`workers.id`) and until when; another may take it once expired.
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(nullable=True)
 
 
 class EventRow(Base):
@@ -291,3 +294,22 @@ class ApiKeyRow(Base):
     redacted_value: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[int] = mapped_column(Integer)
     last_used_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class WorkerRow(Base):
+    """A `tunehouse worker` (or a server's own worker): what it can run and what it runs now, kept
+    fresh by its heartbeats (`jobs/leases.py`)."""
+
+    __tablename__ = "workers"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    device: Mapped[str] = mapped_column(String(16))  # cpu | cuda
+    gpus: Mapped[int] = mapped_column(Integer)
+    gpu_memory_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the smallest GPU's
+    started_at: Mapped[int] = mapped_column(Integer)
+    heartbeat_at: Mapped[float] = mapped_column()
+    current_job: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))  # idle | busy | stopped

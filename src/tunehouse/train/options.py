@@ -175,6 +175,15 @@ TRAINING_OPTIONS: tuple[TrainingOption, ...] = (
         doc="Trainer processes, data parallel; automatic: `TUNEHOUSE_TRAIN_PROCESSES`, else one per "
         "visible CUDA GPU (one on CPU).",
     ),
+    TrainingOption(
+        "device",
+        str,
+        None,
+        config_field=None,  # read by the worker: which workers may claim the job (jobs/claims.py)
+        choices=("cpu", "cuda"),
+        doc="Where the job trains: `cuda` waits for a worker with a GPU per process, `cpu` trains on the "
+        "CPU on any worker; automatic: the claiming worker's GPUs, else its CPU.",
+    ),
 )
 OPTIONS_BY_NAME = {option.name: option for option in TRAINING_OPTIONS}
 
