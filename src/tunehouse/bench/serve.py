@@ -196,7 +196,11 @@ def _wait_ready(server: RunningServer, seconds: float) -> None:
 
 
 def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    """A failed server's story: its log's lines that name an error (a root cause scrolls far up in
+    vLLM's), then its end."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    errors = [line for line in text.splitlines() if "Error" in line][:10]
+    return "\n".join([*errors, "…", text[-2000:]])
 
 
 @contextmanager
@@ -278,14 +282,27 @@ def start_llamacpp(settings: ServeBenchSettings, work: Path) -> AbstractContextM
 
 
 def start_vllm(settings: ServeBenchSettings, work: Path) -> AbstractContextManager[RunningServer]:
+    """vLLM's OpenAI server as a module (the CPU build's `vllm` script looks for a package it lacks),
+    offline and with tunehouse's KV-cache budget (`serve/vllm_backend.py`), without LoRA: the base
+    model is what every system serves here."""
     from tunehouse.hardware import cpu_has_fast_bf16
+    from tunehouse.serve.vllm_backend import server_environment
 
     port = free_port()
-    args = [str(settings.repo / ".venv-vllm" / "bin" / "vllm"), "serve", str(settings.model_dir)]
+    args = [str(_vllm_python(settings)), "-m", "vllm.entrypoints.openai.api_server", "--model", str(settings.model_dir)]
     args += ["--served-model-name", settings.model_id, "--host", "127.0.0.1", "--port", str(port)]
     args += ["--max-model-len", "2048", "--dtype", "bfloat16" if cpu_has_fast_bf16() else "float32"]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
-    return _server("vllm", settings.model_id, args, env, work / "vllm.log", port)
+    return _server("vllm", settings.model_id, args, server_environment(), work / "vllm.log", port)
+
+
+def _vllm_python(settings: ServeBenchSettings) -> Path:
+    return settings.repo / ".venv-vllm" / "bin" / "python"
+
+
+def _has_module(python: Path, module: str) -> bool:
+    """Whether `python` exists and can find `module` (without importing it: vLLM takes long to)."""
+    find = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    return python.exists() and subprocess.run([str(python), "-c", find], capture_output=True).returncode == 0
 
 
 STARTERS: dict[str, Callable[[ServeBenchSettings, Path], AbstractContextManager[RunningServer]]] = {
@@ -300,12 +317,12 @@ def unavailable(system: str, settings: ServeBenchSettings) -> str | None:
     if system == "llama.cpp":
         if settings.gguf is None:
             return "no GGUF of this model (llama.cpp runs the shipped model's)"
-        if not (settings.repo / ".venv-llamacpp" / "bin" / "python").exists():
+        python = settings.repo / ".venv-llamacpp" / "bin" / "python"
+        if not _has_module(python, "llama_cpp"):
             return "not installed (make llamacpp)"
-        check = [str(settings.repo / ".venv-llamacpp" / "bin" / "python"), "-c", "import llama_cpp.server.app"]
-        if subprocess.run(check, capture_output=True).returncode != 0:
+        if not _has_module(python, "sse_starlette"):
             return "its server extra is missing (make llamacpp)"
-    if system == "vllm" and not (settings.repo / ".venv-vllm" / "bin" / "vllm").exists():
+    if system == "vllm" and not _has_module(_vllm_python(settings), "vllm"):
         return "not installed (make vllm)"
     return None
 
