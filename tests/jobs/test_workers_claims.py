@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from tests.conftest import TINY_ID
 from tunehouse.ids import new_id
-from tunehouse.jobs.claims import claim_next_job, fits
+from tunehouse.jobs.claims import claim_next_job, claim_validation, fits
 from tunehouse.jobs.leases import Capacity, list_workers, register_worker, release_expired_leases, renew
 from tunehouse.store.db import session
 from tunehouse.store.schema import EventRow, JobRow
@@ -130,3 +130,15 @@ def test_an_expired_lease_sends_the_job_back_and_its_old_holder_learns_it_lost_i
     assert not renew(old, running)  # the old worker, back, finds the lease gone and stops its trainer
     assert renew(new, running)
     assert [w.status for w in list_workers()] == ["busy", "busy"]
+
+
+def test_one_worker_validates_each_new_job_until_its_lease_runs_out(store: str) -> None:
+    job_id = queue_job()
+    with session() as s:
+        s.execute(update(JobRow).where(JobRow.id == job_id).values(status="validating_files"))
+    first, second = register_worker(CPU), register_worker(CPU)
+    assert claim_validation(first) == job_id
+    assert claim_validation(second) is None  # the first one is on it
+    with session() as s:  # the first worker died while validating
+        s.execute(update(JobRow).values(lease_expires_at=time.time() - 1))
+    assert claim_validation(second) == job_id

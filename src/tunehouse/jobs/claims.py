@@ -43,6 +43,30 @@ def fits(training: dict[str, Any], capacity: Capacity) -> bool:
     return True
 
 
+def claim_validation(worker_id: str) -> str | None:
+    """Take the oldest job waiting for its files to be validated, so that one worker validates it; a
+    worker that dies while validating holds it only until its lease runs out."""
+    now = time.time()
+    free = JobRow.worker_id.is_(None) | (JobRow.lease_expires_at < now)
+    with session() as s:
+        candidates = s.scalars(
+            select(JobRow.id)
+            .where(JobRow.status == "validating_files", free)
+            .order_by(JobRow.seq)
+            .limit(CANDIDATES)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job_id in candidates:
+            taken = s.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == "validating_files", free)
+                .values(worker_id=worker_id, lease_expires_at=now + settings().lease_seconds)
+            )
+            if cast(CursorResult[Any], taken).rowcount > 0:
+                return str(job_id)
+    return None
+
+
 def claim_next_job(worker_id: str, capacity: Capacity) -> str | None:
     """Move the oldest queued job that fits to `running`, leased to `worker_id`; None if none waits."""
     now = time.time()

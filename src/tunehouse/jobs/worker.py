@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from tunehouse.config import settings
 from tunehouse.errors import TunehouseError
-from tunehouse.jobs.claims import claim_next_job
+from tunehouse.jobs.claims import claim_next_job, claim_validation
 from tunehouse.jobs.delivery import start_sender_thread
 from tunehouse.jobs.evals import EvalRunner, queue_job_eval_safely
 from tunehouse.jobs.launch import (
@@ -63,13 +63,9 @@ TRAINER_FILE = "trainer.pid"
 """In a job's folder: the identity (`PID:START_TIME`) of the trainer process last started for it."""
 
 
-def _oldest_job_id(status: str) -> str | None:
-    with session() as s:
-        return s.scalar(select(JobRow.id).where(JobRow.status == status).order_by(JobRow.seq).limit(1))
-
-
-def validate_pending_jobs() -> None:
-    while (job_id := _oldest_job_id("validating_files")) is not None:
+def validate_pending_jobs(worker_id: str) -> None:
+    """Validate the files of each new job, one worker per job (`claim_validation`)."""
+    while (job_id := claim_validation(worker_id)) is not None:
         try:
             if validate_job_files(job_id):
                 add_event(job_id, "Files validated, moving job to queued state")
@@ -136,7 +132,7 @@ def _log_tail(path: Path, lines: int = 8) -> str:
         return ""
 
 
-def run_claimed_job(job_id: str, stop: threading.Event | None = None, heartbeat: Heartbeat | None = None) -> None:
+def run_claimed_job(job_id: str, heartbeat: Heartbeat, stop: threading.Event | None = None) -> None:
     """Run the trainer child for a claimed job and watch it until it ends, the job is cancelled, or
     its lease is lost (another worker took the job over: this one must not train it too)."""
     training = get_job(job_id).training_options or {}
@@ -159,7 +155,7 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None, heartbeat:
     _trainer_file(job_id).write_text(process_identity(child.pid))
     while child.poll() is None:
         status = get_job(job_id).status
-        lost = heartbeat is not None and heartbeat.lost.is_set()
+        lost = heartbeat.lost.is_set()
         if status == "cancelled" or lost or (stop is not None and stop.is_set()):
             if lost:
                 log.error("the lease on job %s was lost to another worker; stopping its trainer here", job_id)
@@ -167,12 +163,12 @@ def run_claimed_job(job_id: str, stop: threading.Event | None = None, heartbeat:
             break
         if status == "pausing":  # the trainer checkpoints and stops at its next step boundary
             pause_file(job_id).touch()
-        validate_pending_jobs()
+        validate_pending_jobs(heartbeat.worker_id)
         time.sleep(POLL_SECONDS)
     code = child.wait()
     _trainer_file(job_id).unlink(missing_ok=True)
     pause_file(job_id).unlink(missing_ok=True)
-    if heartbeat is not None and heartbeat.lost.is_set():
+    if heartbeat.lost.is_set():
         return  # the job is another worker's now
     if code == 0:
         queue_job_eval_safely(job_id)  # base vs fine-tuned on its validation file, if it has one
@@ -230,7 +226,7 @@ def work_once(
     """Validate what is new, then run one queued eval run or else one queued job that fits this
     machine, if there is one. Returns whether it ran one. Eval runs go first: someone usually waits on
     them, and the eval a job queues when it succeeds then runs before the next job starts."""
-    validate_pending_jobs()
+    validate_pending_jobs(heartbeat.worker_id)
     if evals is not None and evals.run_next(stop):
         return True
     release_expired_leases()
@@ -239,7 +235,7 @@ def work_once(
         return False
     heartbeat.hold(job_id)
     try:
-        run_claimed_job(job_id, stop, heartbeat)
+        run_claimed_job(job_id, heartbeat, stop)
     finally:
         heartbeat.hold(None)
     return True
