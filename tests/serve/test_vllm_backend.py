@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,18 +105,19 @@ def test_the_backend_setting_picks_the_engine(monkeypatch: pytest.MonkeyPatch, t
     engine.close()
 
 
-def test_serve_with_an_unknown_backend_exits_with_one_line_not_a_traceback(tmp_path: Path) -> None:
-    env = {**os.environ, "TUNEHOUSE_HOME": str(tmp_path), "TUNEHOUSE_SERVE_BACKEND": "tgi"}
-    done = subprocess.run(
-        [sys.executable, "-m", "tunehouse.cli.main", "serve", "--port", str(free_port())],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 1
-    assert "TUNEHOUSE_SERVE_BACKEND='tgi': choose one of builtin, vllm" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_serve_with_an_unknown_backend_exits_with_one_line_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from tunehouse.cli.main import app
+
+    monkeypatch.setenv("TUNEHOUSE_HOME", str(tmp_path))
+    monkeypatch.setenv("TUNEHOUSE_SERVE_BACKEND", "tgi")
+    done = CliRunner().invoke(app, ["serve", "--port", str(free_port())])
+    assert done.exit_code == 1
+    assert "TUNEHOUSE_SERVE_BACKEND='tgi': choose one of builtin, vllm" in done.output
+    assert done.exception is None or isinstance(done.exception, SystemExit)  # no traceback
 
 
 # --- what is refused before it reaches vLLM --------------------------------------------------------------
@@ -215,6 +215,22 @@ def test_what_only_the_built_in_engine_computes_is_refused_naming_the_parameter(
     with pytest.raises(InvalidRequest, match="not served by the vLLM backend") as refused:
         check_sampling(params)
     assert refused.value.param == param
+
+
+def test_a_vllm_that_does_not_start_is_a_503_naming_its_log_through_the_sdk(
+    tmp_path: Path, shipped_model_dir: Path, tiny_model_dir: Path
+) -> None:
+    env = {"TUNEHOUSE_SERVE_BACKEND": "vllm", "TUNEHOUSE_VLLM_PYTHON": sys.executable}  # a Python without vLLM
+    with running_server(make_home(tmp_path / "home", shipped_model_dir), tiny_model_dir, env=env) as srv:
+        client = srv.client()
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model=TINY_ID, messages=[{"role": "user", "content": "Hi"}])
+        assert failed.value.status_code == 503
+        assert failed.value.code == "serving_backend_unavailable"
+        assert "exited with status 1 while it started" in failed.value.message
+        assert "No module named 'vllm'" in failed.value.message  # the end of its log, and where the log is
+        assert str(srv.home / "vllm") in failed.value.message
+        assert srv.client().models.list().data  # the rest of the API still answers
 
 
 # --- end to end on vLLM --------------------------------------------------------------------------------
