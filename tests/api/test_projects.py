@@ -320,7 +320,9 @@ def test_the_cli_creates_lists_and_archives_projects_and_their_keys(team: Team) 
         return json.loads(done.stdout) if "--json" in args else done.stdout
 
     project = cli("projects", "create", "Delta", "--json")
-    assert project["name"] == "Delta" and project["id"] in cli("projects", "list")
+    listed = cli("projects", "list", "--json")
+    assert project["name"] == "Delta" and project["id"] in [p["id"] for p in listed]
+    assert "Delta" in cli("projects", "list")  # and as a table
     account = cli("keys", "create", project["id"], "--name", "laptop", "--json")
     value, key_id = account["api_key"]["value"], account["api_key"]["id"]
     assert team.server.client(value).models.list().data
@@ -330,6 +332,6 @@ def test_the_cli_creates_lists_and_archives_projects_and_their_keys(team: Team) 
     with pytest.raises(openai.AuthenticationError):
         team.server.client(value).models.list()
     cli("projects", "archive", project["id"])
-    assert project["id"] not in cli("projects", "list")
+    assert project["id"] not in [p["id"] for p in cli("projects", "list", "--json")]
     refused = team.server.cli("projects", "list", "--base-url", team.server.base_url, "--admin-key", "sk-wrong")
     assert refused.returncode == 1 and "Incorrect API key" in refused.stderr
