@@ -212,3 +212,29 @@ def test_a_malformed_tool_call_in_the_history_is_refused(client: OpenAI) -> None
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model=TINY_ID, messages=history, max_tokens=4)  # type: ignore[arg-type]
     assert caught.value.body["param"] == "messages[1].tool_calls"  # type: ignore[index]
+
+
+def test_legacy_functions_stream_a_function_call_for_each_choice(client: OpenAI) -> None:
+    stream = client.chat.completions.create(  # type: ignore[call-overload]
+        model=TINY_ID,
+        messages=ASK,
+        functions=[WEATHER["function"]],
+        function_call={"name": "get_weather"},
+        n=2,
+        max_tokens=80,
+        stream=True,
+    )
+    arguments: dict[int, str] = {0: "", 1: ""}
+    names: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for chunk in stream:
+        for choice in chunk.choices:
+            call = choice.delta.function_call
+            if call is not None:
+                names.setdefault(choice.index, call.name or "")
+                arguments[choice.index] += call.arguments or ""
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    assert names == {0: "get_weather", 1: "get_weather"} and finish == {0: "function_call", 1: "function_call"}
+    for text in arguments.values():
+        jsonschema.validate(json.loads(text), WEATHER["function"]["parameters"])
