@@ -1,5 +1,6 @@
-"""Workers on several machines: the `workers` table, and each job's lease (the worker holding it and
-until when), so a job whose worker vanished is taken by another (`jobs/claims.py`).
+"""Workers on several machines: the `workers` table, each job's lease (the worker holding it and until
+when), so a job whose worker vanished is taken by another (`jobs/claims.py`), and an index on
+(status, seq) that hands claims the oldest queued jobs without sorting the queue.
 
 Revision ID: 0002_workers
 Revises: 0001
@@ -39,9 +40,11 @@ def upgrade() -> None:
     op.add_column("jobs", sa.Column("worker_id", sa.String(length=64), nullable=True))
     op.add_column("jobs", sa.Column("lease_expires_at", sa.Double(), nullable=True))
     op.create_index("ix_jobs_worker_id", "jobs", ["worker_id"], unique=False)
+    op.create_index("ix_jobs_status_seq", "jobs", ["status", "seq"], unique=False)  # claims read the queue in order
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_status_seq", table_name="jobs")
     op.drop_index("ix_jobs_worker_id", table_name="jobs")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("lease_expires_at")
