@@ -199,6 +199,10 @@ def test_tool_choice_none_offers_no_tools(client: OpenAI) -> None:
         ({"tools": [{"type": "function", "function": {"name": "has space"}}]}, "tools[0].function.name"),
         ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": "get_weather"}}, "tool_choice"),
         ({"tools": [WEATHER], "functions": [WEATHER["function"]]}, "functions"),
+        (
+            {"tools": [CLOCK, {"type": "function", "function": {"name": "f", "parameters": {"type": "strnig"}}}]},
+            "tools[1].function.parameters",
+        ),
     ],
 )
 def test_bad_tools_are_refused_naming_the_field(client: OpenAI, extra: dict[str, Any], param: str) -> None:

@@ -173,6 +173,9 @@ def reply_format(request: ChatCompletionRequest) -> ReplyFormat:
         json_schema_grammar(schema, param="response_format")  # names the field if it cannot be enforced
     if choice in (None, "none"):
         return ReplyFormat(legacy=legacy, schema=schema)
+    for index, tool in enumerate(tools):  # each schema on its own, so the 400 names the one at fault
+        where = f"functions[{index}]" if legacy else f"tools[{index}].function"
+        json_schema_grammar(tool.parameters, param=f"{where}.parameters")
     forced = [] if choice == "auto" else [tool for tool in tools if choice in ("required", tool.name)]
     return ReplyFormat(tools=tools, read_calls=True, legacy=legacy, single_call=single, schema=schema, forced=forced)
 
