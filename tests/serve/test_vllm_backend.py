@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 import torch
@@ -310,6 +311,8 @@ def test_vllm_serves_tunehouse_lora_fine_tunes_by_their_ft_ids_as_the_built_in_e
         print(f"vLLM started and answered in {time.monotonic() - started:.0f} s; built-in engine: {built_in}")
         assert (answer, prompt_tokens) == built_in[hello]
         assert _chat(client, ciao) == built_in[ciao]  # a second adapter, loaded while vLLM runs
+        loads = httpx.get(f"http://127.0.0.1:{srv.port}/metrics").text
+        assert "tunehouse:lora_adapter_loads_total 2.0" in loads
         base_answer, _ = _chat(client, H64_ID)
         assert base_answer not in (built_in[hello][0], built_in[ciao][0])
 

@@ -55,6 +55,7 @@ from tunehouse.errors import (
 from tunehouse.models.catalog import ModelInfo, delete_model, get_model, model_not_found, weights_dir, weights_of
 from tunehouse.models.export.adapter import LORA_MARKERS
 from tunehouse.models.export.source import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from tunehouse.serve import metrics
 from tunehouse.serve.engine import (
     DEFAULT_CONTEXT,
     Generation,
@@ -556,6 +557,7 @@ class VllmEngine:
                     param="model",
                 )
             server.adapters.add(info.id)
+            metrics.count_adapter_load()
 
     def forget(self, model_id: str) -> None:
         """Take a deleted model out of service: no request starts on it again, and its adapter leaves
