@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tunehouse.bench.serve import (
+    BEFORE,
     LONG_PROMPT_WORDS,
     SHORT_PROMPT_WORDS,
     ServeBenchSettings,
@@ -79,6 +80,7 @@ def test_peers_that_are_not_installed_are_skipped_saying_why(tmp_path: Path) -> 
     with_gguf = ServeBenchSettings(model_id="m", model_dir=tmp_path, gguf=tmp_path / "m.gguf", repo=tmp_path)
     assert unavailable("llama.cpp", with_gguf) == "not installed (make llamacpp)"
     assert unavailable("vllm", settings) == "not installed (make vllm)"
+    assert "--before" in (unavailable(BEFORE, settings) or "")
 
 
 def test_a_tiny_run_of_tunehouse_alone(tiny_model_dir: Path, tmp_path: Path) -> None:

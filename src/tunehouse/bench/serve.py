@@ -38,6 +38,7 @@ import psutil
 from openai import AsyncOpenAI, OpenAI
 
 SYSTEMS = ("tunehouse", "llama.cpp", "vllm")
+BEFORE = "tunehouse-before"  # an older tunehouse, from the source folder `before`
 # Words of prose in each prompt: SmolLM2's chat template (its default system prompt) and the task
 # make up the first ~50 tokens, so these give prompts of about 50 and 500 tokens.
 SHORT_PROMPT_WORDS = 0
@@ -45,7 +46,7 @@ LONG_PROMPT_WORDS = 395
 STORY_PROMPT_WORDS = 30  # the concurrent streams' prompts: about 80 tokens
 TTFT_MAX_TOKENS = 4
 ADAPTER_SUFFIXES = ("bench-a", "bench-b")
-READY_SECONDS = {"tunehouse": 300.0, "llama.cpp": 300.0, "vllm": 1200.0}
+READY_SECONDS = {"tunehouse": 300.0, BEFORE: 300.0, "llama.cpp": 300.0, "vllm": 1200.0}
 REQUEST_SECONDS = 1800.0
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 
@@ -80,6 +81,8 @@ class ServeBenchSettings:
     """Run the mixed-adapter round on tunehouse (two 1-epoch LoRA jobs first)."""
     repo: Path = field(default_factory=lambda: Path.cwd())
     """Where `.venv-llamacpp` and `.venv-vllm` are looked for."""
+    before: Path | None = None
+    """The `src` folder of an older tunehouse (`git archive <commit> src`), run as one more peer."""
 
 
 @dataclass
@@ -264,13 +267,22 @@ def _tunehouse_home(root: Path, settings: ServeBenchSettings, env: dict[str, str
         raise RuntimeError(f"could not register {settings.model_id}: {added.stderr[-2000:]}")
 
 
-def start_tunehouse(settings: ServeBenchSettings, work: Path) -> AbstractContextManager[RunningServer]:
-    home, port = work / "tunehouse-home", free_port()
+def start_tunehouse(
+    settings: ServeBenchSettings, work: Path, system: str = "tunehouse", src: Path | None = None
+) -> AbstractContextManager[RunningServer]:
+    """`tunehouse serve` on a home of its own; from the source folder `src` when given."""
+    home, port = work / f"{system}-home", free_port()
     env = {**os.environ, "TUNEHOUSE_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     env.pop("TUNEHOUSE_API_KEY", None)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src.resolve()), *filter(None, [os.environ.get("PYTHONPATH")])])
     _tunehouse_home(home, settings, env)
     args = [sys.executable, "-m", "tunehouse.cli.main", "serve", "--port", str(port)]
-    return _server("tunehouse", settings.model_id, args, env, work / "tunehouse.log", port)
+    return _server(system, settings.model_id, args, env, work / f"{system}.log", port)
+
+
+def start_tunehouse_before(settings: ServeBenchSettings, work: Path) -> AbstractContextManager[RunningServer]:
+    return start_tunehouse(settings, work, BEFORE, settings.before)
 
 
 def start_llamacpp(settings: ServeBenchSettings, work: Path) -> AbstractContextManager[RunningServer]:
@@ -307,6 +319,7 @@ def _has_module(python: Path, module: str) -> bool:
 
 STARTERS: dict[str, Callable[[ServeBenchSettings, Path], AbstractContextManager[RunningServer]]] = {
     "tunehouse": start_tunehouse,
+    BEFORE: start_tunehouse_before,
     "llama.cpp": start_llamacpp,
     "vllm": start_vllm,
 }
@@ -322,6 +335,8 @@ def unavailable(system: str, settings: ServeBenchSettings) -> str | None:
             return "not installed (make llamacpp)"
         if not _has_module(python, "sse_starlette"):
             return "its server extra is missing (make llamacpp)"
+    if system == BEFORE and not (settings.before and (settings.before / "tunehouse" / "cli" / "main.py").exists()):
+        return "no older tunehouse source folder given (--before)"
     if system == "vllm" and not _has_module(_vllm_python(settings), "vllm"):
         return "not installed (make vllm)"
     return None

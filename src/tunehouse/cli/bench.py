@@ -136,6 +136,13 @@ def bench_serve(
     decode_tokens: int = typer.Option(128, min=2, help="Tokens the single-stream decode asks for."),
     systems: str = typer.Option("tunehouse,llama.cpp,vllm", help="Systems to run, where installed."),
     adapters: bool = typer.Option(True, "--adapters/--no-adapters", help="Run the mixed-adapter round."),
+    before: Path | None = typer.Option(
+        None,
+        "--before",
+        exists=True,
+        file_okay=False,
+        help="The src folder of an older tunehouse (git archive COMMIT src | tar -x -C DIR), run as one more peer.",
+    ),
     json_out: Path | None = typer.Option(None, "--json", help="Also write every figure here."),
 ) -> None:
     """Serve MODEL with tunehouse and, where installed, llama.cpp's server (`make llamacpp`, on the
@@ -144,7 +151,7 @@ def bench_serve(
     repository, where the peers' venvs are."""
     import json
 
-    from tunehouse.bench.serve import SYSTEMS, ServeBenchSettings, run
+    from tunehouse.bench.serve import BEFORE, SYSTEMS, ServeBenchSettings, run
     from tunehouse.models.shipped import SHIPPED_MODEL_ID, shipped_gguf_path
 
     levels = tuple(int(c) for c in clients.split(",") if c.strip())
@@ -161,9 +168,10 @@ def bench_serve(
         clients=levels,
         max_tokens=max_tokens,
         decode_tokens=decode_tokens,
-        systems=chosen,
+        systems=chosen + ((BEFORE,) if before is not None else ()),
         adapters=adapters,
         repo=Path.cwd(),
+        before=before,
     )
     report = run(settings, log=console.print)
     _print_serve_report(report)
