@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -119,6 +120,43 @@ def test_serve_with_an_unknown_backend_exits_with_one_line_not_a_traceback(
     assert done.exit_code == 1
     assert "TUNEHOUSE_SERVE_BACKEND='tgi': choose one of builtin, vllm" in done.output
     assert done.exception is None or isinstance(done.exception, SystemExit)  # no traceback
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from tunehouse.config import settings
+from tunehouse.models.catalog import ModelInfo
+from tunehouse.serve.vllm_backend import launch_server
+info = ModelInfo(id="m", kind="base", created=0, owned_by="me", path=Path("/models/m"))
+print(launch_server(info, info.path, settings()).process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_vllm_server_ends_with_the_tunehouse_that_started_it_even_when_killed(tmp_path: Path) -> None:
+    stand_in = tmp_path / "python"  # stands for vLLM's Python: a process that would outlive its parent
+    stand_in.write_text("#!/bin/sh\nexec sleep 600\n")
+    stand_in.chmod(0o755)
+    env = {**os.environ, "TUNEHOUSE_HOME": str(tmp_path / "home"), "TUNEHOUSE_VLLM_PYTHON": str(stand_in)}
+    tunehouse = subprocess.Popen([sys.executable, "-c", STARTER], env=env, stdout=subprocess.PIPE, text=True)
+    assert tunehouse.stdout is not None
+    server_pid = int(tunehouse.stdout.readline())
+    os.kill(server_pid, 0)  # it runs
+    tunehouse.kill()  # SIGKILL: no `close`, no atexit
+    tunehouse.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(server_pid):
+        time.sleep(0.1)
+    assert not _alive(server_pid)
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, ended but not yet reaped by init, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 # --- what is refused before it reaches vLLM --------------------------------------------------------------
