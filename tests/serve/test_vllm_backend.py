@@ -368,6 +368,17 @@ def test_vllm_serves_tunehouse_lora_fine_tunes_by_their_ft_ids_as_the_built_in_e
         assert streamed == built_in[ciao][0]
         assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == built_in[ciao][1]
 
+        sampled = [
+            client.chat.completions.create(
+                model=hello, messages=[{"role": "user", "content": "Hi"}], temperature=1.5, max_tokens=8, n=2, seed=7
+            )
+            for _ in range(2)
+        ]
+        assert [[c.message.content for c in reply.choices] for reply in sampled] == [
+            [c.message.content for c in sampled[0].choices]
+        ] * 2  # a seed reproduces every choice
+        assert len(sampled[0].choices) == 2
+
         tokens = _logprobs(client, hello)
         assert [t for t, _, _ in tokens] == [t for t, _, _ in built_in_logprobs]
         for (_, logprob, alternatives), (_, expected, expected_alternatives) in zip(
