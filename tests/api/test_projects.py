@@ -244,6 +244,14 @@ def test_lists_show_each_project_only_its_own(team: Team) -> None:
         assert TINY_ID in listed  # base models are every project's
     with team.http(team.beta) as http:
         assert http.get("/fine-tunes").json()["data"] == []
+        for path, cursor in (
+            ("/files", "file"),
+            ("/fine_tuning/jobs", "job"),
+            ("/evals", "eval"),
+            ("/webhook_endpoints", "endpoint"),
+        ):
+            assert http.get(path, params={"after": ids[cursor]}).status_code == 404  # no cursor either
+        assert http.get("/evals", params={"after": ids["eval"], "order_by": "updated_at"}).status_code == 404
 
 
 def test_a_model_grader_on_another_projects_model_is_told_as_a_missing_model(team: Team) -> None:
@@ -335,3 +343,15 @@ def test_the_cli_creates_lists_and_archives_projects_and_their_keys(team: Team) 
     assert project["id"] not in [p["id"] for p in cli("projects", "list", "--json")]
     refused = team.server.cli("projects", "list", "--base-url", team.server.base_url, "--admin-key", "sk-wrong")
     assert refused.returncode == 1 and "Incorrect API key" in refused.stderr
+
+
+def test_the_default_project_takes_keys_like_any_other(team: Team) -> None:
+    account = team.admin.admin.organization.projects.service_accounts.create("proj_default", name="ops")
+    assert account.api_key is not None
+    default = team.server.client(account.api_key.value)
+    made = default.files.create(file=("notes.jsonl", b'{"a": 1}\n'), purpose="batch")
+    assert made.id in {f.id for f in default.files.list()}
+    with pytest.raises(openai.NotFoundError):
+        team.alpha.files.retrieve(made.id)
+    with pytest.raises(openai.NotFoundError):
+        default.files.retrieve(team.ids["file"])

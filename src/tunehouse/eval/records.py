@@ -44,7 +44,8 @@ def list_evals(after: str | None, limit: int, order: str, order_by: str) -> Page
     query: Select[Any] = select(EvalRow).where(visible(EvalRow.project_id))
     with session() as s:
         if after:
-            cursor = s.execute(select(EvalRow.updated_at, EvalRow.seq).where(EvalRow.id == after)).first()
+            lookup = select(EvalRow.updated_at, EvalRow.seq).where(EvalRow.id == after, visible(EvalRow.project_id))
+            cursor = s.execute(lookup).first()
             if cursor is None:
                 raise NotFound(f"No such object for cursor 'after': {after}", param="after")
             stamp, seq = cursor

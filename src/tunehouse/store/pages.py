@@ -25,7 +25,10 @@ def page_newest_first(
     """Rows of `query` ordered by insertion (`seq`), newest first unless `ascending`."""
     with session() as s:
         if after:
-            cursor = s.scalar(select(table.seq).where(table.id == after))
+            lookup = select(table.seq).where(table.id == after)
+            if query.whereclause is not None:  # an id outside the list (another project's) is no cursor
+                lookup = lookup.where(query.whereclause)
+            cursor = s.scalar(lookup)
             if cursor is None:
                 raise NotFound(f"No such object for cursor 'after': {after}", param="after")
             query = query.where(table.seq > cursor if ascending else table.seq < cursor)
