@@ -69,8 +69,11 @@ $(VLLM)/.installed:
 	$(VLLM)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
+# Then the API suite again with every test server's store in PostgreSQL: tests/postgres.py starts
+# Debian's server in a temp dir (installing `postgresql` with apt-get when root and it is missing).
 test: install lint chromium
 	$(BIN)/python -m pytest -q
+	TUNEHOUSE_TEST_DB=postgresql $(BIN)/python -m pytest -q tests/api
 
 clean:
 	rm -rf $(VENV) $(LLAMACPP) $(VLLM) .pytest_cache .ruff_cache

@@ -135,7 +135,10 @@ def running_server(
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[postgres.Cluster]:
     """A real PostgreSQL server (tests/postgres.py), started once per session and stopped at its end."""
-    cluster = postgres.cluster()
+    try:
+        cluster = postgres.cluster()
+    except postgres.Unavailable as exc:  # CI runs as root and installs it; a developer may not be able to
+        pytest.skip(str(exc))
     yield cluster
     cluster.stop()
 

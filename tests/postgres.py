@@ -27,6 +27,10 @@ SUPERUSER = "tunehouse"
 TEST_DB_VARIABLE = "TUNEHOUSE_TEST_DB"
 
 
+class Unavailable(RuntimeError):
+    """PostgreSQL's server is not installed and this process cannot install it (not root, no apt-get)."""
+
+
 def wanted() -> bool:
     """Whether this test run keeps the test servers' stores on PostgreSQL rather than SQLite."""
     return os.environ.get(TEST_DB_VARIABLE, "sqlite").lower() in ("postgresql", "postgres", "pg")
@@ -42,7 +46,7 @@ def install_binaries() -> Path:
     bin_dir = _bin_dir()
     if bin_dir is None:
         if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            raise RuntimeError("PostgreSQL's server is not installed: apt-get install postgresql (as root)")
+            raise Unavailable("PostgreSQL's server is not installed: apt-get install postgresql (as root)")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-q"], check=True, env=env, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-q", "postgresql"], check=True, env=env, capture_output=True)
