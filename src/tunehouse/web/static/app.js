@@ -1,8 +1,10 @@
 // tunehouse dashboard: hash routes over the server's own OpenAI-compatible /v1 API.
 import { lineChart } from "./chart.js";
 import { evalPage, evalsPage } from "./evals.js";
+import { projectsPage } from "./projects.js";
 
 const KEY = "tunehouse.apiKey";
+const KEYS = "tunehouse.projectKeys";  // {project name: its key}, for switching between projects
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const EVAL_GRACE_POLLS = 150;  // a succeeded job's page waits up to 5 min for its eval's summary event
 const view = document.getElementById("view");
@@ -37,8 +39,30 @@ function askForKey(reason) {
 }
 
 document.getElementById("key-form").addEventListener("submit", () => {
-  localStorage.setItem(KEY, document.getElementById("key-input").value.trim());
+  useKey(document.getElementById("key-input").value.trim(), document.getElementById("key-project").value.trim());
+});
+
+// One key per project: the page reads with the chosen one; each project sees only its own objects.
+function projectKeys() {
+  try { return JSON.parse(localStorage.getItem(KEYS) || "{}"); } catch { return {}; }
+}
+function useKey(key, project) {
+  localStorage.setItem(KEY, key);
+  if (project) localStorage.setItem(KEYS, JSON.stringify({ ...projectKeys(), [project]: key }));
+  drawProjectSelect();
   route();
+}
+function drawProjectSelect() {
+  const select = document.getElementById("project-select");
+  const keys = projectKeys();
+  const current = localStorage.getItem(KEY);
+  select.replaceChildren(...Object.entries(keys).map(([name, key]) => h("option", { value: name, selected: key === current }, name)));
+  if (!Object.values(keys).includes(current)) select.prepend(h("option", { value: "", selected: true }, "(key without a project)"));
+  select.hidden = Object.keys(keys).length === 0;
+}
+document.getElementById("project-select").addEventListener("change", (event) => {
+  const key = projectKeys()[event.target.value];
+  if (key) useKey(key, event.target.value);
 });
 document.getElementById("key-button").addEventListener("click", () => askForKey("Change the API key used by this page."));
 
@@ -87,7 +111,7 @@ export function baseOf(model) {
   return parts.slice(0, parts.length - tail).join(":") || null;
 }
 
-const ui = { view, h, table, every, getJson, status, when };  // what evals.js draws with
+const ui = { view, h, table, every, getJson, status, when, showError, useKey };  // what evals.js and projects.js draw with
 
 // ---- jobs list ---------------------------------------------------------------------------------
 function jobsPage() {
@@ -418,6 +442,7 @@ function route() {
   else if (parts[0] === "playground") stopCurrent = playgroundPage(params);
   else if (parts[0] === "evals" && parts[1]) stopCurrent = evalPage(ui, decodeURIComponent(parts[1]), parts[2] === "runs" ? parts[3] : null);
   else if (parts[0] === "evals") stopCurrent = evalsPage(ui);
+  else if (parts[0] === "projects") stopCurrent = projectsPage(ui);
   else stopCurrent = jobsPage();
 }
 
@@ -427,6 +452,7 @@ async function start() {
     document.getElementById("key-button").hidden = !info.auth_required;
     if (info.auth_required && !localStorage.getItem(KEY)) askForKey("This server requires an API key.");
   } catch (e) { showError(e); }
+  drawProjectSelect();
   window.addEventListener("hashchange", route);
   route();
 }
