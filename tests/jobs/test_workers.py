@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ class Cluster:
     api: Server
     client: OpenAI
     workers: list[subprocess.Popen[bytes]]
+    worker_homes: list[Path]
     env: dict[str, str]
     s3: Any
 
@@ -100,9 +102,10 @@ def cluster(
     added = api.cli("models", "add", TINY_ID, str(tiny_model_dir))
     assert added.returncode == 0, added.stderr
     _start_api(api)
-    workers = [_start_worker(make_home(root / f"worker{i}", shipped_model_dir), api.env) for i in (1, 2)]
+    homes = [make_home(root / f"worker{i}", shipped_model_dir) for i in (1, 2)]
+    workers = [_start_worker(home, api.env) for home in homes]
     try:
-        yield Cluster(api, api.client(), workers, api.env, s3)
+        yield Cluster(api, api.client(), workers, homes, api.env, s3)
     finally:
         for worker in workers:
             if worker.poll() is None:
@@ -170,6 +173,14 @@ def test_two_workers_run_four_jobs_each_claimed_once(cluster: Cluster, tmp_path:
             k.endswith("adapter_config.json") or k.endswith("config.json")
             for k in _keys(cluster, f"models/ft/{job.id}")
         )
+
+    model = done[0].fine_tuned_model
+    assert model is not None
+    for home in cluster.worker_homes:  # the worker's folder is on its own machine, out of the API's reach
+        shutil.rmtree(home / "models" / "ft" / done[0].id, ignore_errors=True)
+    answer = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert answer.model == model and answer.usage is not None and answer.usage.completion_tokens > 0
+    assert (cluster.api.home / "models" / "ft" / done[0].id / "adapter_config.json").exists()  # fetched here
 
     shown = cluster.api.cli("workers", "--json", "--base-url", cluster.api.base_url)
     assert shown.returncode == 0, shown.stderr

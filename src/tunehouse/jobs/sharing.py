@@ -11,12 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunehouse.store.blobs import pull_tree, push_tree, shared_folders
+from tunehouse.store.blobs import checkpoints_key, pull_tree, push_tree, shared_folders, trained_model_key
 from tunehouse.train.recipe import TRAINER_STATE, latest_checkpoint
-
-
-def _checkpoints_key(job_id: str) -> str:
-    return f"jobs/{job_id}/checkpoints"
 
 
 def _step(folder: str) -> int:
@@ -26,7 +22,7 @@ def _step(folder: str) -> int:
 def share_checkpoint(job_id: str, path: Path) -> None:
     """Copy a complete checkpoint (`…/step-N`) to the shared root, its trainer state last: a worker
     that sees that file there sees the whole checkpoint."""
-    push_tree(f"{_checkpoints_key(job_id)}/{path.name}", path, last=TRAINER_STATE)
+    push_tree(f"{checkpoints_key(job_id)}/{path.name}", path, last=TRAINER_STATE)
 
 
 def fetch_latest_checkpoint(job_id: str, checkpoint_dir: Path) -> None:
@@ -34,14 +30,14 @@ def fetch_latest_checkpoint(job_id: str, checkpoint_dir: Path) -> None:
     newest one here (another worker trained the job further before it stopped)."""
     local = latest_checkpoint(checkpoint_dir)
     newest_here = _step(local.name) if local is not None else -1
-    for folder in sorted(shared_folders(_checkpoints_key(job_id)), key=_step, reverse=True):
+    for folder in sorted(shared_folders(checkpoints_key(job_id)), key=_step, reverse=True):
         if _step(folder) <= newest_here:
             return
-        pull_tree(f"{_checkpoints_key(job_id)}/{folder}", checkpoint_dir / folder, last=TRAINER_STATE)
+        pull_tree(f"{checkpoints_key(job_id)}/{folder}", checkpoint_dir / folder, last=TRAINER_STATE)
         if (checkpoint_dir / folder / TRAINER_STATE).exists():
             return  # else a checkpoint whose copy was cut short: the one before it
 
 
 def share_model(job_id: str, output_dir: Path) -> None:
     """Copy the job's trained model (full weights or adapter) to the shared root."""
-    push_tree(f"models/ft/{job_id}", output_dir)
+    push_tree(trained_model_key(job_id), output_dir)

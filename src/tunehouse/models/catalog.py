@@ -12,7 +12,7 @@ import difflib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from tunehouse.models.shipped import (
     SHIPPED_OWNER,
     materialize_shipped_model,
 )
+from tunehouse.store.blobs import checkpoints_key, fetch_tree, trained_model_key
 from tunehouse.store.db import session
 from tunehouse.store.projects import org_name, owner, visible
 from tunehouse.store.schema import ModelRow
@@ -99,7 +100,20 @@ def _registered(model_id: str) -> ModelInfo | None:
         return _shipped_info()
     with session() as s:
         row = s.scalar(select(ModelRow).where(ModelRow.id == model_id, _shared_or_own()))
-        return None if row is None else _from_row(row)
+    return None if row is None else _here(_from_row(row))
+
+
+def _here(model: ModelInfo) -> ModelInfo:
+    """A trained model whose folder is on another machine (the worker that trained it): fetched once
+    from the shared blob root (TUNEHOUSE_BLOB_URL) into this home, and used from there."""
+    if model.kind == "base" or model.job_id is None or model.path.exists():
+        return model
+    if model.kind == "fine-tuned":
+        key, local = trained_model_key(model.job_id), settings().models_dir / "ft" / model.job_id
+    else:
+        key = f"{checkpoints_key(model.job_id)}/{model.path.name}"
+        local = settings().jobs_dir / model.job_id / "checkpoints" / model.path.name
+    return replace(model, path=local) if fetch_tree(key, local) else model
 
 
 def get_model(model_id: str, *, param: str = "model") -> ModelInfo:

@@ -14,6 +14,7 @@ copied last (`push_tree`, `pull_tree`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -226,3 +227,28 @@ def pull_tree(key: str, folder: Path, last: str | None = None) -> bool:
         if not target.is_file():
             _fetch(filesystem, remote, target)
     return bool(found)
+
+
+def trained_model_key(job_id: str) -> str:
+    """Where a job's trained model (full weights or adapter) is shared."""
+    return f"models/ft/{job_id}"
+
+
+def checkpoints_key(job_id: str) -> str:
+    """Where a job's checkpoints (`step-N` folders) are shared."""
+    return f"jobs/{job_id}/checkpoints"
+
+
+def fetch_tree(key: str, folder: Path) -> bool:
+    """Make the shared folder `key` the local `folder`, whole: copied beside it, then renamed into
+    place, so a reader never sees half of it. Whether `folder` is there afterwards."""
+    if folder.is_dir():
+        return True
+    partial = folder.with_name(f"{folder.name}.{_writer()}.fetch")
+    try:
+        if pull_tree(key, partial):
+            with contextlib.suppress(OSError):  # another process put it there first
+                os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder.is_dir()
