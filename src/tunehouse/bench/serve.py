@@ -467,11 +467,18 @@ async def _warm_up(server: RunningServer) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------------------
-def run(settings: ServeBenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Start every available system, interleave them over the rounds, and summarise."""
+def run(
+    settings: ServeBenchSettings,
+    log: Callable[[str], None] = print,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Start every available system, interleave them over the rounds, and summarise; `on_round` gets the
+    summary of the rounds so far after each one (a long run on a busy machine keeps what it measured)."""
     host = machine()  # before the servers load it
     skipped = {s: why for s in settings.systems if (why := unavailable(s, settings)) is not None}
     systems = [s for s in settings.systems if s not in skipped]
+    if not systems:
+        raise RuntimeError(f"nothing to run: {skipped}")
     rounds: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory(prefix="tunehouse-bench-serve-") as tmp, ExitStack() as stack:
         servers = []
@@ -490,14 +497,25 @@ def run(settings: ServeBenchSettings, log: Callable[[str], None] = print) -> dic
             for server in order:
                 log(f"round {number + 1}/{settings.rounds}: {server.system}")
                 rounds[server.system].append(asyncio.run(workload(server, settings, log)))
-        peak_rss = {server.system: server.peak_rss for server in servers}
+            if on_round is not None and number + 1 < settings.rounds:
+                on_round(_report(settings, host, skipped, rounds, servers))
+    return _report(settings, host, skipped, rounds, servers)
+
+
+def _report(
+    settings: ServeBenchSettings,
+    host: dict[str, Any],
+    skipped: dict[str, str],
+    rounds: dict[str, list[dict[str, float]]],
+    servers: list[RunningServer],
+) -> dict[str, Any]:
     summary = {system: medians(figures) for system, figures in rounds.items()}
     mixed = f"c{mixed_clients(settings.clients)}_tokens_per_second"
     return {
         "machine": host,
         "model": settings.model_id,
         "settings": {
-            "rounds": settings.rounds,
+            "rounds": min(len(figures) for figures in rounds.values()),
             "clients": list(settings.clients),
             "max_tokens": settings.max_tokens,
             "decode_tokens": settings.decode_tokens,
@@ -505,7 +523,7 @@ def run(settings: ServeBenchSettings, log: Callable[[str], None] = print) -> dic
         "skipped": skipped,
         "rounds": rounds,
         "summary": summary,
-        "peak_rss_bytes": peak_rss,
+        "peak_rss_bytes": {server.system: server.peak_rss for server in servers},
         "ratios": ratios(summary),
         "mixed_over_base": _mixed_over_base(summary.get("tunehouse", {}), mixed),
     }

@@ -173,10 +173,13 @@ def bench_serve(
         repo=Path.cwd(),
         before=before,
     )
-    report = run(settings, log=console.print)
-    _print_serve_report(report)
-    if json_out is not None:
-        json_out.write_text(json.dumps(report, indent=1))
+
+    def keep(report: dict[str, Any]) -> None:
+        _print_serve_report(report)
+        if json_out is not None:
+            json_out.write_text(json.dumps(report, indent=1))
+
+    keep(run(settings, log=console.print, on_round=keep))
 
 
 SERVE_METRICS = {
