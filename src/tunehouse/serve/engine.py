@@ -1,28 +1,42 @@
-"""Text generation for any model id the catalog knows.
+"""Text generation for any model id the catalog knows: a continuous-batching engine.
 
 Serving resolves a model once per request with `Engine.open`, which hands back a `ModelHandle`: the
 tokenizer to render and encode the prompt with, and the weights to generate on. The engine then
 generates from token ids, never from text it would have to tokenize again.
 
-Keeps one copy of each base model in memory. LoRA fine-tunes are adapters loaded onto that copy and
-switched per request (LRU-evicted past `MAX_ADAPTERS`), so serving many fine-tunes costs adapter
-memory, not a model each (PITFALLS 10). Full fine-tunes are separate models, few kept at once.
+One scheduler thread runs every generation. At each step it admits waiting requests into the running
+batch and drops those that finished, were cancelled or whose client hung up; it packs one token of
+every decoding sequence and chunks of prompts still prefilling (at most `STEP_TOKENS` in all, so a long
+prompt does not stall running streams) into one batched forward pass per model (`serve/batch/`), then
+draws each row's token with that row's own sampling (temperature, top-p, its own seeded generator,
+penalties, logit bias and constraint). Each sequence has its own KV cache, freed when it ends.
+
+Keeps one copy of each base model in memory. LoRA fine-tunes are adapters read onto that copy on
+their first request (a job that just finished serves with no restart) and evicted least recently
+used past `MAX_ADAPTERS` or `ADAPTER_BUDGET_BYTES`; rows for different adapters of one base share a
+step, each adding its own low-rank update (PITFALLS 10). Full fine-tunes are separate models, few kept
+at once, under the same scheduler. Prompt blocks are kept in a prefix cache per model and adapter, so
+a system prompt sent with every request, or the `n` choices of one request, is computed once
+(`Generation.cached_tokens`); the `n` choices of a prompt share its prefill outright.
+
+The batched forward pass covers Llama-family models (`serve/batch/llama.py`) in bf16 where the hardware
+computes it fast, fp32 elsewhere. Other architectures, adapters it cannot batch (DoRA, adapted
+embeddings), and requests for log-probabilities (`SamplingParams.logprobs`, `prompt_logprobs`: their
+records are the fp32 model's own) run on the Hugging Face `generate` path, one at a time on the same
+thread between steps (`serve/logprobs.py` records them; with `prompt_logprobs` the prompt is first
+scored in one forward pass whose cache the generation continues from; `max_tokens=0` scores without
+generating).
 
 Requests wait in one bounded line. A request first resolves its model and tokenizes its prompt on
-the engine's preparation threads (`prepare`), then its generations run one request at a time on the
-engine's own generation thread (`submit`): on a CPU a second concurrent generation only slows both,
-and neither stage ever holds the threads that serve other routes. Past `max_queued` waiting requests
+the engine's preparation threads (`prepare`), then joins the scheduler (`submit`); neither stage ever
+holds the threads that serve other routes. Past `max_queued` waiting requests
 (TUNEHOUSE_MAX_QUEUED_GENERATIONS) a new one is refused with ServerBusy (429). A caller that gives
-up (the client hung up) drops its request from the line, or stops its generation at the next token;
-`close` does that to every request when the server stops.
-
-Asked for log-probabilities (`SamplingParams.logprobs`), a generation records each token's under the
-same model and adapter that drew it (`serve/logprobs.py`); with `prompt_logprobs` it first scores the
-prompt in one forward pass, whose cache the generation then continues from, and `max_tokens=0` scores
-without generating.
+up drops its request from the line, or ends its sequences at the next step; `close` does that to
+every request when the server stops. While a child process (a training job) runs beside the server,
+the engine computes on TUNEHOUSE_SERVE_THREADS cores, the trainer on the rest; otherwise on all.
 
 Deleting a model never waits for a generation: the model is marked deleted at once, so no
-generation starts on it again, and its adapter leaves memory as soon as no generation runs.
+generation starts on it again; running ones finish on the weights they hold.
 """
 
 from __future__ import annotations
@@ -30,8 +44,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import os
 import queue
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -40,6 +56,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, ParamSpec, TypeVar
 
+import psutil
 import torch
 from transformers import (
     AutoModelForCausalLM,
@@ -52,13 +69,24 @@ from transformers import (
 
 from tunehouse.config import settings
 from tunehouse.errors import InvalidRequest, ModelLoadError, ServerBusy
-from tunehouse.hardware import default_device
+from tunehouse.hardware import bf16_supported, default_device
 from tunehouse.models.catalog import ModelInfo, delete_model, get_model, model_not_found, weights_dir, weights_of
+from tunehouse.serve import metrics
+from tunehouse.serve.batch.kv import BLOCK, PrefixCache, SequenceCache
+from tunehouse.serve.batch.llama import BatchedLlama, Row, supports
+from tunehouse.serve.batch.lora import LoraWeights, UnsupportedAdapter, load_lora
+from tunehouse.serve.batch.sampling import BrokenLogits, RowSampler
 from tunehouse.serve.constraint import ConstraintFactory, TokenConstraint, adjust_logits
 from tunehouse.serve.logprobs import LogprobRecorder, TokenLogprob, TokenSpelling, prompt_logprobs, within_text
 from tunehouse.serve.stops import cut_at_stop, safe_prefix_length
 
 MAX_ADAPTERS = 16
+ADAPTER_BUDGET_BYTES = 256 * 2**20  # LoRA weights kept per base model, least recently used out first
+PREFIX_CACHE_BYTES = 128 * 2**20  # prompt blocks kept per model for requests that share a prefix
+KV_CACHE_BYTES = 512 * 2**20  # running sequences' caches: no new request is admitted past this
+MAX_BATCH = 32  # sequences in the running batch
+STEP_TOKENS = 256  # tokens one step computes: every decoding sequence's next, then prompt chunks
+THREADS_CHECK_S = 1.0  # how often the scheduler looks for a training child to leave cores to
 MAX_FULL_MODELS = 2
 DEFAULT_CONTEXT = 2048  # for a config that does not say its context length
 PREPARE_THREADS = 2  # requests resolving their model and tokenizing at once; the rest wait without a thread
@@ -94,6 +122,8 @@ class Generation:
     finish_reason: str  # stop | length
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Prompt tokens whose keys and values came from the prefix cache (or the choice it shares a prompt with)."""
     logprobs: list[TokenLogprob] | None = None
     """The generated tokens (an end-of-sequence one too, as OpenAI's; those after a stop sequence's
     start cut off), when `logprobs` was asked."""
@@ -125,7 +155,10 @@ class LoadedModel:
     context_length: int
     vocab_size: int  # token ids run from 0 to vocab_size - 1
     spelling: TokenSpelling
-    adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # model id -> adapter name
+    adapters: OrderedDict[str, str] = field(default_factory=OrderedDict)  # model id -> PEFT adapter name
+    batched: BatchedLlama | None = None  # the batched forward pass; None: generate's path only
+    loras: OrderedDict[str, LoraWeights] = field(default_factory=OrderedDict)  # model id -> batched adapter
+    prefix: PrefixCache = field(default_factory=lambda: PrefixCache(PREFIX_CACHE_BYTES))
 
 
 @dataclass(frozen=True)
@@ -275,7 +308,10 @@ class _TextCollector:
         if not self._seen_prompt:  # generate() first puts the prompt
             self._seen_prompt = True
             return
-        new_ids = value.reshape(-1).tolist()
+        self.add(value.reshape(-1).tolist())
+
+    def add(self, new_ids: list[int]) -> None:
+        """Take newly generated tokens and emit what text of theirs is safe to show."""
         self.token_ids += new_ids
         if self.recorder is not None:
             self._unsent += [self.recorder.take(token_id) for token_id in new_ids]
@@ -322,6 +358,40 @@ class _Work:
     sink: Callable[[StreamEvent | None], None] | None  # deltas and Generations as they come; None at the end
     cancelled: threading.Event = field(default_factory=threading.Event)
     future: Future[list[Generation]] = field(default_factory=Future)
+    arrived: float = field(default_factory=time.monotonic)
+    results: dict[int, Generation] = field(default_factory=dict)  # choice index -> its Generation, as each ends
+    shown: int = 0  # choices whose events are all handed out: a stream gives out one choice after another
+    held: dict[int, list[StreamEvent]] = field(default_factory=dict)  # later choices' events, until their turn
+
+
+@dataclass(eq=False)
+class _Sequence:
+    """One choice of a request in the running batch."""
+
+    work: _Work
+    index: int
+    loaded: LoadedModel
+    prompt: list[int]
+    max_tokens: int
+    sampler: RowSampler
+    salt: str  # the prefix cache's key for the weights that compute it: its adapter's model id, or ""
+    lora: LoraWeights | None
+    cache: SequenceCache | None = None  # None until it starts prefilling (a twin: until its leader's prefill ends)
+    leader: _Sequence | None = None  # an earlier choice with the same prompt, whose prefill this one copies
+    collector: _TextCollector | None = None
+    cached_tokens: int = 0
+    last_token_at: float = 0.0
+
+    @property
+    def decoding(self) -> bool:
+        return self.cache is not None and self.cache.length >= len(self.prompt)
+
+
+_NOT_BATCHED = object()  # `Engine._lora`: this adapter runs on generate's path
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _adapter_name(model_id: str) -> str:
@@ -343,8 +413,11 @@ class Engine:
         self._line_changed = threading.Condition()
         self._preparing = 0
         self._waiting: deque[_Work] = deque()
-        self._running: _Work | None = None
+        self._running: set[_Work] = set()  # admitted, not done
         self._closed = False
+        self._threads = 0  # torch threads the scheduler computes with (`_use_threads`)
+        self._threads_checked = -THREADS_CHECK_S
+        self.dtype = torch.bfloat16 if bf16_supported(self.device) else torch.float32  # the batched pass's
         self._generator_thread: threading.Thread | None = None
         self._preparers = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="tunehouse-prepare")
 
@@ -397,8 +470,14 @@ class Engine:
         context = getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
         vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
         spelling = TokenSpelling(tokenizer)
+        batched = BatchedLlama(model, self.dtype) if supports(model) else None
         return LoadedModel(
-            model=model, tokenizer=tokenizer, context_length=context, vocab_size=vocab, spelling=spelling
+            model=model,
+            tokenizer=tokenizer,
+            context_length=context,
+            vocab_size=vocab,
+            spelling=spelling,
+            batched=batched,
         )
 
     def _activate_adapter(self, loaded: LoadedModel, model: ModelInfo) -> None:
@@ -443,6 +522,8 @@ class Engine:
         with self._registry:
             self._deleted.add(model_id)
             self._full.pop(model_id, None)
+            for loaded in self._bases.values():
+                loaded.loras.pop(model_id, None)  # running sequences keep theirs until they end
         if self._generating.acquire(blocking=False):
             try:
                 self._unload_deleted()
@@ -518,41 +599,297 @@ class Engine:
             self._emit(work, None)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop generating, for a server that stops: what waits is dropped, the running generation ends
-        at its next token, and nothing new is accepted."""
+        """Stop generating, for a server that stops: what waits is dropped, the running generations end
+        at their next step, and nothing new is accepted."""
         with self._line_changed:
             self._closed = True
             dropped, self._waiting = list(self._waiting), deque()
-            running = self._running
+            running = list(self._running)
             self._line_changed.notify_all()
         for work in dropped:
             work.cancelled.set()
             work.future.cancel()
             self._emit(work, None)
-        if running is not None:
-            running.cancelled.set()
+        for work in running:
+            work.cancelled.set()
         self._preparers.shutdown(wait=False, cancel_futures=True)
         if self._generator_thread is not None:
             self._generator_thread.join(timeout)
 
+    @torch.inference_mode()  # caches, logits and what constraints mask: no autograd anywhere
     def _serve(self) -> None:
-        """The generation thread: takes the line's requests in order, one at a time."""
+        """The scheduler thread: admits waiting requests at every step, runs one step of every model
+        with sequences in the batch, and hands out what each sequence drew."""
+        running: list[_Sequence] = []
         while True:
             with self._line_changed:
-                while not self._waiting and not self._closed:
+                while not self._waiting and not running and not self._closed:
                     self._line_changed.wait()
                 if self._closed:
-                    return
-                work = self._running = self._waiting.popleft()
-            try:
-                if work.cancelled.is_set() or not work.future.set_running_or_notify_cancel():
-                    work.future.cancel()  # its caller gave up while it waited, or the engine closed: it never runs
-                    self._emit(work, None)
+                    admitted: list[_Work] = []
                 else:
-                    self._perform(work)
+                    admitted = self._admit(running)
+                closed = self._closed
+                metrics.set_queue(len(self._running), len(self._waiting))
+            if closed:
+                for sequence in running:
+                    self._end(sequence, running, stopped=True)
+                return
+            for work in admitted:
+                self._start(work, running)
+            self._use_threads()
+            for loaded in {id(s.loaded): s.loaded for s in running}.values():
+                self._step(loaded, [s for s in running if s.loaded is loaded], running)
+            in_use = sum(s.cache.nbytes for s in running if s.cache is not None)
+            metrics.set_kv_cache_usage(min(1.0, in_use / KV_CACHE_BYTES))
+            if not running:
+                self._unload_deleted_now()
+
+    def _admit(self, running: list[_Sequence]) -> list[_Work]:
+        """The waiting requests that join the batch now, in the order they came; under `_line_changed`."""
+        admitted: list[_Work] = []
+        seats = MAX_BATCH - len(running)
+        in_use = sum(s.cache.nbytes for s in running if s.cache is not None)
+        while self._waiting and (not running and not admitted or (seats > 0 and in_use < KV_CACHE_BYTES)):
+            work = self._waiting.popleft()
+            self._running.add(work)
+            admitted.append(work)
+            seats -= len(work.prompts)
+        return admitted
+
+    def _start(self, work: _Work, running: list[_Sequence]) -> None:
+        """Put `work`'s choices into the batch, or run it whole on generate's path (see the module doc)."""
+        if work.cancelled.is_set() or not work.future.set_running_or_notify_cancel():
+            work.future.cancel()  # its caller gave up while it waited, or the engine closed: it never runs
+            self._finish_work(work)
+            return
+        handle, params = work.handle, work.params
+        try:
+            if handle.model_id in self._deleted:
+                raise model_not_found(handle.model_id)
+            lora = self._lora(handle) if handle.info.adapter else None
+        except Exception as exc:
+            work.future.set_exception(exc)
+            self._finish_work(work)
+            return
+        loaded = handle.weights
+        if loaded.batched is None or lora is _NOT_BATCHED or params.logprobs is not None or params.prompt_logprobs:
+            self._perform(work)
+            with self._line_changed:
+                self._running.discard(work)
+            return
+        salt = handle.model_id if isinstance(lora, LoraWeights) else ""
+        leaders: dict[tuple[int, ...], _Sequence] = {}
+        for index, prompt in enumerate(work.prompts):
+            seed = None if params.seed is None else params.seed + index
+            sampler = RowSampler(
+                temperature=params.temperature,
+                top_p=params.top_p,
+                seed=seed,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                logit_bias=params.logit_bias,
+                constraint=params.constraint,
+            )
+            sequence = _Sequence(
+                work=work,
+                index=index,
+                loaded=loaded,
+                prompt=prompt,
+                max_tokens=min(params.max_tokens, loaded.context_length - len(prompt)),
+                sampler=sampler,
+                salt=salt,
+                lora=lora if isinstance(lora, LoraWeights) else None,
+                leader=leaders.get(tuple(prompt)),
+            )
+            if work.sink is not None:
+                sequence.collector = _TextCollector(
+                    handle.tokenizer, params.stop, partial(self._emit_choice, work, index)
+                )
+            if sequence.max_tokens <= 0:
+                self._end(sequence, running)
+                continue
+            if sequence.leader is None:
+                leaders[tuple(prompt)] = sequence
+                sequence.cache = loaded.batched.new_cache()
+                sequence.cached_tokens = loaded.prefix.restore(prompt, salt, sequence.cache)
+            running.append(sequence)
+
+    def _step(self, loaded: LoadedModel, sequences: list[_Sequence], running: list[_Sequence]) -> None:
+        """One forward pass of `loaded` over its sequences' next tokens and prompt chunks, then a draw for
+        every sequence whose prompt is all in."""
+        assert loaded.batched is not None
+        budget = STEP_TOKENS
+        planned: list[tuple[_Sequence, Row]] = []
+        for sequence in sequences:
+            if sequence.work.cancelled.is_set():
+                self._end(sequence, running, stopped=True)
+            elif sequence.decoding:
+                assert sequence.cache is not None
+                planned.append((sequence, Row([sequence.sampler.generated[-1]], sequence.cache, sequence.lora)))
+                budget -= 1
+        for sequence in sequences:
+            if budget <= 0:
+                break
+            if sequence.cache is None or sequence.decoding or sequence.work.cancelled.is_set():
+                continue
+            done = sequence.cache.length
+            end = len(sequence.prompt)
+            if done + budget < end:
+                end = (done + budget) // BLOCK * BLOCK  # whole blocks: see `BatchedLlama._attend`
+            if end <= done:
+                break
+            chunk = sequence.prompt[done:end]
+            planned.append((sequence, Row(chunk, sequence.cache, sequence.lora)))
+            budget -= len(chunk)
+        if not planned:
+            return
+        planned.sort(key=lambda item: 0 if item[1].lora is None else id(item[1].lora))  # one group per adapter
+        try:
+            logits = loaded.batched.forward([row for _, row in planned])
+        except Exception as exc:  # nothing this step computed can be trusted: its requests fail
+            for sequence, _ in planned:
+                self._fail(sequence.work, exc, running)
+            return
+        for (sequence, _), row_logits in zip(planned, logits, strict=True):
+            if sequence.work.future.done() or not sequence.decoding:
+                continue  # failed with a companion choice, or still prefilling
+            if not sequence.sampler.generated:
+                self._prefilled(sequence, row_logits, running)
+            self._draw(sequence, row_logits, running)
+
+    def _prefilled(self, sequence: _Sequence, logits: torch.Tensor, running: list[_Sequence]) -> None:
+        """`sequence`'s prompt is all in its cache: keep its blocks, and start its twins from a copy."""
+        assert sequence.cache is not None
+        sequence.loaded.prefix.store(sequence.prompt, sequence.salt, sequence.cache)
+        metrics.count_tokens(len(sequence.prompt) - sequence.cached_tokens, 0)
+        for twin in [s for s in running if s.leader is sequence]:
+            twin.leader, twin.cache = None, sequence.cache.fork()
+            twin.cached_tokens = len(twin.prompt)
+            self._draw(twin, logits.clone(), running)
+
+    def _draw(self, sequence: _Sequence, logits: torch.Tensor, running: list[_Sequence]) -> None:
+        """Draw `sequence`'s next token, hand out its text, and end it if it is done."""
+        try:
+            token = sequence.sampler.draw(logits)
+        except BrokenLogits:
+            self._fail(sequence.work, _broken_weights(sequence.work.handle.model_id), running)
+            return
+        except Exception as exc:  # a constraint that failed: the request fails, not the batch
+            self._fail(sequence.work, exc, running)
+            return
+        now = time.monotonic()
+        if len(sequence.sampler.generated) == 1:
+            metrics.observe_first_token(now - sequence.work.arrived)
+        else:
+            metrics.observe_inter_token(now - sequence.last_token_at)
+        sequence.last_token_at = now
+        if sequence.collector is not None:
+            sequence.collector.add([token])
+        tokenizer, stops = sequence.work.handle.tokenizer, sequence.work.params.stop
+        generated = sequence.sampler.generated
+        ended = (
+            token == tokenizer.eos_token_id
+            or len(generated) >= sequence.max_tokens
+            or sequence.sampler.done
+            or (bool(stops) and cut_at_stop(tokenizer.decode(generated, skip_special_tokens=True), stops)[1])
+        )
+        if ended:
+            self._end(sequence, running)
+
+    def _end(self, sequence: _Sequence, running: list[_Sequence], *, stopped: bool = False) -> None:
+        """Take `sequence` out of the batch (its cache goes with it) and give its choice its Generation."""
+        if sequence in running:
+            running.remove(sequence)
+        sequence.cache = None
+        work = sequence.work
+        if work.future.done():
+            return
+        tokenizer, params = work.handle.tokenizer, work.params
+        tokens = sequence.sampler.generated
+        text, hit_stop = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+        ended_by_eos = bool(tokens) and tokens[-1] == tokenizer.eos_token_id
+        finish = (
+            "stop"
+            if hit_stop or ended_by_eos or sequence.sampler.done or len(tokens) < sequence.max_tokens
+            else "length"
+        )
+        result = Generation(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=len(sequence.prompt),
+            completion_tokens=len(tokens),
+            cached_tokens=sequence.cached_tokens,
+        )
+        if sequence.collector is not None:
+            sequence.collector.finish(result)
+        self._emit_choice(work, sequence.index, result)
+        metrics.count_tokens(0, len(tokens))
+        metrics.observe_request(time.monotonic() - work.arrived, "abort" if stopped else finish)
+        work.results[sequence.index] = result
+        if len(work.results) == len(work.prompts):
+            work.future.set_result([work.results[i] for i in range(len(work.prompts))])
+            self._finish_work(work)
+
+    def _fail(self, work: _Work, exc: BaseException, running: list[_Sequence]) -> None:
+        """End every choice of `work` with `exc`, which its caller raises."""
+        for sequence in [s for s in running if s.work is work]:
+            running.remove(sequence)
+            sequence.cache = None
+        if not work.future.done():
+            work.future.set_exception(exc)
+            self._finish_work(work)
+
+    def _finish_work(self, work: _Work) -> None:
+        self._emit(work, None)
+        with self._line_changed:
+            self._running.discard(work)
+
+    def _use_threads(self) -> None:
+        """Compute on every core, or on TUNEHOUSE_SERVE_THREADS while a child process (a trainer) runs."""
+        now = time.monotonic()
+        if now < self._threads_checked + THREADS_CHECK_S:
+            return
+        self._threads_checked = now
+        training = bool(psutil.Process().children())
+        wanted = min(max(1, settings().serve_threads), _cores()) if training else _cores()
+        if wanted != self._threads:
+            torch.set_num_threads(wanted)
+            self._threads = wanted
+
+    def _lora(self, handle: ModelHandle) -> LoraWeights | object:
+        """The batched weights of `handle`'s adapter, read on first use; `_NOT_BATCHED` for an adapter the
+        batched pass cannot apply (or a model without one). ModelLoadError for a missing or broken folder."""
+        loaded, model_id = handle.weights, handle.model_id
+        if loaded.batched is None:
+            return _NOT_BATCHED
+        with self._registry:
+            lora = loaded.loras.get(model_id)
+            if lora is not None:
+                loaded.loras.move_to_end(model_id)
+                return lora
+        try:
+            lora = load_lora(handle.info.path, loaded.batched.dtype, loaded.batched.device)
+        except UnsupportedAdapter:
+            return _NOT_BATCHED
+        except Exception as exc:  # a missing or broken adapter folder
+            raise ModelLoadError(f"The model '{model_id}' could not be loaded: {exc}", param="model") from exc
+        metrics.count_adapter_load()
+        with self._registry:
+            loaded.loras[model_id] = lora
+            while len(loaded.loras) > MAX_ADAPTERS or (
+                len(loaded.loras) > 1 and sum(a.nbytes for a in loaded.loras.values()) > ADAPTER_BUDGET_BYTES
+            ):
+                loaded.loras.popitem(last=False)  # sequences that use it keep it until they end
+        return lora
+
+    def _unload_deleted_now(self) -> None:
+        """Drop PEFT adapters of deleted models, when no generate-path generation runs."""
+        if self._deleted and self._generating.acquire(blocking=False):
+            try:
+                self._unload_deleted()
             finally:
-                with self._line_changed:
-                    self._running = None
+                self._generating.release()
 
     def _perform(self, work: _Work) -> None:
         results: list[Generation] = []
@@ -581,6 +918,22 @@ class Engine:
     @classmethod
     def _emit_text(cls, work: _Work, index: int, delta: TextDelta | ScoredPrompt) -> None:
         cls._emit(work, (index, delta))
+
+    @classmethod
+    def _emit_choice(cls, work: _Work, index: int, item: TextDelta | ScoredPrompt | Generation) -> None:
+        """Hand out a batched choice's event in turn: a later choice's events wait until the earlier ones end."""
+        if work.sink is None:
+            return
+        if index != work.shown:
+            work.held.setdefault(index, []).append((index, item))
+            return
+        cls._emit(work, (index, item))
+        while isinstance(item, Generation):
+            work.shown += 1
+            events = work.held.pop(work.shown, [])
+            for event in events:
+                cls._emit(work, event)
+            item = events[-1][1] if events else None  # type: ignore[assignment]
 
     @staticmethod
     def _emit(work: _Work, event: StreamEvent | None) -> None:

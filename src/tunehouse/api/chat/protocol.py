@@ -35,10 +35,15 @@ class ChatCompletionRequest(SamplingRequest):
     function_call: str | dict[str, Any] | None = None  # the legacy form of `tool_choice`
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens the engine's prefix cache already held
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class FunctionCall(BaseModel):

@@ -14,6 +14,7 @@ from tunehouse.api.chat.protocol import (
     Choice,
     ChunkChoice,
     Delta,
+    PromptTokensDetails,
     Usage,
 )
 from tunehouse.api.logprobs import chat_logprobs
@@ -108,6 +109,7 @@ async def create_chat_completion(engine: Engine, request: ChatCompletionRequest)
         prompt_tokens=len(prompt_ids),
         completion_tokens=completion_tokens,
         total_tokens=len(prompt_ids) + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=results[0].cached_tokens),
     )
     return ChatCompletion(**response_header("chatcmpl-", request.model), choices=choices, usage=usage).model_dump()
 
@@ -121,7 +123,7 @@ async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
     async def generate() -> AsyncGenerator[dict[str, Any], None]:
-        completion_tokens, started = 0, -1
+        completion_tokens, cached_tokens, started = 0, 0, -1
         reader = DeltaReader(fmt)
         try:
             async for index, item in events:
@@ -132,6 +134,7 @@ async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest)
                     ).to_wire()
                 if isinstance(item, Generation):
                     completion_tokens += item.completion_tokens
+                    cached_tokens = cached_tokens if index else item.cached_tokens  # the choices share one prompt
                     deltas, finish_reason = reader.finish(item.finish_reason)
                     for delta in deltas:
                         yield ChatCompletionChunk(**base, choices=[ChunkChoice(index=index, delta=delta)]).to_wire()
@@ -151,6 +154,7 @@ async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest)
                 prompt_tokens=len(prompt_ids),
                 completion_tokens=completion_tokens,
                 total_tokens=len(prompt_ids) + completion_tokens,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
             )
             yield ChatCompletionChunk(**base, choices=[], usage=usage).to_wire()
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tunehouse.api.chat.protocol import Usage
+from tunehouse.api.chat.protocol import PromptTokensDetails, Usage
 from tunehouse.api.completions.protocol import Completion, CompletionChoice, CompletionRequest
 from tunehouse.api.logprobs import CompletionLogprobs, completion_logprobs
 from tunehouse.api.metrics import measured, measured_stream
@@ -96,8 +96,12 @@ async def create_completion(engine: Engine, request: CompletionRequest) -> dict[
         choices.append(CompletionChoice(index=index, text=text, finish_reason=result.finish_reason, logprobs=logprobs))
     prompt_tokens = sum(len(prompt.token_ids) for prompt in prompts)
     completion_tokens = sum(result.completion_tokens for result in results)
+    cached_tokens = sum(result.cached_tokens for result in results[:: request.n])  # a prompt's choices share it
     usage = Usage(
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, total_tokens=prompt_tokens + completion_tokens
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
     )
     return Completion(**response_header("cmpl-", request.model), choices=choices, usage=usage).model_dump()
 
@@ -118,7 +122,7 @@ async def stream_completion(engine: Engine, request: CompletionRequest) -> Async
         return Completion(**base, choices=[choice]).model_dump(exclude={"usage"})
 
     async def generate() -> AsyncGenerator[dict[str, Any], None]:
-        completion_tokens, started = 0, -1
+        completion_tokens, cached_tokens, started = 0, 0, -1
         try:
             async for index, item in events:
                 prompt = prompts[index // request.n]
@@ -128,6 +132,8 @@ async def stream_completion(engine: Engine, request: CompletionRequest) -> Async
                 started = index
                 if isinstance(item, Generation):
                     completion_tokens += item.completion_tokens
+                    if index % request.n == 0:  # a prompt's choices share it
+                        cached_tokens += item.cached_tokens
                     yield chunk(index, "", item.finish_reason, [], 0)
                 elif not isinstance(item, ScoredPrompt) and (item.text or item.logprobs):
                     yield chunk(index, item.text, None, item.logprobs, _completion_offset(request, prompt))
@@ -139,6 +145,7 @@ async def stream_completion(engine: Engine, request: CompletionRequest) -> Async
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
             )
             yield Completion(**base, choices=[], usage=usage).model_dump()
 
