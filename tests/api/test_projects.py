@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from openai import OpenAI
@@ -23,6 +24,15 @@ from tests.support import chat_rows, upload_rows, wait_for_job
 pytestmark = pytest.mark.filterwarnings("ignore:The Evals API is deprecated:DeprecationWarning")  # served here
 
 ADMIN_KEY = "sk-admin-test-0123456789"
+ADMIN_SPEC = Path(__file__).resolve().parents[1] / "spec" / "openai-organization-projects.json"
+
+
+def assert_schema(instance: Any, name: str) -> None:
+    """`instance` is valid under OpenAI's admin schema `name` (vendored from the shared spec)."""
+    spec = json.loads(ADMIN_SPEC.read_text())
+    jsonschema.validate(instance, {"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
+
+
 GIVEN = [{"item": {"question": "Capital of France?", "answer": "Paris"}, "sample": {"output_text": "Paris"}}]
 SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}}}
 EXACT = {"type": "string_check", "name": "Exact", "input": "{{sample.output_text}}", "reference": "{{item.answer}}"}
@@ -355,3 +365,32 @@ def test_the_default_project_takes_keys_like_any_other(team: Team) -> None:
         team.alpha.files.retrieve(made.id)
     with pytest.raises(openai.NotFoundError):
         default.files.retrieve(team.ids["file"])
+
+
+def test_the_admin_routes_answer_in_openais_schemas(team: Team) -> None:
+    admin = httpx.Client(base_url=team.server.base_url, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    with admin:
+        created = admin.post("/organization/projects", json={"name": "Schema"}).json()
+        assert_schema(created, "Project")
+        assert_schema(admin.get("/organization/projects", params={"limit": 2}).json(), "ProjectListResponse")
+        assert_schema(
+            admin.post(f"/organization/projects/{created['id']}", json={"name": "Schema 2"}).json(), "Project"
+        )
+        account = admin.post(f"/organization/projects/{created['id']}/service_accounts", json={"name": "svc"}).json()
+        assert_schema(account, "ProjectServiceAccountCreateResponse")
+        assert_schema(
+            admin.get(f"/organization/projects/{created['id']}/service_accounts").json(),
+            "ProjectServiceAccountListResponse",
+        )
+        keys = admin.get(f"/organization/projects/{created['id']}/api_keys").json()
+        assert_schema(keys, "ProjectApiKeyListResponse")
+        key_id = keys["data"][0]["id"]
+        assert_schema(
+            admin.delete(f"/organization/projects/{created['id']}/api_keys/{key_id}").json(),
+            "ProjectApiKeyDeleteResponse",
+        )
+        deleted = admin.delete(f"/organization/projects/{created['id']}/service_accounts/{account['id']}").json()
+        assert_schema(deleted, "ProjectServiceAccountDeleteResponse")
+        assert_schema(admin.post(f"/organization/projects/{created['id']}/archive").json(), "Project")
+        missing = admin.post("/organization/projects", json={"name": ""})
+        assert missing.status_code == 400 and missing.json()["error"]["param"] == "name"
