@@ -1,4 +1,5 @@
-"""`GET /metrics`: Prometheus's text format, counters moved by what a chat through the SDK did."""
+"""`GET /metrics`: Prometheus's text format, counters moved by what a chat through the SDK did (the
+engine counts them; the route renders them)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,9 @@ def test_a_chat_and_a_stream_move_the_counters_by_their_usage(server: Server, cl
     after = scrape(server)
 
     assert reply.choices[0].finish_reason == "length"
-    assert moved(before, after, "tunehouse:prompt_tokens_total") == reply.usage.prompt_tokens + streamed.prompt_tokens
+    computed = [u.prompt_tokens - u.prompt_tokens_details.cached_tokens for u in (reply.usage, streamed)]
+    assert streamed.prompt_tokens_details.cached_tokens > 0  # the same prompt again: from the prefix cache
+    assert moved(before, after, "tunehouse:prompt_tokens_total") == sum(computed)  # the tokens prefilled
     assert (
         moved(before, after, "tunehouse:generation_tokens_total")
         == 6 + 4

@@ -1,11 +1,9 @@
 """Serving metrics for Prometheus, named as vLLM names them (`vllm:` → `tunehouse:`) where they overlap,
 with vLLM's histogram buckets, so a vLLM dashboard or alert reads tunehouse after a change of prefix.
 
-The engine reports what only it sees (first token, inter-token gaps, running and waiting requests,
-KV-cache use, adapter loads); the API's serving layer reports each finished request (its end-to-end
-latency, finish reason and tokens). The metrics live in prometheus-client's default registry of the
-process that calls these functions, which `GET /metrics` renders: an engine running in a child
-process reports its figures to the API process (with its tokens) and the API process calls these.
+The serving engine reports them all, as its scheduler sees them (`serve/engine.py`), so generations
+that no HTTP request made (eval runs, graders) count too. They live in prometheus-client's default
+registry of the process that calls these functions, which `GET /metrics` renders (`api/metrics.py`).
 Tokens per second are the rate of `tunehouse:generation_tokens_total`, as with vLLM.
 """
 

@@ -18,7 +18,6 @@ from tunehouse.api.chat.protocol import (
     Usage,
 )
 from tunehouse.api.logprobs import chat_logprobs
-from tunehouse.api.metrics import measured, measured_stream
 from tunehouse.api.sampling import logit_bias_ids, response_header, sampling_params
 from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
@@ -98,7 +97,7 @@ def _prepare(
 
 async def create_chat_completion(engine: Engine, request: ChatCompletionRequest) -> dict[str, Any]:
     handle, prompt_ids, params, fmt = await engine.prepare(_prepare, engine, request)
-    results = await measured(engine.generate_async(handle, [prompt_ids] * request.n, params))
+    results = await engine.generate_async(handle, [prompt_ids] * request.n, params)
     choices = []
     for index, result in enumerate(results):
         message, finish_reason = reply_message(result.text, result.finish_reason, fmt)
@@ -118,7 +117,7 @@ async def stream_chat_completion(engine: Engine, request: ChatCompletionRequest)
     """Chunks: a role delta, content deltas (each with its tokens' log-probabilities when asked) and
     tool call deltas, a finish chunk per choice, then usage if asked."""
     handle, prompt_ids, params, fmt = await engine.prepare(_prepare, engine, request)
-    events = await first_taken(measured_stream(engine.stream_async(handle, [prompt_ids] * request.n, params)))
+    events = await first_taken(engine.stream_async(handle, [prompt_ids] * request.n, params))
     base = response_header("chatcmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 

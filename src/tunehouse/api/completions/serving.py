@@ -15,7 +15,6 @@ from typing import Any
 from tunehouse.api.chat.protocol import PromptTokensDetails, Usage
 from tunehouse.api.completions.protocol import Completion, CompletionChoice, CompletionRequest
 from tunehouse.api.logprobs import CompletionLogprobs, completion_logprobs
-from tunehouse.api.metrics import measured, measured_stream
 from tunehouse.api.sampling import logit_bias_ids, response_header, sampling_params
 from tunehouse.api.sse import first_taken
 from tunehouse.errors import InvalidRequest
@@ -87,7 +86,7 @@ def _choice_logprobs(
 
 async def create_completion(engine: Engine, request: CompletionRequest) -> dict[str, Any]:
     handle, prompts, params = await engine.prepare(_prepare, engine, request)
-    results = await measured(engine.generate_async(handle, _choice_prompts(prompts, request.n), params))
+    results = await engine.generate_async(handle, _choice_prompts(prompts, request.n), params)
     choices = []
     for index, result in enumerate(results):
         prompt = prompts[index // request.n]
@@ -110,9 +109,7 @@ async def stream_completion(engine: Engine, request: CompletionRequest) -> Async
     """Chunks: each choice's echoed prompt (with its tokens' log-probabilities when asked), its text
     deltas (each with its tokens'), a finish chunk per choice, then usage if asked."""
     handle, prompts, params = await engine.prepare(_prepare, engine, request)
-    events = await first_taken(
-        measured_stream(engine.stream_async(handle, _choice_prompts(prompts, request.n), params))
-    )
+    events = await first_taken(engine.stream_async(handle, _choice_prompts(prompts, request.n), params))
     base = response_header("cmpl-", request.model)
     include_usage = bool((request.stream_options or {}).get("include_usage"))
 
