@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import TINY_ID, Server, make_home
 from tests.support import chat_rows, upload_rows
+from tunehouse.serve.engine import MAX_BATCH
 
 LONG_ID = "tiny-long"
 LONG_CONTEXT = 65_536
@@ -142,7 +143,7 @@ def quick_chat(srv: Server) -> float:
 def test_queued_chats_leave_the_other_routes_fast_and_hanging_up_clears_the_line(
     busy_server: Server, http: httpx.Client
 ) -> None:
-    chats = [hanging_chat(busy_server) for _ in range(QUEUED)]  # one generating, the rest waiting
+    chats = [hanging_chat(busy_server) for _ in range(QUEUED)]  # a batch generating, the rest waiting
     try:
         time.sleep(2)
         assert answered(chats) == []  # none refused, none done: they wait their turn
@@ -157,8 +158,8 @@ def test_queued_chats_leave_the_other_routes_fast_and_hanging_up_clears_the_line
 
 
 def test_past_the_line_s_bound_a_chat_is_refused_with_429(busy_server: Server, http: httpx.Client) -> None:
-    chats = [hanging_chat(busy_server)]
-    time.sleep(1)  # the first one generates; the line behind it fills up
+    chats = [hanging_chat(busy_server) for _ in range(MAX_BATCH)]
+    time.sleep(1)  # these fill the running batch; the line behind it fills up
     chats += [hanging_chat(busy_server, stream=index % 2 == 1) for index in range(QUEUED)]
     try:
         time.sleep(2)
