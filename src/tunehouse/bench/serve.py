@@ -489,6 +489,7 @@ def run(
             log(f"{system} ready in {time.monotonic() - started:.0f} s")
             if system == "tunehouse" and settings.adapters:
                 server.adapters = make_adapters(server)
+                server.peak_rss = 0  # serving alone from here: the jobs that trained the adapters are done
                 log(f"adapters: {', '.join(server.adapters)}")
             asyncio.run(_warm_up(server))
             servers.append(server)
