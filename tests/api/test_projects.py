@@ -123,6 +123,7 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/fine_tuning/jobs/{job}", None),
     ("GET", "/fine_tuning/jobs/{job}/events", None),
     ("GET", "/fine_tuning/jobs/{job}/checkpoints", None),
+    ("GET", "/fine_tuning/jobs/{job}/deliveries", None),
     ("POST", "/fine_tuning/jobs/{job}/cancel", None),
     ("POST", "/fine_tuning/jobs/{job}/pause", None),
     ("POST", "/fine_tuning/jobs/{job}/resume", None),

@@ -166,6 +166,11 @@ def test_a_receiver_that_was_down_gets_every_job_event_signed(
         assert [a["attempted_at"] for a in attempts] == sorted(a["attempted_at"] for a in attempts)
     codes = [a["response_status_code"] for d in deliveries(hook_server, endpoint.id) for a in d["attempts"]]
     assert codes.count(503) == 1  # the one 503 was a failed attempt, tried again
+    about_job = httpx.get(f"{hook_server.base_url}/fine_tuning/jobs/{succeeded.id}/deliveries").json()["data"]
+    assert [(d["channel"], d["endpoint_id"], d["event_type"], d["status"]) for d in about_job] == [
+        ("webhook", endpoint.id, "fine_tuning.job.succeeded", "delivered")
+    ]
+    assert httpx.get(f"{hook_server.base_url}/fine_tuning/jobs/ftjob-nope/deliveries").status_code == 404
     messages = [e.message for e in hook_client.fine_tuning.jobs.list_events(succeeded.id, limit=100)]
     assert f"Webhook event fine_tuning.job.succeeded delivered to webhook endpoint {endpoint.id}" in messages
     hook_client.webhooks.delete(endpoint.id)

@@ -116,6 +116,8 @@ def test_job_page_follows_a_job_live_and_charts_its_points(
     assert ":ckpt-step-24" in checkpoints and ":ckpt-step-12" in checkpoints
     details = page.inner_text("#job-details")
     assert "n_epochs" in details and train in details and "Download result file" in details
+    # no endpoint and no email: the job's notifications, read once it ended, are none
+    page.wait_for_function("document.querySelector('#job-deliveries')?.textContent.includes('None sent.')")
 
     with page.expect_download() as download:
         page.click("#result-file")

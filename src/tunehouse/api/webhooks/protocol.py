@@ -103,6 +103,11 @@ class Delivery(BaseModel):
     object: Literal["webhook_delivery"] = "webhook_delivery"
     event_id: str
     event_type: str
+    channel: str
+    """webhook or email."""
+    endpoint_id: str | None
+    recipient: str | None
+    """The email address (an email's delivery)."""
     data: dict[str, Any]
     created_at: int
     status: str
@@ -116,6 +121,9 @@ class Delivery(BaseModel):
             id=row.id,
             event_id=row.event_id,
             event_type=row.event_type,
+            channel=row.channel,
+            endpoint_id=row.endpoint_id,
+            recipient=row.recipient,
             data=row.payload.get("data", {}),
             created_at=row.created_at,
             status=row.status,

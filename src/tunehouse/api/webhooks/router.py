@@ -1,5 +1,6 @@
 """HTTP for `/webhook_endpoints` (OpenAI's routes: create, list, retrieve, update, delete,
-rotate_secret; `/webhook_event_types`) and tunehouse's `/webhook_endpoints/{id}/deliveries`."""
+rotate_secret; `/webhook_event_types`) and tunehouse's own delivery logs: an endpoint's
+(`/webhook_endpoints/{id}/deliveries`) and a job's, webhooks and emails (`/fine_tuning/jobs/{id}/deliveries`)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from tunehouse.api.webhooks.protocol import (
     WebhookEndpoint,
     WebhookEndpointWithSecret,
 )
-from tunehouse.jobs import webhooks
+from tunehouse.jobs import records, webhooks
 from tunehouse.store import outbox
+from tunehouse.store.schema import OutboxRow
 
 router = APIRouter()
 
@@ -76,6 +78,16 @@ def list_event_types() -> dict[str, Any]:
 def list_deliveries(endpoint_id: str, after: str | None = None, limit: int = Query(20)) -> dict[str, Any]:
     webhooks.get_endpoint(endpoint_id)
     page = outbox.deliveries_to(endpoint_id, after, check_limit(limit, 100))
-    attempts = outbox.attempts_of([row.id for row in page.items])
-    data = [Delivery.from_row(row, attempts[row.id]) for row in page.items]
-    return DeliveryList(data=data, has_more=page.has_more).model_dump()
+    return _delivery_list(page.items, page.has_more)
+
+
+def _delivery_list(rows: list[OutboxRow], has_more: bool) -> dict[str, Any]:
+    attempts = outbox.attempts_of([row.id for row in rows])
+    return DeliveryList(data=[Delivery.from_row(row, attempts[row.id]) for row in rows], has_more=has_more).model_dump()
+
+
+@router.get("/fine_tuning/jobs/{job_id}/deliveries")
+def list_job_deliveries(job_id: str) -> dict[str, Any]:
+    """Every notification about one job (webhooks and emails), oldest first, with their attempts."""
+    records.get_job(job_id)  # 404 for a job this key's project does not own
+    return _delivery_list(outbox.deliveries_about(job_id), has_more=False)

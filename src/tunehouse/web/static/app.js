@@ -167,12 +167,14 @@ function jobPage(jobId) {
   const details = h("div", { class: "panel", id: "job-details" });
   const checkpoints = h("div", { class: "panel", id: "job-checkpoints" }, h("h2", {}, "Checkpoints"));
   const events = h("div", { class: "panel events", id: "job-events" }, h("h2", {}, "Events"));
+  const notices = h("div", { class: "panel", id: "job-deliveries" }, h("h2", {}, "Notifications"),
+    h("p", { class: "muted" }, "Webhooks and emails go out when the job ends."));
   view.replaceChildren(
     h("h1", {}, jobId), header,
     h("div", { class: "grid" },
       h("div", { class: "panel" }, h("h2", {}, "Loss"), lossChart),
       h("div", { class: "panel" }, h("h2", {}, "Token accuracy"), accChart)),
-    h("div", { class: "grid" }, details, checkpoints), events);
+    h("div", { class: "grid" }, details, checkpoints), notices, events);
 
   const series = (key, name, color, dots) => ({
     name, color, dots,
@@ -255,6 +257,16 @@ function jobPage(jobId) {
         h("td", {}, c.metrics?.train_loss?.toFixed(4) ?? "–"), h("td", {}, c.metrics?.valid_loss?.toFixed(4) ?? "–")))) : h("p", { class: "muted" }, "None yet."));
   }
 
+  async function drawDeliveries() {  // the job's webhooks and emails, each with its last attempt
+    const { data } = await getJson(`/fine_tuning/jobs/${jobId}/deliveries`);
+    const last = (d) => d.attempts[d.attempts.length - 1];
+    notices.replaceChildren(h("h2", {}, "Notifications"), data.length ? table(["Event", "To", "Status", "Attempts", "Last answer"],
+      data.map((d) => h("tr", { class: d.status === "failed" ? "error" : "" }, h("td", {}, d.event_type),
+        h("td", { class: "mono" }, d.channel === "email" ? d.recipient : d.endpoint_id), h("td", {}, d.status),
+        h("td", {}, String(d.attempts.length)),
+        h("td", {}, last(d) ? (last(d).response_status_code ?? last(d).error ?? "") + "" : "–")))) : h("p", { class: "muted" }, "None sent."));
+  }
+
   return every(2000, async function refresh() {
     if (state.finished) return;  // one more pass after the job ended picked up its closing events
     state.job = await getJson(`/fine_tuning/jobs/${jobId}`);
@@ -272,6 +284,7 @@ function jobPage(jobId) {
     // after the job ends, its base-vs-fine-tuned eval still reports (a link, then its scores): a while longer
     const evalReported = !state.job.validation_file || state.events.some((e) => e.data?.eval_id && !e.message.includes(" queued"));
     if (TERMINAL.has(state.job.status)) {
+      await drawDeliveries();
       state.grace = (state.grace ?? EVAL_GRACE_POLLS) - 1;
       state.finished = state.endSeen && (evalReported || state.job.status !== "succeeded" || state.grace <= 0);
       state.endSeen = true;
