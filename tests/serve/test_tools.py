@@ -103,3 +103,13 @@ def test_calls_and_results_render_in_the_hermes_convention() -> None:
     assert rendered[0]["content"].startswith("Be brief.\n\n# Tools") and '"name": "lookup"' in rendered[0]["content"]
     assert rendered[2]["content"] == '<tool_call>\n{"name": "lookup", "arguments": {"word": "a"}}\n</tool_call>'
     assert rendered[3]["content"] == "<tool_response>\nfound\n</tool_response>"
+
+
+def test_a_tool_result_after_a_user_message_of_content_parts_follows_it() -> None:
+    parts = [{"type": "text", "text": "look"}]
+    messages = [{"role": "user", "content": parts}, {"role": "tool", "tool_call_id": "call_1", "content": "42"}]
+    out = hermes_messages(messages, [])
+    assert out == [
+        {"role": "user", "content": parts},
+        {"role": "user", "content": "<tool_response>\n42\n</tool_response>"},
+    ]

@@ -123,7 +123,8 @@ def hermes_messages(messages: list[dict[str, Any]], tools: list[Tool]) -> list[d
         role = message.get("role")
         if role in ("tool", "function"):
             response = f"<tool_response>\n{message_text(message.get('content'))}\n</tool_response>"
-            if out and out[-1]["role"] == "user" and out[-1]["content"].startswith("<tool_response>"):
+            previous = out[-1] if out else {}
+            if previous.get("role") == "user" and str(previous.get("content")).startswith("<tool_response>"):
                 out[-1] = {"role": "user", "content": f"{out[-1]['content']}\n{response}"}
             else:
                 out.append({"role": "user", "content": response})
