@@ -726,7 +726,9 @@ class Engine:
                 self._end(sequence, running, stopped=True)
             elif sequence.decoding:
                 assert sequence.cache is not None
-                planned.append((sequence, Row([sequence.sampler.generated[-1]], sequence.cache, sequence.lora)))
+                planned.append(
+                    (sequence, Row([sequence.sampler.generated[-1]], sequence.cache, sequence.lora, decoding=True))
+                )
                 budget -= 1
         for sequence in sequences:
             if budget <= 0:

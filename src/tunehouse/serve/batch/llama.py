@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
+from tunehouse.serve.batch import attention
 from tunehouse.serve.batch.kv import BLOCK, CacheShape, SequenceCache
 from tunehouse.serve.batch.lora import LoraWeights
 
 SUPPORTED_ARCHITECTURES = frozenset({"LlamaForCausalLM"})
+PACKED_FOR_ROWS = 16  # the rows oneDNN's packed layout is chosen for: a decode step's batch
 
 
 def supports(model: Any) -> bool:
@@ -36,11 +38,14 @@ def supports(model: Any) -> bool:
 
 @dataclass
 class Row:
-    """One sequence's part of a step: `token_ids` at positions `cache.length …`, then written to `cache`."""
+    """One sequence's part of a step: `token_ids` at positions `cache.length …`, then written to `cache`.
+    A decoding row's one token is one it generated; a prompt's tokens are never decoding, so a position
+    is always computed by the same attention, whatever shares its step."""
 
     token_ids: list[int]
     cache: SequenceCache
     lora: LoraWeights | None = None
+    decoding: bool = False
 
 
 def _linear(module: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -49,10 +54,55 @@ def _linear(module: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor
 
 
 @dataclass
+class _Fused:
+    """Projections that read the same input, as one matmul: their weights stacked, and where each one's
+    outputs lie, so a LoRA adapter's update still lands on its own projection's columns.
+
+    In bf16 on a CPU the stacked weight is packed once into oneDNN's blocked layout (what PyTorch's
+    own compiler does for CPU inference), so no step re-packs it; a decode step then runs its matmuls
+    in about two thirds of the time (BENCHMARKS.md)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    columns: tuple[tuple[str, int, int], ...]  # (projection, first column, end)
+    packed: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return _linear_rows(x, self.weight, self.bias)
+
+
+def _packed(fused: _Fused) -> _Fused:
+    """`fused` with its weight in oneDNN's layout, where PyTorch has oneDNN and the weights are bf16 on
+    the CPU; else as it is."""
+    weight = fused.weight
+    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return fused
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_FOR_ROWS)
+    return _Fused(packed, fused.bias, fused.columns, packed=True)
+
+
+def _fuse(module: Any, names: tuple[str, ...], dtype: torch.dtype) -> _Fused:
+    parts = [_linear(getattr(module, name), dtype) for name in names]
+    columns, start = [], 0
+    for name, (weight, _) in zip(names, parts, strict=True):
+        columns.append((name, start, start + weight.shape[0]))
+        start += weight.shape[0]
+    bias = None
+    if any(b is not None for _, b in parts):
+        bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
+    return _packed(_Fused(torch.cat([weight for weight, _ in parts]), bias, tuple(columns)))
+
+
+@dataclass
 class _Layer:
     attn_norm: torch.Tensor
     mlp_norm: torch.Tensor
-    proj: dict[str, tuple[torch.Tensor, torch.Tensor | None]]
+    qkv: _Fused
+    o: _Fused
+    gate_up: _Fused
+    down: _Fused
 
 
 class BatchedLlama:
@@ -72,19 +122,22 @@ class BatchedLlama:
         self.rotary = inner.rotary_emb
         self.embed = inner.embed_tokens.weight.detach().to(dtype)
         self.norm = inner.norm.weight.detach().to(dtype)
-        self.lm_head, self.lm_head_bias = _linear(model.lm_head, dtype)
+        self.lm_head = _packed(_Fused(*_linear(model.lm_head, dtype), (("lm_head", 0, model.lm_head.out_features),)))
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            proj = {name: _linear(getattr(attn, name), dtype) for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
-            proj |= {name: _linear(getattr(mlp, name), dtype) for name in ("gate_proj", "up_proj", "down_proj")}
             self.layers.append(
                 _Layer(
                     layer.input_layernorm.weight.detach().to(dtype),
                     layer.post_attention_layernorm.weight.detach().to(dtype),
-                    proj,
+                    qkv=_fuse(attn, ("q_proj", "k_proj", "v_proj"), dtype),
+                    o=_fuse(attn, ("o_proj",), dtype),
+                    gate_up=_fuse(mlp, ("gate_proj", "up_proj"), dtype),
+                    down=_fuse(mlp, ("down_proj",), dtype),
                 )
             )
+        fits_kernel = self.head_dim % 16 == 0 and self.head_dim <= 256 and self.heads // self.kv_heads <= 16
+        self.kernel = attention.kernel() if fits_kernel else None
         self.cache_shape = CacheShape(len(self.layers), self.kv_heads, self.head_dim, dtype, self.device)
 
     def new_cache(self) -> SequenceCache:
@@ -95,19 +148,16 @@ class BatchedLlama:
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(self.dtype) * weight
 
     def _project(
-        self,
-        x: torch.Tensor,
-        layer_index: int,
-        name: str,
-        weights: tuple[torch.Tensor, torch.Tensor | None],
-        groups: list[tuple[LoraWeights, int, int]],
+        self, x: torch.Tensor, layer_index: int, fused: _Fused, groups: list[tuple[LoraWeights, int, int]]
     ) -> torch.Tensor:
-        out = _linear_rows(x, *weights)
+        out = fused(x)
         for lora, start, end in groups:
-            module = lora.modules.get((layer_index, name))
-            if module is not None:
-                a, b, scale = module
-                out[start:end].add_(_linear_rows(_linear_rows(x[start:end], a), b), alpha=scale)
+            for name, first, last in fused.columns:
+                module = lora.modules.get((layer_index, name))
+                if module is not None:
+                    a, b, scale = module
+                    update = _linear_rows(_linear_rows(x[start:end], a), b)
+                    out[start:end, first:last].add_(update, alpha=scale)
         return out
 
     @torch.inference_mode()
@@ -134,25 +184,35 @@ class BatchedLlama:
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [tokens, 1, head_dim]
         total = tokens.shape[0]
+        decoding = [i for i, row in enumerate(rows) if row.decoding and self.kernel is not None]
+        meta = torch.tensor(
+            [[rows[i].cache.kv.data_ptr(), rows[i].cache.kv.shape[3], spans[i][2], spans[i][0]] for i in decoding],
+            dtype=torch.int64,
+        )
+        others = sorted(set(range(len(rows))) - set(decoding))
+        widths = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         for index, layer in enumerate(self.layers):
             h = self._rms_norm(x, layer.attn_norm)
-            q = self._project(h, index, "q_proj", layer.proj["q_proj"], groups).view(total, self.heads, -1)
-            k = self._project(h, index, "k_proj", layer.proj["k_proj"], groups).view(total, self.kv_heads, -1)
-            v = self._project(h, index, "v_proj", layer.proj["v_proj"], groups).view(total, self.kv_heads, -1)
-            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            q, k, v = self._project(h, index, layer.qkv, groups).split(widths, dim=-1)
+            q = _rope(q.view(total, self.heads, -1), cos, sin)
+            k = _rope(k.view(total, self.kv_heads, -1), cos, sin)
+            v = v.reshape(total, self.kv_heads, -1)
             attended = torch.empty_like(q)
-            for row, (first, end, past) in zip(rows, spans, strict=True):
-                attended[first:end] = self._attend(row.cache, index, past, q[first:end], k[first:end], v[first:end])
-            x = x + self._project(attended.view(total, -1), index, "o_proj", layer.proj["o_proj"], groups)
+            if decoding:
+                assert self.kernel is not None
+                attention.decode(self.kernel, meta, index, q, k, v, attended, self.scale)
+            for i in others:
+                first, end, past = spans[i]
+                attended[first:end] = self._attend(rows[i].cache, index, past, q[first:end], k[first:end], v[first:end])
+            x = x + self._project(attended.view(total, -1), index, layer.o, groups)
             h = self._rms_norm(x, layer.mlp_norm)
-            gate = self._project(h, index, "gate_proj", layer.proj["gate_proj"], groups)
-            up = self._project(h, index, "up_proj", layer.proj["up_proj"], groups)
-            x = x + self._project(self.act(gate) * up, index, "down_proj", layer.proj["down_proj"], groups)
+            gate, up = self._project(h, index, layer.gate_up, groups).chunk(2, dim=-1)
+            x = x + self._project(self.act(gate) * up, index, layer.down, groups)
         for row in rows:
             row.cache.length += len(row.token_ids)
         last = torch.tensor([end - 1 for _, end, _ in spans], device=self.device)
         h = self._rms_norm(x[last], self.norm)
-        return _linear_rows(h, self.lm_head, self.lm_head_bias).float()
+        return self.lm_head(h).float()
 
     def _attend(
         self, cache: SequenceCache, layer: int, past: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
