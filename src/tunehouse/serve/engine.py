@@ -54,7 +54,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import psutil
 import torch
@@ -390,6 +390,29 @@ class _Sequence:
 _NOT_BATCHED = object()  # `Engine._lora`: this adapter runs on generate's path
 
 
+def _on_own_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`fn(*args)` on a thread that ends with it. A thread that runs PyTorch's parallel operations keeps
+    its own OpenMP workers until it ends, and while any thread but the scheduler keeps some, libgomp
+    counts more workers than cores and puts every worker to sleep between operations: the scheduler's
+    steps then take a third longer (BENCHMARKS.md). Loading weights is such work."""
+    outcome: list[Any] = []
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            outcome.append((True, context.run(fn, *args, **kwargs)))
+        except BaseException as exc:  # handed to the caller, as a direct call would raise it
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name="tunehouse-load")
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return cast(T, value)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -444,7 +467,7 @@ class Engine:
                 loaded = self._cached(cache, info.id)  # another request may have loaded it meanwhile
                 if loaded is None:
                     path = weights_dir(info) if info.kind == "base" else info.path
-                    loaded = self._load_folder(info.id, str(path))
+                    loaded = _on_own_thread(self._load_folder, info.id, str(path))
                     with self._registry:
                         if info.id in self._deleted:  # deleted while it loaded
                             raise model_not_found(info.id)

@@ -2,11 +2,14 @@
 
 The tokens of every row in a step — one for a sequence that decodes, a chunk of its prompt for one that
 prefills — are packed into one `[tokens, hidden]` matrix, so each projection is one matmul over the
-whole batch. Attention runs per sequence over that sequence's cache (PyTorch's scaled-dot-product
-attention, GQA without copying the keys), so a row's result never depends on its companions. Rows
-that use a LoRA adapter are grouped, and each group adds its own low-rank update to the projections it
-adapts (`lora.py`). The weights are the Hugging Face model's own, in bf16 where the hardware computes
-it fast; RoPE's frequencies (theta and scaling) come from the model's own rotary embedding.
+whole batch (q/k/v as one, gate/up as one). Attention runs per sequence over that sequence's cache, so
+a row's result never depends on its companions: decoding rows through `kernels.c`, all of them in one
+call per layer; prompt chunks through PyTorch's scaled-dot-product attention. On a CPU the element-wise
+passes (RMSNorm with its residual add, RoPE, SwiGLU's gate) are `kernels.c`'s too; on CUDA, or where
+no C compiler built them, every pass is PyTorch's. Rows that use a LoRA adapter are grouped, and each
+group adds its own low-rank update to the projections it adapts (`lora.py`). The weights are the
+Hugging Face model's own, in bf16 where the hardware computes it fast; RoPE's frequencies (theta and
+scaling) come from the model's own rotary embedding.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
-from tunehouse.serve.batch import attention
+from tunehouse.serve.batch import kernels
 from tunehouse.serve.batch.kv import BLOCK, CacheShape, SequenceCache
 from tunehouse.serve.batch.lora import LoraWeights
 
@@ -136,16 +139,42 @@ class BatchedLlama:
                     down=_fuse(mlp, ("down_proj",), dtype),
                 )
             )
-        fits_kernel = self.head_dim % 16 == 0 and self.head_dim <= 256 and self.heads // self.kv_heads <= 16
-        self.kernel = attention.kernel() if fits_kernel else None
+        fits_kernels = (
+            self.device.type == "cpu"
+            and config.hidden_act == "silu"
+            and self.head_dim % 16 == 0
+            and self.head_dim <= 256
+            and self.heads // self.kv_heads <= 16
+        )
+        self.kernels = kernels.library() if fits_kernels else None
         self.cache_shape = CacheShape(len(self.layers), self.kv_heads, self.head_dim, dtype, self.device)
 
     def new_cache(self) -> SequenceCache:
         return SequenceCache(self.cache_shape)
 
-    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """RMSNorm of `x`'s rows; with `delta`, `x += delta` in place first (the residual add)."""
+        if self.kernels is not None:
+            return kernels.rms_norm(self.kernels, x, weight, self.eps, delta)
+        if delta is not None:
+            x.add_(delta)
         x32 = x.float()
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(self.dtype) * weight
+
+    def _rope_(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """RoPE in place on the q and k heads of `qkv` `[tokens, (heads + 2 kv_heads) × head_dim]`."""
+        if self.kernels is not None:
+            kernels.rope_(self.kernels, qkv, self.heads + self.kv_heads, self.head_dim, cos, sin)
+            return
+        total, roped = qkv.shape[0], (self.heads + self.kv_heads) * self.head_dim
+        heads = qkv[:, :roped].view(total, -1, self.head_dim)
+        heads.copy_(_rope(heads, cos[:, None, :], sin[:, None, :]))
+
+    def _gate(self, gate_up: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None:
+            return kernels.silu_mul(self.kernels, gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.act(gate) * up
 
     def _project(
         self, x: torch.Tensor, layer_index: int, fused: _Fused, groups: list[tuple[LoraWeights, int, int]]
@@ -182,36 +211,39 @@ class BatchedLlama:
         positions = torch.cat(position_lists).to(self.device)
         x = F.embedding(tokens, self.embed)
         cos, sin = self.rotary(x[None], positions[None])
-        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # [tokens, 1, head_dim]
+        cos, sin = cos[0].contiguous(), sin[0].contiguous()  # [tokens, head_dim]
         total = tokens.shape[0]
-        decoding = [i for i, row in enumerate(rows) if row.decoding and self.kernel is not None]
+        decoding = [i for i, row in enumerate(rows) if row.decoding and self.kernels is not None]
         meta = torch.tensor(
             [[rows[i].cache.kv.data_ptr(), rows[i].cache.kv.shape[3], spans[i][2], spans[i][0]] for i in decoding],
             dtype=torch.int64,
         )
         others = sorted(set(range(len(rows))) - set(decoding))
-        widths = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        q_end = self.heads * self.head_dim
+        k_end = q_end + self.kv_heads * self.head_dim
+        delta: torch.Tensor | None = None  # the last layer's MLP output, not yet added to x
         for index, layer in enumerate(self.layers):
-            h = self._rms_norm(x, layer.attn_norm)
-            q, k, v = self._project(h, index, layer.qkv, groups).split(widths, dim=-1)
-            q = _rope(q.view(total, self.heads, -1), cos, sin)
-            k = _rope(k.view(total, self.kv_heads, -1), cos, sin)
-            v = v.reshape(total, self.kv_heads, -1)
-            attended = torch.empty_like(q)
+            h = self._norm(x, layer.attn_norm, delta)
+            qkv = self._project(h, index, layer.qkv, groups)
+            self._rope_(qkv, cos, sin)
+            q = qkv[:, :q_end].view(total, self.heads, self.head_dim)
+            k = qkv[:, q_end:k_end].view(total, self.kv_heads, self.head_dim)
+            v = qkv[:, k_end:].view(total, self.kv_heads, self.head_dim)
+            attended = torch.empty((total, self.heads, self.head_dim), dtype=self.dtype, device=self.device)
             if decoding:
-                assert self.kernel is not None
-                attention.decode(self.kernel, meta, index, q, k, v, attended, self.scale)
+                assert self.kernels is not None
+                kernels.decode_attention(self.kernels, meta, index, q, k, v, attended, self.scale)
             for i in others:
                 first, end, past = spans[i]
                 attended[first:end] = self._attend(rows[i].cache, index, past, q[first:end], k[first:end], v[first:end])
-            x = x + self._project(attended.view(total, -1), index, layer.o, groups)
-            h = self._rms_norm(x, layer.mlp_norm)
-            gate, up = self._project(h, index, layer.gate_up, groups).chunk(2, dim=-1)
-            x = x + self._project(self.act(gate) * up, index, layer.down, groups)
+            o = self._project(attended.view(total, -1), index, layer.o, groups)
+            h = self._norm(x, layer.mlp_norm, o)
+            delta = self._project(self._gate(self._project(h, index, layer.gate_up, groups)), index, layer.down, groups)
         for row in rows:
             row.cache.length += len(row.token_ids)
         last = torch.tensor([end - 1 for _, end, _ in spans], device=self.device)
-        h = self._rms_norm(x[last], self.norm)
+        assert delta is not None
+        h = self._norm(x[last], self.norm, delta[last])
         return self.lm_head(h).float()
 
     def _attend(
