@@ -749,9 +749,7 @@ class Engine:
                 self._end(sequence, running, stopped=True)
             elif sequence.decoding:
                 assert sequence.cache is not None
-                planned.append(
-                    (sequence, Row([sequence.sampler.generated[-1]], sequence.cache, sequence.lora, decoding=True))
-                )
+                planned.append((sequence, Row([sequence.sampler.generated[-1]], sequence.cache, sequence.lora)))
                 budget -= 1
         for sequence in sequences:
             if budget <= 0:
@@ -776,14 +774,19 @@ class Engine:
             for sequence, _ in planned:
                 self._fail(sequence.work, exc, running)
             return
-        for (sequence, _), row_logits in zip(planned, logits, strict=True):
+        broken = (logits.isnan() | logits.isposinf()).any(-1).tolist()
+        argmax = logits.argmax(-1).tolist()
+        for index, ((sequence, _), row_logits) in enumerate(zip(planned, logits, strict=True)):
             if sequence.work.future.done() or not sequence.decoding:
                 continue  # failed with a companion choice, or still prefilling
+            checked = (broken[index], argmax[index])
             if not sequence.sampler.generated:
-                self._prefilled(sequence, row_logits, running)
-            self._draw(sequence, row_logits, running)
+                self._prefilled(sequence, row_logits, running, checked)
+            self._draw(sequence, row_logits, running, checked)
 
-    def _prefilled(self, sequence: _Sequence, logits: torch.Tensor, running: list[_Sequence]) -> None:
+    def _prefilled(
+        self, sequence: _Sequence, logits: torch.Tensor, running: list[_Sequence], checked: tuple[bool, int]
+    ) -> None:
         """`sequence`'s prompt is all in its cache: keep its blocks, and start its twins from a copy."""
         assert sequence.cache is not None
         sequence.loaded.prefix.store(sequence.prompt, sequence.salt, sequence.cache)
@@ -791,12 +794,15 @@ class Engine:
         for twin in [s for s in running if s.leader is sequence]:
             twin.leader, twin.cache = None, sequence.cache.fork()
             twin.cached_tokens = len(twin.prompt)
-            self._draw(twin, logits.clone(), running)
+            self._draw(twin, logits.clone(), running, checked)
 
-    def _draw(self, sequence: _Sequence, logits: torch.Tensor, running: list[_Sequence]) -> None:
-        """Draw `sequence`'s next token, hand out its text, and end it if it is done."""
+    def _draw(
+        self, sequence: _Sequence, logits: torch.Tensor, running: list[_Sequence], checked: tuple[bool, int]
+    ) -> None:
+        """Draw `sequence`'s next token, hand out its text, and end it if it is done. `checked`: whether
+        `logits` are broken, and their argmax (see `RowSampler.draw`)."""
         try:
-            token = sequence.sampler.draw(logits)
+            token = sequence.sampler.draw(logits, checked)
         except BrokenLogits:
             self._fail(sequence.work, _broken_weights(sequence.work.handle.model_id), running)
             return

@@ -89,107 +89,160 @@ static inline v16 lanes_at(const float *p) {
     return v;
 }
 
-/* q · k over head_dim features: 16 lanes, each summing its features in order, then a fixed tree. */
-static inline float dot(const float *q, const float *k, int head_dim) {
-    v16 lanes = {0};
-    for (int c = 0; c < head_dim; c += LANES) lanes += lanes_at(q + c) * lanes_at(k + c);
-    v16 half = lanes + __builtin_shufflevector(lanes, lanes, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-    v16 quarter = half + __builtin_shufflevector(half, half, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
-    v16 eighth = quarter + __builtin_shufflevector(quarter, quarter, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
-    return eighth[0] + eighth[1];
-}
-
-/* --- decode attention ---------------------------------------------------------------------------------
- * Every decoding row's new key and value go into its own KV cache, then its one query per head attends
- * to its cache: its scores key by key, its softmax over the keys, its weighted sum of values key by key.
- * A row is four int64s: its cache's address ([layers, 2, kv_heads, capacity, head_dim]), the cache's
- * capacity, the positions already in it, and the index of its token in q/k/v/out. q's token i holds
- * heads × head_dim values at q + i·q_stride (k and v likewise with kv_heads); out is [tokens, heads,
- * head_dim]. head_dim is a multiple of 16, at most 256.
+/* --- attention ---------------------------------------------------------------------------------------
+ * Every row's new keys and values go into its own KV cache; then each of its queries attends to its
+ * cache up to its own position. A row is five int64s: its cache's address ([layers, 2, kv_heads,
+ * capacity, head_dim]), the cache's capacity, the positions already in it, the index of its first token
+ * in q/k/v/out, and its token count. q's token i holds heads × head_dim values at q + i·q_stride (k and
+ * v likewise with kv_heads, kv_stride apart); out is [tokens, heads, head_dim]. head_dim is a multiple
+ * of 16, at most 256; capacity a multiple of 16.
+ *
+ * A head's keys are kept in blocks of 16 positions, each block transposed ([head_dim][16]), so a query's
+ * scores for 16 keys are 16-lane sums over the head's features, read straight from the cache; its
+ * values as they come ([position][head_dim]), added to the query's output in key order. The work is
+ * split into tiles: up to TILE positions of one row and one kv head, with the query heads that share
+ * it. A query's arithmetic is the same whichever tile holds it and whatever else the call holds.
  */
 
-/* One row, one kv head: its `group` query heads attend to keys 0 .. keys-1. `scores` holds
- * group × keys floats. */
-static void attend_head(const int64_t *row, int layer, int heads, int kv_heads, int head_dim, float scale,
-                        int bf16, const void *q, int64_t q_stride, void *out, int kv_head, float *scores) {
+#define TILE 16 /* positions a tile takes */
+
+/* Where key `position`'s feature 0 lies in a head's blocked keys; feature d is 16·d further. */
+static inline int64_t key_index(int64_t position, int head_dim) {
+    return position / LANES * LANES * head_dim + position % LANES;
+}
+
+/* Positions start .. end-1 of one row, one kv head. `work` holds TILE·group·(2·head_dim + padded keys +
+ * 1) + 16·head_dim floats. */
+static void attend_tile(const int64_t *row, int64_t start, int64_t end, int kv_head, int layer, int heads,
+                        int kv_heads, int head_dim, float scale, int bf16, const void *q, int64_t q_stride,
+                        void *out, float *work) {
     int group = heads / kv_heads;
-    int64_t capacity = row[1], keys = row[2] + 1, token = row[3];
+    int64_t capacity = row[1], past = row[2], first = row[3];
+    int64_t queries = (end - start) * group, keys = past + end, padded = (keys + LANES - 1) / LANES * LANES;
     const void *key_base = at((const void *)(intptr_t)row[0], (((int64_t)layer * 2 * kv_heads + kv_head) * capacity) * head_dim, bf16);
     const void *value_base = at(key_base, (int64_t)kv_heads * capacity * head_dim, bf16);
-    float queries[MAX_GROUP][MAX_HEAD_DIM], outs[MAX_GROUP][MAX_HEAD_DIM], feature[MAX_HEAD_DIM];
-    for (int g = 0; g < group; g++)
-        load(at(q, token * q_stride + (kv_head * group + g) * head_dim, bf16), bf16, head_dim, queries[g]);
-    for (int64_t j = 0; j < keys; j++) {
-        load(at(key_base, j * head_dim, bf16), bf16, head_dim, feature);
-        for (int g = 0; g < group; g++) scores[g * keys + j] = dot(queries[g], feature, head_dim) * scale;
+    float *qs = work, *outs = qs + queries * head_dim, *scores = outs + queries * head_dim;
+    float *totals = scores + queries * padded, *block = totals + queries; /* block: 16 keys or values */
+    for (int64_t i = 0; i < queries; i++) {
+        int64_t token = first + start + i / group;
+        load(at(q, token * q_stride + (kv_head * group + i % group) * head_dim, bf16), bf16, head_dim, qs + i * head_dim);
     }
-    float totals[MAX_GROUP];
-    for (int g = 0; g < group; g++) {
-        float *s = scores + g * keys, top = s[0];
-        for (int64_t j = 1; j < keys; j++) top = s[j] > top ? s[j] : top;
-        float lanes[LANES] = {0};
-        int64_t whole = keys / LANES * LANES;
-        for (int64_t j0 = 0; j0 < whole; j0 += LANES)
-            for (int l = 0; l < LANES; l++) {
-                s[j0 + l] = exp_nonpositive(s[j0 + l] - top);
-                lanes[l] += s[j0 + l];
+    /* Scores, 16 keys at a time. Lanes past `keys` read the block's unwritten part: their scores are
+     * never used. */
+    for (int64_t j0 = 0; j0 < keys; j0 += LANES) {
+        load(at(key_base, j0 * head_dim, bf16), bf16, LANES * head_dim, block); /* [head_dim][16] */
+        for (int64_t i = 0; i < queries; i++) {
+            if (j0 > past + start + i / group) continue; /* every key of the block is past this query */
+            const float *query = qs + i * head_dim;
+            v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int d = 0; d < head_dim; d += 4) {
+                a0 += query[d] * lanes_at(block + d * LANES);
+                a1 += query[d + 1] * lanes_at(block + (d + 1) * LANES);
+                a2 += query[d + 2] * lanes_at(block + (d + 2) * LANES);
+                a3 += query[d + 3] * lanes_at(block + (d + 3) * LANES);
             }
-        for (int64_t j = whole; j < keys; j++) {
-            s[j] = exp_nonpositive(s[j] - top);
-            lanes[j - whole] += s[j];
-        }
-        for (int width = LANES / 2; width > 0; width /= 2)
-            for (int l = 0; l < width; l++) lanes[l] += lanes[l + width];
-        totals[g] = lanes[0];
-        memset(outs[g], 0, head_dim * sizeof(float));
-    }
-    for (int64_t j = 0; j < keys; j++) {
-        load(at(value_base, j * head_dim, bf16), bf16, head_dim, feature);
-        for (int g = 0; g < group; g++) {
-            float weight = scores[g * keys + j];
-            for (int d = 0; d < head_dim; d++) outs[g][d] = fmaf(weight, feature[d], outs[g][d]);
+            v16 sum = ((a0 + a1) + (a2 + a3)) * scale;
+            memcpy(scores + i * padded + j0, &sum, sizeof sum);
         }
     }
-    for (int g = 0; g < group; g++) {
-        float inverse = 1.0f / totals[g];
-        for (int d = 0; d < head_dim; d++) outs[g][d] *= inverse;
-        store(outs[g], bf16, head_dim, (char *)out + (token * heads + kv_head * group + g) * head_dim * (bf16 ? 2 : 4));
+    for (int64_t i = 0; i < queries; i++) {
+        int64_t seen = past + start + i / group + 1; /* keys this query sees */
+        float *s = scores + i * padded, top = s[0];
+        for (int64_t j = 1; j < seen; j++) top = s[j] > top ? s[j] : top;
+        v16 lanes = {0};
+        for (int64_t j0 = 0; j0 < seen; j0 += LANES) {
+            for (int l = 0; l < LANES; l++) s[j0 + l] = j0 + l < seen ? exp_nonpositive(s[j0 + l] - top) : 0.0f;
+            lanes += lanes_at(s + j0);
+        }
+        v16 half = lanes + __builtin_shufflevector(lanes, lanes, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+        v16 quarter = half + __builtin_shufflevector(half, half, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
+        v16 eighth = quarter + __builtin_shufflevector(quarter, quarter, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
+        totals[i] = eighth[0] + eighth[1];
+    }
+    /* Outputs: each query's weighted sum of values, key by key, 16 features at a time. */
+    memset(outs, 0, queries * head_dim * sizeof(float));
+    for (int64_t j0 = 0; j0 < keys; j0 += LANES) {
+        int valid = keys - j0 < LANES ? (int)(keys - j0) : LANES;
+        load(at(value_base, j0 * head_dim, bf16), bf16, valid * head_dim, block); /* [16][head_dim] */
+        for (int64_t i = 0; i < queries; i++) {
+            int64_t seen = past + start + i / group + 1;
+            if (j0 >= seen) continue;
+            int upto = seen - j0 < LANES ? (int)(seen - j0) : LANES;
+            const float *weights = scores + i * padded + j0;
+            float *o = outs + i * head_dim;
+            for (int c = 0; c < head_dim; c += LANES) {
+                v16 acc = lanes_at(o + c);
+                for (int j = 0; j < upto; j++) acc += weights[j] * lanes_at(block + j * head_dim + c);
+                memcpy(o + c, &acc, sizeof acc);
+            }
+        }
+    }
+    for (int64_t i = 0; i < queries; i++) {
+        float *o = outs + i * head_dim, inverse = 1.0f / totals[i];
+        for (int d = 0; d < head_dim; d++) o[d] *= inverse;
+        int64_t token = first + start + i / group;
+        store(o, bf16, head_dim, at_mut(out, (token * heads + kv_head * group + i % group) * head_dim, bf16));
     }
 }
 
+typedef struct {
+    int64_t row, start, end;
+    int kv_head;
+} Tile;
+
 /* Returns 0, or 1 where work space could not be allocated, 2 where the shapes are out of range. */
-int decode_attention(int rows, const int64_t *meta, int layer, int heads, int kv_heads, int head_dim, float scale,
-                     int bf16, const void *q, const void *k, const void *v, int64_t q_stride, int64_t kv_stride,
-                     void *out, int threads) {
+int attention(int rows, const int64_t *meta, int layer, int heads, int kv_heads, int head_dim, float scale, int bf16,
+              const void *q, const void *k, const void *v, int64_t q_stride, int64_t kv_stride, void *out,
+              int threads) {
     if (head_dim % LANES || head_dim > MAX_HEAD_DIM || heads % kv_heads || heads / kv_heads > MAX_GROUP) return 2;
-    int64_t longest = 1, size = bf16 ? 2 : 4;
+    int64_t size = bf16 ? 2 : 4, longest = 1, tiles = 0;
+    for (int r = 0; r < rows; r++)
+        if (meta[5 * r + 1] % LANES) return 2;
     for (int r = 0; r < rows; r++) {
-        const int64_t *row = meta + 4 * r;
+        const int64_t *row = meta + 5 * r;
         char *cache = (char *)(intptr_t)row[0];
-        int64_t capacity = row[1], past = row[2], token = row[3];
-        for (int h = 0; h < kv_heads; h++) {
-            char *key = cache + ((((int64_t)layer * 2 * kv_heads + h) * capacity + past) * head_dim) * size;
-            char *value = key + (int64_t)kv_heads * capacity * head_dim * size;
-            memcpy(key, (const char *)k + (token * kv_stride + h * head_dim) * size, head_dim * size);
-            memcpy(value, (const char *)v + (token * kv_stride + h * head_dim) * size, head_dim * size);
-        }
-        if (past + 1 > longest) longest = past + 1;
+        int64_t capacity = row[1], past = row[2], first = row[3], count = row[4];
+        for (int64_t t = 0; t < count; t++)
+            for (int h = 0; h < kv_heads; h++) {
+                char *keys = cache + (((int64_t)layer * 2 * kv_heads + h) * capacity * head_dim) * size;
+                char *value = keys + ((int64_t)kv_heads * capacity + past + t) * head_dim * size;
+                const char *key = (const char *)k + ((first + t) * kv_stride + h * head_dim) * size;
+                int64_t slot = key_index(past + t, head_dim);
+                for (int d = 0; d < head_dim; d++) memcpy(keys + (slot + d * LANES) * size, key + d * size, size);
+                memcpy(value, (const char *)v + ((first + t) * kv_stride + h * head_dim) * size, head_dim * size);
+            }
+        if (past + count > longest) longest = past + count;
+        tiles += (count + TILE - 1) / TILE * kv_heads;
     }
-    int failed = 0, items = rows * kv_heads;
+    Tile *plan = malloc((tiles ? tiles : 1) * sizeof(Tile));
+    if (!plan) return 1;
+    int64_t n = 0;
+    for (int r = 0; r < rows; r++) {
+        int64_t count = meta[5 * r + 4];
+        for (int64_t start = 0; start < count; start += TILE)
+            for (int h = 0; h < kv_heads; h++) {
+                Tile tile = {r, start, start + TILE < count ? start + TILE : count, h};
+                plan[n++] = tile;
+            }
+    }
+    int64_t most = (int64_t)TILE * (heads / kv_heads), padded = (longest + LANES - 1) / LANES * LANES;
+    size_t floats = (size_t)(most * (2 * head_dim + padded + 1) + LANES * head_dim);
+    int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *scores = malloc((size_t)(heads / kv_heads) * longest * sizeof(float));
-        if (!scores) {
+        float *work = malloc(floats * sizeof(float));
+        if (!work) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(dynamic)
-        for (int i = 0; i < items; i++)
-            if (scores)
-                attend_head(meta + 4 * (i / kv_heads), layer, heads, kv_heads, head_dim, scale, bf16, q, q_stride, out,
-                            i % kv_heads, scores);
-        free(scores);
+        for (int64_t i = 0; i < tiles; i++)
+            if (work)
+                attend_tile(meta + 5 * plan[i].row, plan[i].start, plan[i].end, plan[i].kv_head, layer, heads, kv_heads,
+                            head_dim, scale, bf16, q, q_stride, out, work);
+        free(work);
     }
+    free(plan);
     return failed;
 }
 

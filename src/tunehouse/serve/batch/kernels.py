@@ -1,11 +1,12 @@
-"""The batched step's compiled passes (`kernels.c`, through ctypes): decode attention, RMSNorm with the
+"""The batched step's compiled passes (`kernels.c`, through ctypes): attention, RMSNorm with the
 residual add before it, RoPE, and SwiGLU's gate, each one call over every token of a step.
 
-PyTorch's attention takes one sequence per call, so a step of 16 decoding rows made 16 calls per layer;
-and each element-wise operation is a call and a pass of its own, where a decode step's tensors are so
-small that the calls cost far more than their arithmetic. `kernels.c` computes each token alone, in a
-fixed order, so a row's result does not depend on its companions. Prompt chunks still attend through
-PyTorch (`llama.py`), which computes many queries at once faster.
+PyTorch's attention takes one sequence per call, so a step of 16 decoding rows made 16 calls per layer
+(and a prompt, cut into aligned blocks so its result would not depend on how it was split, one per 16
+positions); and each element-wise operation is a call and a pass of its own, where a decode step's
+tensors are so small that the calls cost far more than their arithmetic. `kernels.c` computes each
+token and each query alone, by the same code wherever it falls, so a row's result does not depend on
+its companions or on how its prompt was split between steps.
 
 The C file is compiled for this machine (`cc -O3 -march=native -fopenmp`, about a second) on first use
 into `Settings.kernels_dir`, named by a hash of the source, the flags and the CPU's flags, and shared by
@@ -64,7 +65,7 @@ def _build(target: Path) -> None:
 
 _I, _I64, _F = ctypes.c_int, ctypes.c_int64, ctypes.c_float
 _SIGNATURES = {
-    "decode_attention": [_I, _POINTER, _I, _I, _I, _I, _F, _I, _POINTER, _POINTER, _POINTER, _I64, _I64, _POINTER, _I],
+    "attention": [_I, _POINTER, _I, _I, _I, _I, _F, _I, _POINTER, _POINTER, _POINTER, _I64, _I64, _POINTER, _I],
     "rms_norm": [_I64, _I64, _POINTER, _I64, _POINTER, _POINTER, _F, _I, _POINTER, _I],
     "rope": [_I64, _I, _I, _POINTER, _I64, _POINTER, _POINTER, _I, _I],
     "silu_mul": [_I64, _I64, _POINTER, _I, _POINTER, _I],
@@ -100,24 +101,24 @@ def _bf16(t: torch.Tensor) -> int:
     return int(t.dtype == torch.bfloat16)
 
 
-def decode_attention(
+def attention(
     lib: ctypes.CDLL,
     meta: torch.Tensor,
     layer: int,
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    out: torch.Tensor,
     scale: float,
-) -> None:
-    """Write the decoding rows' keys and values into their caches and their attention into `out`.
+) -> torch.Tensor:
+    """Write every row's keys and values into its cache, and return every query's attention over its
+    row's cache up to its own position, `[tokens, heads, head_dim]`.
 
-    `meta` is `[rows, 4]` int64: cache address, capacity, positions cached, the row's token (see
+    `meta` is `[rows, 5]` int64: cache address, capacity, positions cached, first token, tokens (see
     `kernels.c`); q `[tokens, heads, head_dim]`, k and v `[tokens, kv_heads, head_dim]`, each with its
-    heads contiguous (views of one qkv row will do), of the caches' dtype; out contiguous. Only the
-    decoding rows' tokens of `out` are written."""
+    heads contiguous (views of one qkv row will do), of the caches' dtype."""
     assert q.stride()[1:] == (q.shape[2], 1) and k.stride() == v.stride() and k.stride()[1:] == (k.shape[2], 1)
-    status = lib.decode_attention(
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    status = lib.attention(
         meta.shape[0],
         meta.data_ptr(),
         layer,
@@ -134,7 +135,8 @@ def decode_attention(
         out.data_ptr(),
         torch.get_num_threads(),
     )
-    _check(status, "decode attention")
+    _check(status, "attention")
+    return out
 
 
 def rms_norm(

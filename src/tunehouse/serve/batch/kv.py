@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 16  # prompt tokens per prefix-cache block
-FIRST_CAPACITY = 64  # positions a new sequence's cache holds before it first grows
+BLOCK = 16  # prompt tokens per prefix-cache block, and positions per block of blocked keys (`kernels.c`'s LANES)
+FIRST_CAPACITY = 64  # positions a new sequence's cache holds before it first grows: a multiple of BLOCK
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,9 @@ class CacheShape:
     head_dim: int
     dtype: torch.dtype
     device: torch.device
+    blocked_keys: bool = False
+    """Keys kept as `kernels.c` keeps them: each block of `BLOCK` positions transposed. Copies then move
+    whole blocks only, and only the kernels read the keys."""
 
     def bytes_per_token(self) -> int:
         return self.layers * 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
@@ -51,13 +54,19 @@ class SequenceCache:
         while capacity < positions:
             capacity *= 2
         grown = self._empty(capacity)
-        grown[:, :, :, : self.length] = self.kv[:, :, :, : self.length]
+        filled = self._filled()
+        grown[:, :, :, :filled] = self.kv[:, :, :, :filled]
         self.kv = grown
+
+    def _filled(self) -> int:
+        """The positions a copy moves: those filled, or with blocked keys every block they touch."""
+        return -(-self.length // BLOCK) * BLOCK if self.shape.blocked_keys else self.length
 
     def fork(self) -> SequenceCache:
         """A copy holding the same filled positions, for a choice that shares this one's prompt."""
         twin = SequenceCache(self.shape, self.kv.shape[3])
-        twin.kv[:, :, :, : self.length] = self.kv[:, :, :, : self.length]
+        filled = self._filled()
+        twin.kv[:, :, :, :filled] = self.kv[:, :, :, :filled]
         twin.length = self.length
         return twin
 

@@ -3,10 +3,10 @@
 The tokens of every row in a step — one for a sequence that decodes, a chunk of its prompt for one that
 prefills — are packed into one `[tokens, hidden]` matrix, so each projection is one matmul over the
 whole batch (q/k/v as one, gate/up as one). Attention runs per sequence over that sequence's cache, so
-a row's result never depends on its companions: decoding rows through `kernels.c`, all of them in one
-call per layer; prompt chunks through PyTorch's scaled-dot-product attention. On a CPU the element-wise
-passes (RMSNorm with its residual add, RoPE, SwiGLU's gate) are `kernels.c`'s too; on CUDA, or where
-no C compiler built them, every pass is PyTorch's. Rows that use a LoRA adapter are grouped, and each
+a row's result never depends on its companions. On a CPU, attention and the element-wise passes
+(RMSNorm with its residual add, RoPE, SwiGLU's gate) are `kernels.c`'s, each one call per layer for
+every row; on CUDA, or where no C compiler built them, every pass is PyTorch's (attention one call per
+sequence and aligned block of its queries). Rows that use a LoRA adapter are grouped, and each
 group adds its own low-rank update to the projections it adapts (`lora.py`). The weights are the
 Hugging Face model's own, in bf16 where the hardware computes it fast; RoPE's frequencies (theta and
 scaling) come from the model's own rotary embedding.
@@ -41,14 +41,11 @@ def supports(model: Any) -> bool:
 
 @dataclass
 class Row:
-    """One sequence's part of a step: `token_ids` at positions `cache.length …`, then written to `cache`.
-    A decoding row's one token is one it generated; a prompt's tokens are never decoding, so a position
-    is always computed by the same attention, whatever shares its step."""
+    """One sequence's part of a step: `token_ids` at positions `cache.length …`, then written to `cache`."""
 
     token_ids: list[int]
     cache: SequenceCache
     lora: LoraWeights | None = None
-    decoding: bool = False
 
 
 def _linear(module: Any, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -147,7 +144,8 @@ class BatchedLlama:
             and self.heads // self.kv_heads <= 16
         )
         self.kernels = kernels.library() if fits_kernels else None
-        self.cache_shape = CacheShape(len(self.layers), self.kv_heads, self.head_dim, dtype, self.device)
+        blocked = self.kernels is not None
+        self.cache_shape = CacheShape(len(self.layers), self.kv_heads, self.head_dim, dtype, self.device, blocked)
 
     def new_cache(self) -> SequenceCache:
         return SequenceCache(self.cache_shape)
@@ -213,12 +211,13 @@ class BatchedLlama:
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0].contiguous(), sin[0].contiguous()  # [tokens, head_dim]
         total = tokens.shape[0]
-        decoding = [i for i, row in enumerate(rows) if row.decoding and self.kernels is not None]
         meta = torch.tensor(
-            [[rows[i].cache.kv.data_ptr(), rows[i].cache.kv.shape[3], spans[i][2], spans[i][0]] for i in decoding],
+            [
+                [row.cache.kv.data_ptr(), row.cache.kv.shape[3], past, first, end - first]
+                for row, (first, end, past) in zip(rows, spans, strict=True)
+            ],
             dtype=torch.int64,
         )
-        others = sorted(set(range(len(rows))) - set(decoding))
         q_end = self.heads * self.head_dim
         k_end = q_end + self.kv_heads * self.head_dim
         delta: torch.Tensor | None = None  # the last layer's MLP output, not yet added to x
@@ -229,13 +228,12 @@ class BatchedLlama:
             q = qkv[:, :q_end].view(total, self.heads, self.head_dim)
             k = qkv[:, q_end:k_end].view(total, self.kv_heads, self.head_dim)
             v = qkv[:, k_end:].view(total, self.kv_heads, self.head_dim)
-            attended = torch.empty((total, self.heads, self.head_dim), dtype=self.dtype, device=self.device)
-            if decoding:
-                assert self.kernels is not None
-                kernels.decode_attention(self.kernels, meta, index, q, k, v, attended, self.scale)
-            for i in others:
-                first, end, past = spans[i]
-                attended[first:end] = self._attend(rows[i].cache, index, past, q[first:end], k[first:end], v[first:end])
+            if self.kernels is not None:
+                attended = kernels.attention(self.kernels, meta, index, q, k, v, self.scale)
+            else:
+                attended = torch.empty((total, self.heads, self.head_dim), dtype=self.dtype, device=self.device)
+                for row, (first, end, past) in zip(rows, spans, strict=True):
+                    attended[first:end] = self._attend(row.cache, index, past, q[first:end], k[first:end], v[first:end])
             o = self._project(attended.view(total, -1), index, layer.o, groups)
             h = self._norm(x, layer.mlp_norm, o)
             delta = self._project(self._gate(self._project(h, index, layer.gate_up, groups)), index, layer.down, groups)
