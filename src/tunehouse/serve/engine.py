@@ -59,6 +59,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 import psutil
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LogitsProcessor,
@@ -150,7 +151,7 @@ class ScoredPrompt:
 class LoadedModel:
     """One set of weights in memory, its tokenizer, and the LoRA adapters loaded onto it."""
 
-    model: Any
+    hf: Any  # the Hugging Face model generate's path runs on; None until a request needs it (see `model`)
     tokenizer: Any
     context_length: int
     vocab_size: int  # token ids run from 0 to vocab_size - 1
@@ -159,6 +160,26 @@ class LoadedModel:
     batched: BatchedLlama | None = None  # the batched forward pass; None: generate's path only
     loras: OrderedDict[str, LoraWeights] = field(default_factory=OrderedDict)  # model id -> batched adapter
     prefix: PrefixCache = field(default_factory=lambda: PrefixCache(PREFIX_CACHE_BYTES))
+    folder: str = ""  # where the weights are read from
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def model(self) -> Any:
+        """The Hugging Face model in float32. Where the batched pass serves a model, this is read from
+        the folder only when a request first takes generate's path (logprobs, a DoRA adapter), so a
+        server that never needs it never holds a float32 copy of the weights beside the batched one."""
+        if self.hf is None:
+            self.hf = _read_model(self.folder, torch.float32, self.device)
+        return self.hf
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self.hf = value
+
+
+def _read_model(folder: str, dtype: torch.dtype, device: torch.device) -> Any:
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    return model.to(device).eval()
 
 
 @dataclass(frozen=True)
@@ -486,21 +507,24 @@ class Engine:
     def _load_folder(self, model_id: str, path: str) -> LoadedModel:
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)
-            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-            model = model.to(self.device).eval()
+            batchable = supports(AutoConfig.from_pretrained(path))
+            # A model the batched pass serves is read in its dtype (no float32 copy; see LoadedModel.model)
+            model = _read_model(path, self.dtype if batchable else torch.float32, self.device)
         except Exception as exc:  # whatever a broken folder raises, it is the model's fault, not the request's
             raise ModelLoadError(f"The model '{model_id}' could not be loaded: {exc}", param="model") from exc
         context = getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
         vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
         spelling = TokenSpelling(tokenizer)
-        batched = BatchedLlama(model, self.dtype) if supports(model) else None
+        batched = BatchedLlama(model, self.dtype) if batchable else None
         return LoadedModel(
-            model=model,
+            hf=None if batchable else model,
             tokenizer=tokenizer,
             context_length=context,
             vocab_size=vocab,
             spelling=spelling,
             batched=batched,
+            folder=path,
+            device=self.device,
         )
 
     def _activate_adapter(self, loaded: LoadedModel, model: ModelInfo) -> None:

@@ -307,7 +307,7 @@ def _loaded_model(folder: Path, max_model_len: int | None) -> LoadedModel:
     context = max_model_len or text.get("max_position_embeddings") or DEFAULT_CONTEXT
     vocab = min(len(tokenizer), int(text.get("vocab_size") or len(tokenizer)))
     return LoadedModel(
-        model=None, tokenizer=tokenizer, context_length=context, vocab_size=vocab, spelling=TokenSpelling(tokenizer)
+        hf=None, tokenizer=tokenizer, context_length=context, vocab_size=vocab, spelling=TokenSpelling(tokenizer)
     )
 
 

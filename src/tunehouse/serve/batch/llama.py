@@ -27,13 +27,16 @@ from tunehouse.serve.batch.lora import LoraWeights
 
 SUPPORTED_ARCHITECTURES = frozenset({"LlamaForCausalLM"})
 PACKED_FOR_ROWS = 16  # the rows oneDNN's packed layout is chosen for: a decode step's batch
+REFINED_LOGITS = 8  # each row's most likely tokens whose logits are recomputed in float32 (`_refine`)
 
 
-def supports(model: Any) -> bool:
-    """Whether `model` (a transformers model) is one this forward pass computes."""
-    config = model.config
+def supports(config: Any) -> bool:
+    """Whether a model of `config` (a transformers config) is one this forward pass computes."""
+    names = getattr(config, "architectures", None) or (
+        ["LlamaForCausalLM"] if getattr(config, "model_type", None) == "llama" else []
+    )
     return (
-        type(model).__name__ in SUPPORTED_ARCHITECTURES
+        bool(set(names) & SUPPORTED_ARCHITECTURES)
         and getattr(config, "pretraining_tp", 1) == 1
         and not getattr(config, "sliding_window", None)
     )
@@ -122,7 +125,9 @@ class BatchedLlama:
         self.rotary = inner.rotary_emb
         self.embed = inner.embed_tokens.weight.detach().to(dtype)
         self.norm = inner.norm.weight.detach().to(dtype)
-        self.lm_head = _packed(_Fused(*_linear(model.lm_head, dtype), (("lm_head", 0, model.lm_head.out_features),)))
+        head_weight, head_bias = _linear(model.lm_head, dtype)
+        self.lm_head = _packed(_Fused(head_weight, head_bias, (("lm_head", 0, model.lm_head.out_features),)))
+        self.head_rows = (head_weight, head_bias)  # for `_refine` (tied heads share the embedding's tensor)
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -242,7 +247,22 @@ class BatchedLlama:
         last = torch.tensor([end - 1 for _, end, _ in spans], device=self.device)
         assert delta is not None
         h = self._norm(x[last], self.norm, delta[last])
-        return self.lm_head(h).float()
+        return self._refine(h, self.lm_head(h).float())
+
+    def _refine(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """`logits` with each row's most likely tokens' recomputed in float32 from `h`.
+
+        Logits come out of a bf16 matmul rounded to 8 bits: between 16 and 32 a step of 0.125, so two
+        near-tied tokens often fall on the same value and greedy decoding picks by token id. Recomputing
+        the few that can be the largest keeps the choice the model's."""
+        if self.dtype == torch.float32:
+            return logits
+        weight, bias = self.head_rows
+        top = logits.topk(REFINED_LOGITS, dim=-1).indices  # [rows, k]
+        exact = torch.einsum("rkh,rh->rk", weight[top].float(), h.float())
+        if bias is not None:
+            exact += bias[top].float()
+        return logits.scatter_(1, top, exact)
 
     def _attend(
         self, cache: SequenceCache, layer: int, past: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
