@@ -120,6 +120,8 @@ class RunningServer:
     adapters: list[str] = field(default_factory=list)
     peak_rss: int = 0
     """The most resident memory its process tree held, sampled while it ran."""
+    training_ttft: list[float] = field(default_factory=list)
+    """Times to first token of chats sent while its fine-tuning jobs trained (`make_adapters`)."""
 
 
 # --- statistics ---------------------------------------------------------------------------------------
@@ -356,9 +358,29 @@ def _adapter_examples(colour: str) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
+def _first_token_seconds(client: OpenAI, model: str) -> float:
+    """One short streamed chat's time to its first text."""
+    start = time.perf_counter()
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt(SHORT_PROMPT_WORDS, "Name a harbour town, in one word.")}],
+        max_tokens=4,
+        temperature=0,
+        stream=True,
+    )
+    try:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        return time.perf_counter() - start
+    finally:
+        stream.close()
+
+
 def make_adapters(server: RunningServer, timeout: float = 1800.0) -> list[str]:
     """Two LoRA fine-tunes of the base through the server's own API (1-epoch jobs on 10 examples), so
-    the mixed-adapter round serves adapters as users make them."""
+    the mixed-adapter round serves adapters as users make them. While a job trains, a short chat is
+    sent every second: their times to first token go to `server.training_ttft`."""
     client = OpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
     jobs = []
     for suffix, colour in zip(ADAPTER_SUFFIXES, ("blue", "green"), strict=True):
@@ -375,6 +397,8 @@ def make_adapters(server: RunningServer, timeout: float = 1800.0) -> list[str]:
         while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in ("succeeded", "failed", "cancelled"):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"fine-tuning job {job_id} did not finish in {timeout:.0f} s")
+            if job.status == "running":
+                server.training_ttft.append(_first_token_seconds(client, server.model))
             time.sleep(1)
         if job.status != "succeeded" or not job.fine_tuned_model:
             raise RuntimeError(f"fine-tuning job {job_id} {job.status}: {job.error}")
@@ -525,6 +549,7 @@ def _report(
         "rounds": rounds,
         "summary": summary,
         "peak_rss_bytes": {server.system: server.peak_rss for server in servers},
+        "ttft_while_training_seconds": {s.system: s.training_ttft for s in servers if s.training_ttft},
         "ratios": ratios(summary),
         "mixed_over_base": _mixed_over_base(summary.get("tunehouse", {}), mixed),
     }

@@ -212,6 +212,8 @@ def _serve_row(metric: str) -> tuple[tuple[int, int, int], str]:
 
 
 def _print_serve_report(report: dict[str, Any]) -> None:
+    from tunehouse.bench.serve import percentile
+
     summary, ratios = report["summary"], report["ratios"]
     systems = list(summary)
     metrics = sorted({m for figures in summary.values() for m in figures}, key=lambda m: _serve_row(m)[0])
@@ -233,6 +235,11 @@ def _print_serve_report(report: dict[str, Any]) -> None:
         console.print(
             f"tunehouse with two adapters and the base mixed: {report['mixed_over_base']:.2f}× its base-only "
             "aggregate tokens/s at as many clients."
+        )
+    for system, seconds in report["ttft_while_training_seconds"].items():
+        console.print(
+            f"{system}, chats sent while a fine-tuning job trained: time to first token median "
+            f"{percentile(seconds, 50):.2f} s, max {max(seconds):.2f} s, over {len(seconds)} chats."
         )
     for system, why in report["skipped"].items():
         console.print(f"{system} skipped: {why}")
