@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ import psutil
 from openai import AsyncOpenAI, OpenAI
 
 SYSTEMS = ("tunehouse", "llama.cpp", "vllm")
+IDLE_CORES = 0.05  # what a server may use and count as idle between two systems' turns (`_settle`)
 BEFORE = "tunehouse-before"  # an older tunehouse, from the source folder `before`
 # Words of prose in each prompt: SmolLM2's chat template (its default system prompt) and the task
 # make up the first ~50 tokens, so these give prompts of about 50 and 500 tokens.
@@ -377,11 +378,47 @@ def _first_token_seconds(client: OpenAI, model: str) -> float:
         stream.close()
 
 
+def _busy_cores(servers: list[RunningServer], seconds: float) -> float:
+    """Cores the servers' process trees kept busy over the next `seconds`."""
+
+    def cpu_seconds() -> float:
+        total = 0.0
+        for server in servers:
+            with suppress(psutil.Error):
+                root = psutil.Process(server.process.pid)
+                for process in [root, *root.children(recursive=True)]:
+                    with suppress(psutil.Error):
+                        times = process.cpu_times()
+                        total += times.user + times.system
+        return total
+
+    before = cpu_seconds()
+    time.sleep(seconds)
+    return (cpu_seconds() - before) / seconds
+
+
+def _settle(servers: list[RunningServer], timeout: float = 30.0) -> None:
+    """Until every server is idle: vLLM's engine keeps a core busy for a second or so after its last
+    request, which the next system's first measurements would otherwise pay for."""
+    deadline = time.monotonic() + timeout
+    while _busy_cores(servers, 0.5) > IDLE_CORES and time.monotonic() < deadline:
+        pass
+
+
+def _wait_for_trainers(server: RunningServer, timeout: float = 120.0) -> None:
+    """Until the server has no child process: a job is `succeeded` before its trainer has exited."""
+    deadline = time.monotonic() + timeout
+    with suppress(psutil.Error):
+        while psutil.Process(server.process.pid).children(recursive=True) and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
 def make_adapters(server: RunningServer, timeout: float = 1800.0) -> list[str]:
     """Two LoRA fine-tunes of the base through the server's own API (1-epoch jobs on 10 examples), so
     the mixed-adapter round serves adapters as users make them. While a job trains, a short chat is
     sent every second: their times to first token go to `server.training_ttft`."""
     client = OpenAI(base_url=server.base_url, api_key="sk-bench", max_retries=0)
+    _first_token_seconds(client, server.model)  # loads the base, so the chats below time serving alone
     jobs = []
     for suffix, colour in zip(ADAPTER_SUFFIXES, ("blue", "green"), strict=True):
         upload = client.files.create(file=(f"{suffix}.jsonl", _adapter_examples(colour).encode()), purpose="fine-tune")
@@ -513,13 +550,15 @@ def run(
             log(f"{system} ready in {time.monotonic() - started:.0f} s")
             if system == "tunehouse" and settings.adapters:
                 server.adapters = make_adapters(server)
-                server.peak_rss = 0  # serving alone from here: the jobs that trained the adapters are done
+                _wait_for_trainers(server)
+                server.peak_rss = 0  # serving alone from here: the jobs that trained the adapters are gone
                 log(f"adapters: {', '.join(server.adapters)}")
             asyncio.run(_warm_up(server))
             servers.append(server)
         for number in range(settings.rounds):
             order = servers[number % len(servers) :] + servers[: number % len(servers)]
             for server in order:
+                _settle(servers)
                 log(f"round {number + 1}/{settings.rounds}: {server.system}")
                 rounds[server.system].append(asyncio.run(workload(server, settings, log)))
             if on_round is not None and number + 1 < settings.rounds:
