@@ -13,7 +13,7 @@ from tunehouse.serve.batch import kernels
 from tunehouse.serve.batch.kv import CacheShape, SequenceCache
 
 LIBRARY = kernels.library()
-pytestmark = pytest.mark.skipif(LIBRARY is None, reason="no C compiler: the engine serves on the Hugging Face path")
+pytestmark = pytest.mark.skipif(LIBRARY is None, reason="no C compiler: the batched pass runs in PyTorch")
 HEADS, KV_HEADS, HEAD_DIM, LAYERS = 6, 2, 32, 2
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 

@@ -10,8 +10,8 @@ its companions or on how its prompt was split between steps.
 
 The C file is compiled for this machine (`cc -O3 -march=native -fopenmp`, about a second) on first use
 into `Settings.kernels_dir`, named by a hash of the source, the flags and the CPU's flags, and shared by
-every process. Where no C compiler is found, `library()` is None and the engine serves Llama models on
-the Hugging Face path, as it does other architectures.
+every process. Where no C compiler is found, `library()` is None and the batched pass runs the same
+steps in PyTorch (`llama.py`), more slowly.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def library() -> ctypes.CDLL | None:
         loaded = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else exc
-        log.warning("Llama models are served on the Hugging Face path: the serving kernels did not build: %s", detail)
+        log.warning("Serving runs its batched steps in PyTorch: the serving kernels did not build: %s", detail)
         return None
     for name, argtypes in _SIGNATURES.items():
         function = getattr(loaded, name)
