@@ -109,7 +109,8 @@ class _Layer:
 
 
 class BatchedLlama:
-    """The forward pass of one loaded Llama model in `dtype`; weights copied only when `dtype` differs."""
+    """The forward pass of one loaded Llama model in `dtype`: its projections copied (stacked, packed),
+    its norms and embedding shared with the model where the dtype is the model's."""
 
     def __init__(self, model: Any, dtype: torch.dtype) -> None:
         config = model.config
