@@ -46,15 +46,15 @@ class RowSampler:
         """True once the constraint's grammar is complete."""
         return self.constraint is not None and self.constraint.is_done()
 
-    def draw(self, logits: torch.Tensor, checked: tuple[bool, int] | None = None) -> int:
+    def draw(self, logits: torch.Tensor, checked: tuple[bool, int]) -> int:
         """The next token from this row's float32 logits `[vocab]` (changed in place); the constraint is told.
-        `checked`, where the step computed them for all its rows at once: whether these logits are
-        broken (NaN or +inf), and their argmax."""
-        broken, argmax = checked if checked is not None else (bool((logits.isnan() | logits.isposinf()).any()), None)
+        `checked`, computed by the step for all its rows at once: whether these logits are broken (NaN
+        or +inf), and their argmax."""
+        broken, argmax = checked
         if broken:
             raise BrokenLogits
         adjusts = bool(self.logit_bias or self.presence_penalty or self.frequency_penalty or self.constraint)
-        if self.temperature <= 0 and argmax is not None and not adjusts:
+        if self.temperature <= 0 and not adjusts:
             self.generated.append(argmax)
             return argmax
         if adjusts:
