@@ -539,7 +539,7 @@ class Engine:
         context = getattr(model.config, "max_position_embeddings", None) or DEFAULT_CONTEXT
         vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
         spelling = TokenSpelling(tokenizer)
-        batched = BatchedLlama(model, self.dtype) if batchable else None
+        batched = BatchedLlama(model, self.dtype, path) if batchable else None
         return LoadedModel(
             hf=None if batchable else model,
             tokenizer=tokenizer,

@@ -32,7 +32,7 @@ from tunehouse.config import settings
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels.c")
+SOURCES = (Path(__file__).with_name("kernels.c"), Path(__file__).with_name("blocks.c"))
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC")
 _POINTER = ctypes.c_void_p
 
@@ -48,7 +48,9 @@ def _cpu_flags() -> str:
 
 
 def _library_path() -> Path:
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_flags().encode()).hexdigest()
+    digest = hashlib.sha256(
+        b"".join(source.read_bytes() for source in SOURCES) + " ".join(FLAGS).encode() + _cpu_flags().encode()
+    ).hexdigest()
     return settings().kernels_dir / f"serve_kernels-{digest[:16]}.so"
 
 
@@ -59,7 +61,9 @@ def _build(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)], check=True, capture_output=True, text=True
+        )
         os.replace(built, target)  # whole or not at all, for a process that builds beside this one
 
 
@@ -69,6 +73,8 @@ _SIGNATURES = {
     "rms_norm": [_I64, _I64, _POINTER, _I64, _POINTER, _POINTER, _F, _I, _POINTER, _I],
     "rope": [_I64, _I, _I, _POINTER, _I64, _POINTER, _POINTER, _I, _I],
     "silu_mul": [_I64, _I64, _POINTER, _I, _POINTER, _I],
+    "block_matmul": [_I64, _I64, _I64, _POINTER, _I64, _POINTER, _I, _POINTER, _POINTER, _POINTER, _I64, _I],
+    "block_matmul_available": [],
 }
 
 

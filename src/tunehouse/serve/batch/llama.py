@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from tunehouse.serve.batch import kernels
+from tunehouse.serve.batch.blocks import BlockWeight, Checkpoint, quantized
 from tunehouse.serve.batch.kv import BLOCK, CacheShape, SequenceCache
 from tunehouse.serve.batch.lora import LoraWeights
 
@@ -63,14 +64,19 @@ class _Fused:
 
     In bf16 on a CPU the stacked weight is packed once into oneDNN's blocked layout (what PyTorch's
     own compiler does for CPU inference), so no step re-packs it; a decode step then runs its matmuls
-    in about two thirds of the time (BENCHMARKS.md)."""
+    in about two thirds of the time (BENCHMARKS.md). Weights that are block-quantized values stay
+    blocks (`blocks.py`)."""
 
-    weight: torch.Tensor
+    weight: torch.Tensor | BlockWeight
     bias: torch.Tensor | None
     columns: tuple[tuple[str, int, int], ...]  # (projection, first column, end)
     packed: bool = False
+    lib: Any = None  # the compiled kernels, for a BlockWeight
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.weight, BlockWeight):
+            out = self.weight.matmul(self.lib, x)
+            return out if self.bias is None else out.add_(self.bias)
         if self.packed:
             return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
         return _linear_rows(x, self.weight, self.bias)
@@ -80,13 +86,36 @@ def _packed(fused: _Fused) -> _Fused:
     """`fused` with its weight in oneDNN's layout, where PyTorch has oneDNN and the weights are bf16 on
     the CPU; else as it is."""
     weight = fused.weight
-    if weight.dtype != torch.bfloat16 or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+    if (
+        isinstance(weight, BlockWeight)
+        or weight.dtype != torch.bfloat16
+        or weight.device.type != "cpu"
+        or not torch.backends.mkldnn.is_available()
+    ):
         return fused
     packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACKED_FOR_ROWS)
     return _Fused(packed, fused.bias, fused.columns, packed=True)
 
 
-def _fuse(module: Any, names: tuple[str, ...], dtype: torch.dtype) -> _Fused:
+class _Exact:
+    """Block-quantized forms of a model's weights, found in the float32 tensors of its checkpoint."""
+
+    def __init__(self, folder: str | None, lib: Any) -> None:
+        self.checkpoint = Checkpoint(folder) if folder and lib is not None and lib.block_matmul_available() else None
+        self.lib = lib
+
+    def blocks(self, names: list[str]) -> BlockWeight | None:
+        """The tensors `names` stacked (as one fused projection), as blocks; None where any is not saved
+        in float32 or is not block-quantized values."""
+        if self.checkpoint is None:
+            return None
+        tensors = [self.checkpoint.get(name) for name in names]
+        if any(t is None or t.dtype != torch.float32 for t in tensors):
+            return None
+        return quantized(torch.cat([t for t in tensors if t is not None]))
+
+
+def _fuse(module: Any, names: tuple[str, ...], dtype: torch.dtype, exact: _Exact, prefix: str) -> _Fused:
     parts = [_linear(getattr(module, name), dtype) for name in names]
     columns, start = [], 0
     for name, (weight, _) in zip(names, parts, strict=True):
@@ -95,6 +124,9 @@ def _fuse(module: Any, names: tuple[str, ...], dtype: torch.dtype) -> _Fused:
     bias = None
     if any(b is not None for _, b in parts):
         bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
+    blocks = exact.blocks([f"{prefix}.{name}.weight" for name in names]) if dtype == torch.bfloat16 else None
+    if blocks is not None:
+        return _Fused(blocks, bias, tuple(columns), lib=exact.lib)
     return _packed(_Fused(torch.cat([weight for weight, _ in parts]), bias, tuple(columns)))
 
 
@@ -112,7 +144,9 @@ class BatchedLlama:
     """The forward pass of one loaded Llama model in `dtype`: its projections copied (stacked, packed),
     its norms and embedding shared with the model where the dtype is the model's."""
 
-    def __init__(self, model: Any, dtype: torch.dtype) -> None:
+    def __init__(self, model: Any, dtype: torch.dtype, folder: str | None = None) -> None:
+        """`folder`: the model's own files, where weights saved as block-quantized float32 values are
+        found again as blocks (`blocks.py`)."""
         config = model.config
         inner = model.model
         self.dtype = dtype
@@ -124,24 +158,6 @@ class BatchedLlama:
         self.eps = config.rms_norm_eps
         self.act = ACT2FN[config.hidden_act]
         self.rotary = inner.rotary_emb
-        self.embed = inner.embed_tokens.weight.detach().to(dtype)
-        self.norm = inner.norm.weight.detach().to(dtype)
-        head_weight, head_bias = _linear(model.lm_head, dtype)
-        self.lm_head = _packed(_Fused(head_weight, head_bias, (("lm_head", 0, model.lm_head.out_features),)))
-        self.head_rows = (head_weight, head_bias)  # for `_refine` (tied heads share the embedding's tensor)
-        self.layers = []
-        for layer in inner.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            self.layers.append(
-                _Layer(
-                    layer.input_layernorm.weight.detach().to(dtype),
-                    layer.post_attention_layernorm.weight.detach().to(dtype),
-                    qkv=_fuse(attn, ("q_proj", "k_proj", "v_proj"), dtype),
-                    o=_fuse(attn, ("o_proj",), dtype),
-                    gate_up=_fuse(mlp, ("gate_proj", "up_proj"), dtype),
-                    down=_fuse(mlp, ("down_proj",), dtype),
-                )
-            )
         fits_kernels = (
             self.device.type == "cpu"
             and config.hidden_act == "silu"
@@ -150,6 +166,38 @@ class BatchedLlama:
             and self.heads // self.kv_heads <= 16
         )
         self.kernels = kernels.library() if fits_kernels else None
+        exact = _Exact(folder if dtype == torch.bfloat16 else None, self.kernels)
+        embed_blocks = exact.blocks(["model.embed_tokens.weight"])
+        self.embed: torch.Tensor | BlockWeight = (
+            embed_blocks if embed_blocks is not None else inner.embed_tokens.weight.detach().to(dtype)
+        )
+        self.norm = inner.norm.weight.detach().to(dtype)
+        head_columns = (("lm_head", 0, model.lm_head.out_features),)
+        head_bias = _linear(model.lm_head, dtype)[1]
+        tied = model.lm_head.weight is inner.embed_tokens.weight
+        head_blocks = embed_blocks if tied else exact.blocks(["lm_head.weight"])
+        head_weight: torch.Tensor | BlockWeight
+        if head_blocks is not None:
+            head_weight = head_blocks
+            self.lm_head = _Fused(head_blocks, head_bias, head_columns, lib=self.kernels)
+        else:
+            head_weight = _linear(model.lm_head, dtype)[0]
+            self.lm_head = _packed(_Fused(head_weight, head_bias, head_columns))
+        self.head_rows = (head_weight, head_bias)  # for `_refine` (tied heads share the embedding's tensor)
+        self.layers = []
+        for index, layer in enumerate(inner.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            prefix = f"model.layers.{index}"
+            self.layers.append(
+                _Layer(
+                    layer.input_layernorm.weight.detach().to(dtype),
+                    layer.post_attention_layernorm.weight.detach().to(dtype),
+                    qkv=_fuse(attn, ("q_proj", "k_proj", "v_proj"), dtype, exact, f"{prefix}.self_attn"),
+                    o=_fuse(attn, ("o_proj",), dtype, exact, f"{prefix}.self_attn"),
+                    gate_up=_fuse(mlp, ("gate_proj", "up_proj"), dtype, exact, f"{prefix}.mlp"),
+                    down=_fuse(mlp, ("down_proj",), dtype, exact, f"{prefix}.mlp"),
+                )
+            )
         blocked = self.kernels is not None
         self.cache_shape = CacheShape(len(self.layers), self.kv_heads, self.head_dim, dtype, self.device, blocked)
 
@@ -213,7 +261,11 @@ class BatchedLlama:
             start += count
         tokens = torch.tensor([t for row in rows for t in row.token_ids], device=self.device)
         positions = torch.cat(position_lists).to(self.device)
-        x = F.embedding(tokens, self.embed)
+        x = (
+            self.embed.rows(tokens).to(self.dtype)
+            if isinstance(self.embed, BlockWeight)
+            else F.embedding(tokens, self.embed)
+        )
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0].contiguous(), sin[0].contiguous()  # [tokens, head_dim]
         total = tokens.shape[0]
@@ -260,7 +312,10 @@ class BatchedLlama:
             return logits
         weight, bias = self.head_rows
         top = logits.topk(REFINED_LOGITS, dim=-1).indices  # [rows, k]
-        exact = torch.einsum("rkh,rh->rk", weight[top].float(), h.float())
+        rows = (
+            weight.rows(top.flatten()).view(*top.shape, -1) if isinstance(weight, BlockWeight) else weight[top].float()
+        )
+        exact = (rows * h.float()[:, None, :]).sum(-1)  # a reduction per row, whatever the rows (not bmm)
         if bias is not None:
             exact += bias[top].float()
         return logits.scatter_(1, top, exact)
