@@ -19,81 +19,68 @@
 
 #define PANEL 32 /* output columns per panel: two vectors of 16 float32 lanes */
 #define BLOCK 32 /* weights per quantization block along k */
-#define TILE 4   /* rows computed together over one panel */
+#define TILE 4   /* rows computed together over one block */
+#define AHEAD 4  /* blocks ahead that a thread asks the memory for */
 
-/* The panel's integers for k pairs [0, k/2), as bf16 `[k/2][2 vectors][32]`. */
-static void unpack(const uint8_t *q, int bits, int64_t pairs, __m512i *panel) {
+/* One block's integers (16 k pairs) of a panel, as bf16 `[16 pairs][2 vectors][32]`. */
+static inline void unpack(const uint8_t *q, int bits, __m512i *block) {
     if (bits == 4) {
         /* byte i of a pair's 32: low nibble for vector 0's word i, high nibble for vector 1's */
-        __m512i table = _mm512_set_epi16(0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40e0,
-                                         0x40c0, 0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000, 0x4170, 0x4160,
-                                         0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40e0, 0x40c0, 0x40a0,
-                                         0x4080, 0x4040, 0x4000, 0x3f80, 0x0000); /* bf16(i % 16) */
-        for (int64_t j = 0; j < pairs; j++) {
+        const __m512i table = _mm512_set_epi16(
+            0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40e0, 0x40c0, 0x40a0, 0x4080, 0x4040,
+            0x4000, 0x3f80, 0x0000, 0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40e0, 0x40c0,
+            0x40a0, 0x4080, 0x4040, 0x4000, 0x3f80, 0x0000); /* bf16(i % 16) */
+        for (int j = 0; j < BLOCK / 2; j++) {
             __m512i words = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 32 * j)));
-            panel[2 * j] = _mm512_permutexvar_epi16(words, table); /* uses the index's low 5 bits */
-            panel[2 * j + 1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table);
+            block[2 * j] = _mm512_permutexvar_epi16(words, table); /* uses the index's low 5 bits */
+            block[2 * j + 1] = _mm512_permutexvar_epi16(_mm512_srli_epi16(words, 4), table);
         }
         return;
     }
-    for (int64_t j = 0; j < 2 * pairs; j++) { /* 32 signed bytes per vector, in word order */
+    for (int j = 0; j < BLOCK; j++) { /* 32 signed bytes per vector, in word order */
         __m128i lo = _mm_loadu_si128((const __m128i *)(q + 32 * j));
         __m128i hi = _mm_loadu_si128((const __m128i *)(q + 32 * j + 16));
         __m512 flo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo));
         __m512 fhi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi));
-        panel[j] = (__m512i)_mm512_cvtne2ps_pbh(fhi, flo);
+        block[j] = (__m512i)_mm512_cvtne2ps_pbh(fhi, flo);
     }
 }
 
+/* Rows' `x` (their values of one block) times one block of a panel, added to their totals `[rows][32]`
+ * as `total += d * sum(x * q) + m * sum(x)`. */
 static inline __attribute__((always_inline)) void tile(int rows, const uint16_t *x, int64_t x_stride,
-                                                       const __m512i *panel, const uint16_t *scales,
-                                                       const uint16_t *mins, const float *sums, int64_t blocks,
-                                                       uint16_t *out, int64_t out_stride) {
-    __m512 total[TILE][2];
-    for (int r = 0; r < rows; r++) total[r][0] = total[r][1] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < blocks; b++) {
-        __m512 acc[TILE][2];
-        for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        for (int64_t j = b * BLOCK / 2; j < (b + 1) * BLOCK / 2; j++) {
-            __m512bh w0 = (__m512bh)panel[2 * j], w1 = (__m512bh)panel[2 * j + 1];
-            for (int r = 0; r < rows; r++) {
-                int32_t pair;
-                memcpy(&pair, x + r * x_stride + 2 * j, sizeof pair);
-                __m512bh xs = (__m512bh)_mm512_set1_epi32(pair);
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xs, w0);
-                acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xs, w1);
-            }
-        }
-        __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(scales + b * PANEL)));
-        __m512 d1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(scales + b * PANEL + 16)));
+                                                       const __m512i *block, __m512 d[2], __m512 m[2],
+                                                       const float *sums, int64_t sums_stride, float *totals) {
+    __m512 acc[TILE][2];
+    for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int j = 0; j < BLOCK / 2; j++) {
+        __m512bh w0 = (__m512bh)block[2 * j], w1 = (__m512bh)block[2 * j + 1];
         for (int r = 0; r < rows; r++) {
-            total[r][0] = _mm512_fmadd_ps(acc[r][0], d0, total[r][0]);
-            total[r][1] = _mm512_fmadd_ps(acc[r][1], d1, total[r][1]);
-        }
-        if (mins) {
-            __m512 m0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mins + b * PANEL)));
-            __m512 m1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mins + b * PANEL + 16)));
-            for (int r = 0; r < rows; r++) {
-                __m512 s = _mm512_set1_ps(sums[r * blocks + b]);
-                total[r][0] = _mm512_fmadd_ps(m0, s, total[r][0]);
-                total[r][1] = _mm512_fmadd_ps(m1, s, total[r][1]);
-            }
+            int32_t pair;
+            memcpy(&pair, x + r * x_stride + 2 * j, sizeof pair);
+            __m512bh xs = (__m512bh)_mm512_set1_epi32(pair);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], xs, w0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], xs, w1);
         }
     }
-    for (int r = 0; r < rows; r++) {
-        _mm256_storeu_si256((__m256i *)(out + r * out_stride), (__m256i)_mm512_cvtneps_pbh(total[r][0]));
-        _mm256_storeu_si256((__m256i *)(out + r * out_stride + 16), (__m256i)_mm512_cvtneps_pbh(total[r][1]));
-    }
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < 2; c++) {
+            float *t = totals + r * PANEL + 16 * c;
+            __m512 total = _mm512_fmadd_ps(acc[r][c], d[c], _mm512_load_ps(t));
+            if (sums) total = _mm512_fmadd_ps(m[c], _mm512_set1_ps(sums[r * sums_stride]), total);
+            _mm512_store_ps(t, total);
+        }
 }
 
 /* out `[rows, n]` (row stride `out_stride`) = x `[rows, k]` (bf16, row stride `x_stride`) @ w.T, w
  * `[n, k]` packed by `blocks.py`: `q` `[n/32][k/2][32]` bytes (4 bits) or `[n/32][k/2][2][32]` (8
- * bits), `scales` and `mins` (4 bits only, else NULL) `[n/32][k/32][32]` float16. 0 on success, 1 if
- * out of memory, 2 for shapes it does not take. */
+ * bits), `scales` and `mins` (4 bits only, else NULL) `[n/32][k/32][32]` float16. A thread takes a
+ * panel at a time and a block at a time of it, unpacking the block's integers once for every row.
+ * 0 on success, 1 if out of memory, 2 for shapes it does not take. */
 int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t x_stride, const uint8_t *q, int bits,
                  const uint16_t *scales, const uint16_t *mins, uint16_t *out, int64_t out_stride, int threads) {
     if (k % BLOCK || n % PANEL || (bits != 4 && bits != 8) || (bits == 8 && mins)) return 2;
-    int64_t blocks = k / BLOCK, panels = n / PANEL, pairs = k / 2;
+    int64_t blocks = k / BLOCK, panels = n / PANEL, block_bytes = bits * BLOCK * PANEL / 8;
     float *sums = NULL;
     if (mins) { /* each row's sum of x over each block, for the blocks' `m` */
         sums = malloc(sizeof(float) * (rows * blocks > 0 ? rows * blocks : 1));
@@ -110,41 +97,61 @@ int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t 
                 sums[r * blocks + b] = s;
             }
     }
-    int64_t bytes_per_panel = bits == 4 ? 32 * pairs : 64 * pairs;
     int failed = 0;
     if (panels < threads) threads = panels > 0 ? (int)panels : 1;
 #pragma omp parallel num_threads(threads)
     {
-        __m512i *panel = aligned_alloc(64, sizeof(__m512i) * 2 * (pairs > 0 ? pairs : 1));
-        if (!panel) {
+        __m512i *block = aligned_alloc(64, sizeof(__m512i) * BLOCK);
+        float *totals = aligned_alloc(64, sizeof(float) * PANEL * (rows > 0 ? rows : 1));
+        if (!block || !totals) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < panels; p++) {
-            if (!panel) continue;
-            unpack(q + p * bytes_per_panel, bits, pairs, panel);
-            const uint16_t *s = scales + p * blocks * PANEL, *m = mins ? mins + p * blocks * PANEL : NULL;
-            int64_t r = 0;
-            for (; r + TILE <= rows; r += TILE)
-                tile(TILE, x + r * x_stride, x_stride, panel, s, m, sums ? sums + r * blocks : NULL, blocks,
-                     out + r * out_stride + p * PANEL, out_stride);
-            switch (rows - r) {
-            case 3:
-                tile(3, x + r * x_stride, x_stride, panel, s, m, sums ? sums + r * blocks : NULL, blocks,
-                     out + r * out_stride + p * PANEL, out_stride);
-                break;
-            case 2:
-                tile(2, x + r * x_stride, x_stride, panel, s, m, sums ? sums + r * blocks : NULL, blocks,
-                     out + r * out_stride + p * PANEL, out_stride);
-                break;
-            case 1:
-                tile(1, x + r * x_stride, x_stride, panel, s, m, sums ? sums + r * blocks : NULL, blocks,
-                     out + r * out_stride + p * PANEL, out_stride);
-                break;
+            if (!block || !totals) continue;
+            memset(totals, 0, sizeof(float) * PANEL * rows);
+            const uint8_t *qp = q + p * blocks * block_bytes;
+            for (int64_t b = 0; b < blocks; b++) {
+                for (int64_t line = 0; line < block_bytes; line += 64)
+                    _mm_prefetch((const char *)(qp + (b + AHEAD) * block_bytes + line), _MM_HINT_T0);
+                unpack(qp + b * block_bytes, bits, block);
+                int64_t at = (p * blocks + b) * PANEL;
+                __m512 d[2] = {_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(scales + at))),
+                               _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(scales + at + 16)))};
+                __m512 m[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+                if (mins) {
+                    m[0] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mins + at)));
+                    m[1] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mins + at + 16)));
+                }
+                const uint16_t *xb = x + b * BLOCK;
+                const float *sb = sums ? sums + b : NULL;
+                int64_t r = 0;
+                for (; r + TILE <= rows; r += TILE)
+                    tile(TILE, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
+                         totals + r * PANEL);
+                switch (rows - r) {
+                case 3:
+                    tile(3, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
+                         totals + r * PANEL);
+                    break;
+                case 2:
+                    tile(2, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
+                         totals + r * PANEL);
+                    break;
+                case 1:
+                    tile(1, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
+                         totals + r * PANEL);
+                    break;
+                }
             }
+            for (int64_t r = 0; r < rows; r++)
+                for (int c = 0; c < 2; c++)
+                    _mm256_storeu_si256((__m256i *)(out + r * out_stride + p * PANEL + 16 * c),
+                                        (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(totals + r * PANEL + 16 * c)));
         }
-        free(panel);
+        free(block);
+        free(totals);
     }
     free(sums);
     return failed;

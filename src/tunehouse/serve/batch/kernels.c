@@ -82,11 +82,32 @@ static inline float exp_nonpositive(float x) {
 }
 
 typedef float v16 __attribute__((vector_size(LANES * sizeof(float))));
+typedef int32_t i16 __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 static inline v16 lanes_at(const float *p) {
     v16 v;
     memcpy(&v, p, sizeof v);
     return v;
+}
+
+/* Where `mask` (-1 or 0 per lane) is set, `a`'s lane, else `b`'s. */
+static inline v16 chosen(i16 mask, v16 a, v16 b) { return (v16)(((i16)a & mask) | ((i16)b & ~mask)); }
+
+/* exp_nonpositive on 16 lanes at once: the same polynomial, rounding n by adding and taking away 1.5·2^23. */
+static inline v16 exp_lanes(v16 x) {
+    const v16 zero = {0}, low = zero - 87.0f, shift = zero + 12582912.0f;
+    x = chosen(x < low, low, x);
+    v16 n = (x * 1.44269504088896341f + shift) - shift;
+    v16 r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
+    return p * (v16)bits;
 }
 
 /* --- attention ---------------------------------------------------------------------------------------
@@ -148,11 +169,19 @@ static void attend_tile(const int64_t *row, int64_t start, int64_t end, int kv_h
     for (int64_t i = 0; i < queries; i++) {
         int64_t seen = past + start + i / group + 1; /* keys this query sees */
         float *s = scores + i * padded, top = s[0];
-        for (int64_t j = 1; j < seen; j++) top = s[j] > top ? s[j] : top;
-        v16 lanes = {0};
+        int64_t whole = seen / LANES * LANES;
+        if (whole) {
+            v16 tops = lanes_at(s);
+            for (int64_t j0 = LANES; j0 < whole; j0 += LANES) tops = chosen(lanes_at(s + j0) > tops, lanes_at(s + j0), tops);
+            for (int l = 0; l < LANES; l++) top = tops[l] > top ? tops[l] : top;
+        }
+        for (int64_t j = whole; j < seen; j++) top = s[j] > top ? s[j] : top;
+        v16 lanes = {0}, index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
         for (int64_t j0 = 0; j0 < seen; j0 += LANES) {
-            for (int l = 0; l < LANES; l++) s[j0 + l] = j0 + l < seen ? exp_nonpositive(s[j0 + l] - top) : 0.0f;
-            lanes += lanes_at(s + j0);
+            v16 e = exp_lanes(lanes_at(s + j0) - top);
+            if (j0 + LANES > seen) e = chosen(index < (float)(seen - j0), e, (v16){0});
+            memcpy(s + j0, &e, sizeof e);
+            lanes += e;
         }
         v16 half = lanes + __builtin_shufflevector(lanes, lanes, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
         v16 quarter = half + __builtin_shufflevector(half, half, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3);
@@ -170,7 +199,23 @@ static void attend_tile(const int64_t *row, int64_t start, int64_t end, int kv_h
             int upto = seen - j0 < LANES ? (int)(seen - j0) : LANES;
             const float *weights = scores + i * padded + j0;
             float *o = outs + i * head_dim;
-            for (int c = 0; c < head_dim; c += LANES) {
+            int c = 0;
+            for (; c + 4 * LANES <= head_dim; c += 4 * LANES) { /* four independent sums, so no FMA waits */
+                v16 a0 = lanes_at(o + c), a1 = lanes_at(o + c + LANES), a2 = lanes_at(o + c + 2 * LANES),
+                    a3 = lanes_at(o + c + 3 * LANES);
+                for (int j = 0; j < upto; j++) {
+                    const float *value = block + j * head_dim + c;
+                    a0 += weights[j] * lanes_at(value);
+                    a1 += weights[j] * lanes_at(value + LANES);
+                    a2 += weights[j] * lanes_at(value + 2 * LANES);
+                    a3 += weights[j] * lanes_at(value + 3 * LANES);
+                }
+                memcpy(o + c, &a0, sizeof a0);
+                memcpy(o + c + LANES, &a1, sizeof a1);
+                memcpy(o + c + 2 * LANES, &a2, sizeof a2);
+                memcpy(o + c + 3 * LANES, &a3, sizeof a3);
+            }
+            for (; c < head_dim; c += LANES) {
                 v16 acc = lanes_at(o + c);
                 for (int j = 0; j < upto; j++) acc += weights[j] * lanes_at(block + j * head_dim + c);
                 memcpy(o + c, &acc, sizeof acc);
