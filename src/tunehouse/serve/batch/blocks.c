@@ -80,6 +80,7 @@ static inline __attribute__((always_inline)) void tile(int rows, const uint16_t 
 int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t x_stride, const uint8_t *q, int bits,
                  const uint16_t *scales, const uint16_t *mins, uint16_t *out, int64_t out_stride, int threads) {
     if (k % BLOCK || n % PANEL || (bits != 4 && bits != 8) || (bits == 8 && mins)) return 2;
+    if (rows == 0) return 0;
     int64_t blocks = k / BLOCK, panels = n / PANEL, block_bytes = bits * BLOCK * PANEL / 8;
     float *sums = NULL;
     if (mins) { /* each row's sum of x over each block, for the blocks' `m` */
