@@ -8,7 +8,8 @@ a row's result never depends on its companions. On a CPU, attention and the elem
 every row; on CUDA, or where no C compiler built them, every pass is PyTorch's (attention one call per
 sequence and aligned block of its queries). Rows that use a LoRA adapter are grouped, and each
 group adds its own low-rank update to the projections it adapts (`lora.py`). The weights are the
-Hugging Face model's own, in bf16 where the hardware computes it fast; RoPE's frequencies (theta and
+Hugging Face model's own, in bf16 where the hardware computes it fast, or as the 4- and 8-bit blocks
+they were quantized to where they are such values (`blocks.py`); RoPE's frequencies (theta and
 scaling) come from the model's own rotary embedding.
 """
 
