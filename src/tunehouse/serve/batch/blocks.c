@@ -19,7 +19,9 @@
 
 #define PANEL 32 /* output columns per panel: two vectors of 16 float32 lanes */
 #define BLOCK 32 /* weights per quantization block along k */
-#define TILE 4   /* rows computed together over one block */
+#ifndef TILE
+#define TILE 4 /* rows computed together over one block */
+#endif
 #define AHEAD 4  /* blocks ahead that a thread asks the memory for */
 
 /* One block's integers (16 k pairs) of a panel, as bf16 `[16 pairs][2 vectors][32]`. */
@@ -74,11 +76,13 @@ static inline __attribute__((always_inline)) void tile(int rows, const uint16_t 
 
 /* out `[rows, n]` (row stride `out_stride`) = x `[rows, k]` (bf16, row stride `x_stride`) @ w.T, w
  * `[n, k]` packed by `blocks.py`: `q` `[n/32][k/2][32]` bytes (4 bits) or `[n/32][k/2][2][32]` (8
- * bits), `scales` and `mins` (4 bits only, else NULL) `[n/32][k/32][32]` float16. A thread takes a
+ * bits), `scales` and `mins` (4 bits only, else NULL) `[n/32][k/32][32]` float16. `out` is bf16, or
+ * float32 with `out_float32` (logits, whose float32 sums need no rounding to bf16). A thread takes a
  * panel at a time and a block at a time of it, unpacking the block's integers once for every row.
  * 0 on success, 1 if out of memory, 2 for shapes it does not take. */
 int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t x_stride, const uint8_t *q, int bits,
-                 const uint16_t *scales, const uint16_t *mins, uint16_t *out, int64_t out_stride, int threads) {
+                 const uint16_t *scales, const uint16_t *mins, void *out, int64_t out_stride, int out_float32,
+                 int threads) {
     if (k % BLOCK || n % PANEL || (bits != 4 && bits != 8) || (bits == 8 && mins)) return 2;
     if (rows == 0) return 0;
     int64_t blocks = k / BLOCK, panels = n / PANEL, block_bytes = bits * BLOCK * PANEL / 8;
@@ -127,29 +131,29 @@ int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t 
                 }
                 const uint16_t *xb = x + b * BLOCK;
                 const float *sb = sums ? sums + b : NULL;
-                int64_t r = 0;
-                for (; r + TILE <= rows; r += TILE)
-                    tile(TILE, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
-                         totals + r * PANEL);
-                switch (rows - r) {
-                case 3:
-                    tile(3, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
-                         totals + r * PANEL);
-                    break;
-                case 2:
-                    tile(2, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
-                         totals + r * PANEL);
-                    break;
-                case 1:
-                    tile(1, xb + r * x_stride, x_stride, block, d, m, sb ? sb + r * blocks : NULL, blocks,
-                         totals + r * PANEL);
-                    break;
+                for (int64_t r = 0; r < rows; r += TILE) {
+                    const uint16_t *xr = xb + r * x_stride;
+                    const float *sr = sb ? sb + r * blocks : NULL;
+                    float *tr = totals + r * PANEL;
+                    switch (rows - r < TILE ? rows - r : TILE) { /* a constant row count for each, unrolled */
+#define ROWS(n)                                                                                                        \
+    case n:                                                                                                            \
+        tile(n, xr, x_stride, block, d, m, sr, blocks, tr);                                                            \
+        break;
+                        ROWS(1) ROWS(2) ROWS(3) ROWS(4)
+#undef ROWS
+                    }
                 }
             }
             for (int64_t r = 0; r < rows; r++)
-                for (int c = 0; c < 2; c++)
-                    _mm256_storeu_si256((__m256i *)(out + r * out_stride + p * PANEL + 16 * c),
-                                        (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(totals + r * PANEL + 16 * c)));
+                for (int c = 0; c < 2; c++) {
+                    __m512 total = _mm512_load_ps(totals + r * PANEL + 16 * c);
+                    int64_t at = r * out_stride + p * PANEL + 16 * c;
+                    if (out_float32)
+                        _mm512_storeu_ps((float *)out + at, total);
+                    else
+                        _mm256_storeu_si256((__m256i *)((uint16_t *)out + at), (__m256i)_mm512_cvtneps_pbh(total));
+                }
         }
         free(block);
         free(totals);
@@ -161,7 +165,8 @@ int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t 
 int block_matmul_available(void) { return 1; }
 #else
 int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t x_stride, const uint8_t *q, int bits,
-                 const uint16_t *scales, const uint16_t *mins, uint16_t *out, int64_t out_stride, int threads) {
+                 const uint16_t *scales, const uint16_t *mins, void *out, int64_t out_stride, int out_float32,
+                 int threads) {
     return 2;
 }
 

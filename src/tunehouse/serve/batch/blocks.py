@@ -35,10 +35,10 @@ class BlockWeight:
     out_features: int
     in_features: int
 
-    def matmul(self, lib: ctypes.CDLL, x: torch.Tensor) -> torch.Tensor:
-        """`x @ w.T` for bf16 `x` `[rows, in_features]` (rows may be strided), in bf16."""
+    def matmul(self, lib: ctypes.CDLL, x: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+        """`x @ w.T` for bf16 `x` `[rows, in_features]` (rows may be strided), in bf16 or float32."""
         assert x.dtype == torch.bfloat16 and x.stride(1) == 1 and x.shape[1] == self.in_features
-        out = torch.empty((x.shape[0], self.out_features), dtype=torch.bfloat16)
+        out = torch.empty((x.shape[0], self.out_features), dtype=dtype)
         status = lib.block_matmul(
             x.shape[0],
             self.in_features,
@@ -51,6 +51,7 @@ class BlockWeight:
             None if self.mins is None else self.mins.data_ptr(),
             out.data_ptr(),
             out.stride(0),
+            int(dtype == torch.float32),
             torch.get_num_threads(),
         )
         if status:

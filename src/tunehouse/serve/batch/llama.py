@@ -177,14 +177,13 @@ class BatchedLlama:
         head_bias = _linear(model.lm_head, dtype)[1]
         tied = model.lm_head.weight is inner.embed_tokens.weight
         head_blocks = embed_blocks if tied else exact.blocks(["lm_head.weight"])
-        head_weight: torch.Tensor | BlockWeight
+        self.head_rows = (torch.empty(0), head_bias)  # for `_refine`, of a bf16 head
         if head_blocks is not None:
-            head_weight = head_blocks
             self.lm_head = _Fused(head_blocks, head_bias, head_columns, lib=self.kernels)
         else:
             head_weight = _linear(model.lm_head, dtype)[0]
             self.lm_head = _packed(_Fused(head_weight, head_bias, head_columns))
-        self.head_rows = (head_weight, head_bias)  # for `_refine` (tied heads share the embedding's tensor)
+            self.head_rows = (head_weight, head_bias)  # tied heads share the embedding's tensor
         self.layers = []
         for index, layer in enumerate(inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
@@ -301,7 +300,11 @@ class BatchedLlama:
         last = torch.tensor([end - 1 for _, end, _ in spans], device=self.device)
         assert delta is not None
         h = self._norm(x[last], self.norm, delta[last])
-        return self._refine(h, self.lm_head(h).float())
+        head = self.lm_head
+        if isinstance(head.weight, BlockWeight):  # float32 sums of the exact weights: nothing to refine
+            logits = head.weight.matmul(head.lib, h, torch.float32)
+            return logits if head.bias is None else logits.add_(head.bias)
+        return self._refine(h, head(h).float())
 
     def _refine(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """`logits` with each row's most likely tokens' recomputed in float32 from `h`.
@@ -313,10 +316,7 @@ class BatchedLlama:
             return logits
         weight, bias = self.head_rows
         top = logits.topk(REFINED_LOGITS, dim=-1).indices  # [rows, k]
-        rows = (
-            weight.rows(top.flatten()).view(*top.shape, -1) if isinstance(weight, BlockWeight) else weight[top].float()
-        )
-        exact = (rows * h.float()[:, None, :]).sum(-1)  # a reduction per row, whatever the rows (not bmm)
+        exact = (weight[top].float() * h.float()[:, None, :]).sum(-1)  # a reduction per row, whatever the rows
         if bias is not None:
             exact += bias[top].float()
         return logits.scatter_(1, top, exact)
