@@ -233,12 +233,10 @@ class BatchedLlama:
     ) -> torch.Tensor:
         out = fused(x)
         for lora, start, end in groups:
-            for name, first, last in fused.columns:
-                module = lora.modules.get((layer_index, name))
-                if module is not None:
-                    a, b, scale = module
-                    update = _linear_rows(_linear_rows(x[start:end], a), b)
-                    out[start:end, first:last].add_(update, alpha=scale)
+            stacked = lora.stacked(layer_index, fused.columns)  # one update for q, k and v (gate and up)
+            if stacked is not None:
+                a, b = stacked
+                out[start:end].add_(_linear_rows(_linear_rows(x[start:end], a), b), alpha=lora.scale)
         return out
 
     @torch.inference_mode()

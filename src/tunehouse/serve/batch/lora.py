@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,10 +30,44 @@ class LoraWeights:
     """Per (layer, projection): A, B and the scale."""
 
     modules: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, float]]
+    _stacked: dict[tuple[int, tuple[tuple[str, int, int], ...]], tuple[torch.Tensor, torch.Tensor] | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def nbytes(self) -> int:
         return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b, _ in self.modules.values())
+
+    def stacked(
+        self, layer: int, columns: tuple[tuple[str, int, int], ...]
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """This adapter's update for projections that share an input and are computed as one matmul
+        (`columns`: each one's name and output columns), as two matmuls: `x @ Aᵀ @ Bᵀ · scale`, with
+        the projections' A stacked and their B set block-diagonally on their own columns. None where
+        it adapts none of them. Built on first use, and kept."""
+        key = (layer, columns)
+        if key not in self._stacked:
+            parts = [
+                (self.modules[(layer, name)], first, last)
+                for name, first, last in columns
+                if (layer, name) in self.modules
+            ]
+            if not parts:
+                self._stacked[key] = None
+            else:
+                a = torch.cat([module[0] for module, _, _ in parts])
+                b = a.new_zeros((columns[-1][2], a.shape[0]))
+                rank = 0
+                for (part_a, part_b, _), first, last in parts:
+                    b[first:last, rank : rank + part_a.shape[0]] = part_b
+                    rank += part_a.shape[0]
+                self._stacked[key] = (a, b)
+        return self._stacked[key]
+
+    @property
+    def scale(self) -> float:
+        """The adapter's scale, the same for every module."""
+        return next(iter(self.modules.values()))[2] if self.modules else 0.0
 
 
 def load_lora(folder: Path, dtype: torch.dtype, device: torch.device) -> LoraWeights:
