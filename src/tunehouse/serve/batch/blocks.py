@@ -59,8 +59,7 @@ class BlockWeight:
         return out
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """The weight's rows `index` `[count]` in float32, exactly: an embedding lookup, or a few output
-        columns recomputed."""
+        """The weight's rows `index` `[count]` in float32, exactly: an embedding lookup."""
         panel, column = index // PANEL, index % PANEL
         half, lane = column // 16, column % 16
         pairs = self.in_features // 2

@@ -177,7 +177,7 @@ class BatchedLlama:
         head_bias = _linear(model.lm_head, dtype)[1]
         tied = model.lm_head.weight is inner.embed_tokens.weight
         head_blocks = embed_blocks if tied else exact.blocks(["lm_head.weight"])
-        self.head_rows = (torch.empty(0), head_bias)  # for `_refine`, of a bf16 head
+        self.head_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # for `_refine`: a bf16 head's
         if head_blocks is not None:
             self.lm_head = _Fused(head_blocks, head_bias, head_columns, lib=self.kernels)
         else:
@@ -310,7 +310,7 @@ class BatchedLlama:
         Logits come out of a bf16 matmul rounded to 8 bits: between 16 and 32 a step of 0.125, so two
         near-tied tokens often fall on the same value and greedy decoding picks by token id. Recomputing
         the few that can be the largest keeps the choice the model's."""
-        if self.dtype == torch.float32:
+        if self.dtype == torch.float32 or self.head_rows is None:
             return logits
         weight, bias = self.head_rows
         top = logits.topk(REFINED_LOGITS, dim=-1).indices  # [rows, k]
