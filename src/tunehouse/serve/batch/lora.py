@@ -36,7 +36,9 @@ class LoraWeights:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b, _ in self.modules.values())
+        """The memory it holds, for the adapters' budget: its modules and the stacked forms built so far."""
+        pairs = [(a, b) for a, b, _ in self.modules.values()] + [p for p in self._stacked.values() if p is not None]
+        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in pairs)
 
     def stacked(
         self, layer: int, columns: tuple[tuple[str, int, int], ...]
