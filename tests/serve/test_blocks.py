@@ -36,12 +36,12 @@ def on_grid(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return ((blocks / scale.float()).round().clamp(-127, 127) * scale.float()).reshape(weight.shape)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_block_values_are_found_exactly_and_multiply_as_their_floats(bits: int) -> None:
+@pytest.mark.parametrize(("bits", "int8_inputs"), [(4, False), (4, True), (8, False)])
+def test_block_values_are_found_exactly_and_multiply_as_their_floats(bits: int, int8_inputs: bool) -> None:
     torch.manual_seed(bits)
     weight = on_grid(torch.randn(96, 128) * 0.05, bits)
-    blocks = quantized(weight)
-    assert isinstance(blocks, BlockWeight) and blocks.bits == bits
+    blocks = quantized(weight, int8_inputs)
+    assert isinstance(blocks, BlockWeight) and blocks.bits == bits and blocks.int8_inputs == int8_inputs
     index = torch.tensor([0, 15, 16, 31, 32, 95, 7])
     assert torch.equal(blocks.rows(index), weight[index])
 
@@ -49,6 +49,24 @@ def test_block_values_are_found_exactly_and_multiply_as_their_floats(bits: int) 
     exact = x.float() @ weight.T
     got = blocks.matmul(lib(), x).float()
     assert (got - exact).abs().max() <= 1e-2 * exact.abs().max()  # one bf16 rounding of each output
+
+
+def test_int8_inputs_are_each_row_s_values_rounded_per_16() -> None:
+    """With `int8_inputs`, a row is rounded to `dx * xq` per 16 values (`dx` = their largest magnitude /
+    127) and multiplied exactly; the blocks' `m` multiplies the sum of the rounded values."""
+    torch.manual_seed(3)
+    weight = on_grid(torch.randn(64, 128) * 0.05, 4)
+    blocks = quantized(weight, int8_inputs=True)
+    assert blocks is not None
+    x = torch.randn(6, 128).bfloat16()
+    x[2, 16:32] = 0  # a run of zeros rounds to zeros
+    runs = x.float().reshape(6, -1, 16)
+    largest = runs.abs().amax(-1, keepdim=True)
+    rounded = ((runs * torch.where(largest > 0, 127 / largest, 0)).round() * (largest / 127)).reshape(6, 128)
+    expected = rounded.double() @ weight.double().T
+    got = blocks.matmul(lib(), x, torch.float32)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+    assert (got - x.float() @ weight.T).abs().max() > 1e-4  # it did round: not the bf16 product
 
 
 def test_other_weights_stay_as_they_are() -> None:
@@ -59,10 +77,10 @@ def test_other_weights_stay_as_they_are() -> None:
     assert quantized(on_grid(torch.randn(64, 64), 4).bfloat16()) is None  # bf16 has lost the values
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_a_row_s_result_does_not_depend_on_its_companions(bits: int) -> None:
+@pytest.mark.parametrize(("bits", "int8_inputs"), [(4, False), (4, True), (8, False)])
+def test_a_row_s_result_does_not_depend_on_its_companions(bits: int, int8_inputs: bool) -> None:
     torch.manual_seed(1)
-    blocks = quantized(on_grid(torch.randn(64, 96), bits))
+    blocks = quantized(on_grid(torch.randn(64, 96), bits), int8_inputs)
     assert blocks is not None
     wide = torch.randn(17, 200).bfloat16()
     x = wide[:, 50:146]  # strided rows, as a view of a wider activation
@@ -88,6 +106,7 @@ def test_the_batched_pass_on_a_block_quantized_model(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     batched = BatchedLlama(model.to(torch.bfloat16), torch.bfloat16, str(tmp_path))
     assert isinstance(batched.layers[0].qkv.weight, BlockWeight) and isinstance(batched.embed, BlockWeight)
+    assert not batched.layers[0].qkv.weight.int8_inputs and batched.layers[0].gate_up.weight.int8_inputs
     assert batched.lm_head.weight is batched.embed  # tied: one copy of the blocks
 
     prompts = [[5, 9, 11, 3], [7, 7, 2], [1, 300, 40, 41, 42]]

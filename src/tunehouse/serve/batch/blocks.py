@@ -1,5 +1,7 @@
 """Weights that are block-quantized values, kept as their blocks: 4 bits (GGUF's Q4_1, `d * q + m`) or
 8 bits (Q8_0, `d * q`) per weight and a float16 scale (and minimum) per 32, multiplied by `blocks.c`.
+4-bit blocks can multiply inputs rounded to 8 bits per 16 values (`int8_inputs`), twice as fast as bf16
+inputs, at a precision cost that `llama.py` takes only where the output is least sensitive to it.
 
 The shipped model comes as a GGUF of such blocks, dequantized once into float32 safetensors. A decode
 step reads every weight once, so its time is mostly the bytes it reads: bf16 copies of those weights are
@@ -28,12 +30,14 @@ _CHUNK_ROWS = 4096  # rows checked at a time, so a vocabulary-sized matrix needs
 class BlockWeight:
     """A `[out_features, in_features]` weight as blocks, packed as `blocks.c` reads them."""
 
-    q: torch.Tensor  # uint8: [panels, in/2, 32] (4 bits, two columns' nibbles per byte) or [panels, in/2, 2, 32]
+    q: torch.Tensor  # uint8, 4 bits (two columns' nibbles a byte): [panels, in/2, 32], or [panels, in/4, 64]
+    # for int8 inputs; 8 bits: [panels, in/2, 2, 32]
     scales: torch.Tensor  # float16 [panels, in/32, 32]
     mins: torch.Tensor | None  # float16 like scales (4 bits); None for 8 bits
     bits: int
     out_features: int
     in_features: int
+    int8_inputs: bool  # inputs rounded to 8 bits (`blocks.c`); else multiplied in bf16
 
     def matmul(self, lib: ctypes.CDLL, x: torch.Tensor, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
         """`x @ w.T` for bf16 `x` `[rows, in_features]` (rows may be strided), in bf16 or float32."""
@@ -47,6 +51,7 @@ class BlockWeight:
             x.stride(0),
             self.q.data_ptr(),
             self.bits,
+            int(self.int8_inputs),
             self.scales.data_ptr(),
             None if self.mins is None else self.mins.data_ptr(),
             out.data_ptr(),
@@ -62,11 +67,12 @@ class BlockWeight:
         """The weight's rows `index` `[count]` in float32, exactly: an embedding lookup."""
         panel, column = index // PANEL, index % PANEL
         half, lane = column // 16, column % 16
-        pairs = self.in_features // 2
         if self.bits == 4:
-            nibbles = self.q.view(-1, pairs, 16, 2).permute(0, 2, 1, 3)[panel, lane]  # [count, in/2, 2]
+            per_lane = 4 if self.int8_inputs else 2  # inputs a lane holds
+            nibbles = self.q.view(-1, self.in_features // per_lane, 16, per_lane).permute(0, 2, 1, 3)[panel, lane]
             q = (nibbles >> (4 * half)[:, None, None]) & 15
         else:
+            pairs = self.in_features // 2
             q = self.q.view(-1, pairs, 2, 16, 2).permute(0, 2, 3, 1, 4)[panel, half, lane].view(torch.int8)
         q = q.reshape(len(index), -1, BLOCK).float()
         scales = self.scales.permute(0, 2, 1)[panel, column].float()[:, :, None]  # [count, in/32, 1]
@@ -76,9 +82,9 @@ class BlockWeight:
         return values.reshape(len(index), self.in_features)
 
 
-def quantized(weight: torch.Tensor) -> BlockWeight | None:
+def quantized(weight: torch.Tensor, int8_inputs: bool = False) -> BlockWeight | None:
     """`weight` (float32 `[out, in]`) as 4-bit blocks, else as 8-bit blocks, if either gives back every
-    value exactly; else None."""
+    value exactly; else None. `int8_inputs`: 4-bit blocks multiply inputs rounded to 8 bits."""
     out_features, in_features = weight.shape
     if weight.dtype != torch.float32 or out_features % PANEL or in_features % BLOCK:
         return None
@@ -90,7 +96,7 @@ def quantized(weight: torch.Tensor) -> BlockWeight | None:
         if len(found) == len(parts):
             q, scales = torch.cat([part[0] for part in found]), torch.cat([part[1] for part in found])
             mins = torch.cat([part[2] for part in found if part[2] is not None]) if bits == 4 else None
-            return _packed(q, scales, mins, bits)
+            return _packed(q, scales, mins, bits, int8_inputs and bits == 4)
     return None
 
 
@@ -114,16 +120,21 @@ def _blocks(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor
     return q.to(torch.int16).reshape(weight.shape), scales, mins
 
 
-def _packed(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, bits: int) -> BlockWeight:
-    """The layout `blocks.c` reads: per panel of 32 columns and pair of inputs, the two 16-column
-    vectors' words in `vdpbf16ps` order (column-major lanes, two inputs per lane)."""
+def _packed(
+    q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, bits: int, int8_inputs: bool
+) -> BlockWeight:
+    """The layout `blocks.c` reads, per panel of 32 columns: for int8 inputs in `vpdpbusd` order (per
+    group of 4 inputs, 16 lanes of 4 bytes), else in `vdpbf16ps` order (per pair of inputs, the two
+    16-column vectors' words); 4 bits hold the low 16 columns in the low nibbles, the high 16 in the high."""
     out_features, in_features = q.shape
-    panels, pairs = out_features // PANEL, in_features // 2
-    words = q.view(panels, 2, 16, pairs, 2).permute(0, 3, 1, 2, 4)  # [panel, pair, half, lane, input]
+    panels, per_lane = out_features // PANEL, 4 if int8_inputs else 2
+    lanes = q.view(panels, 2, 16, in_features // per_lane, per_lane).permute(
+        0, 3, 1, 2, 4
+    )  # [panel, -, half, lane, input]
     if bits == 4:
-        packed = (words[:, :, 0] | (words[:, :, 1] << 4)).to(torch.uint8).reshape(panels, pairs, 32)
+        packed = (lanes[:, :, 0] | (lanes[:, :, 1] << 4)).to(torch.uint8).reshape(panels, -1, 16 * per_lane)
     else:
-        packed = words.to(torch.int8).view(torch.uint8).reshape(panels, pairs, 2, 32)
+        packed = lanes.to(torch.int8).view(torch.uint8).reshape(panels, -1, 2, 32)
 
     def by_panel(t: torch.Tensor) -> torch.Tensor:  # [out, in/32] -> [panels, in/32, 32]
         return t.view(panels, PANEL, -1).transpose(1, 2).contiguous()
@@ -135,6 +146,7 @@ def _packed(q: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor | None, bi
         bits,
         out_features,
         in_features,
+        int8_inputs,
     )
 
 

@@ -73,7 +73,7 @@ _SIGNATURES = {
     "rms_norm": [_I64, _I64, _POINTER, _I64, _POINTER, _POINTER, _F, _I, _POINTER, _I],
     "rope": [_I64, _I, _I, _POINTER, _I64, _POINTER, _POINTER, _I, _I],
     "silu_mul": [_I64, _I64, _POINTER, _I, _POINTER, _I],
-    "block_matmul": [_I64, _I64, _I64, _POINTER, _I64, _POINTER, _I, _POINTER, _POINTER, _POINTER, _I64, _I, _I],
+    "block_matmul": [_I64, _I64, _I64, _POINTER, _I64, _POINTER, _I, _I, _POINTER, _POINTER, _POINTER, _I64, _I, _I],
     "block_matmul_available": [],
 }
 

@@ -105,18 +105,20 @@ class _Exact:
         self.checkpoint = Checkpoint(folder) if folder and lib is not None and lib.block_matmul_available() else None
         self.lib = lib
 
-    def blocks(self, names: list[str]) -> BlockWeight | None:
-        """The tensors `names` stacked (as one fused projection), as blocks; None where any is not saved
-        in float32 or is not block-quantized values."""
+    def blocks(self, names: list[str], int8_inputs: bool = False) -> BlockWeight | None:
+        """The tensors `names` stacked (as one fused projection), as blocks (`int8_inputs`: see
+        `quantized`); None where any is not saved in float32 or is not block-quantized values."""
         if self.checkpoint is None:
             return None
         tensors = [self.checkpoint.get(name) for name in names]
         if any(t is None or t.dtype != torch.float32 for t in tensors):
             return None
-        return quantized(torch.cat([t for t in tensors if t is not None]))
+        return quantized(torch.cat([t for t in tensors if t is not None]), int8_inputs)
 
 
-def _fuse(module: Any, names: tuple[str, ...], dtype: torch.dtype, exact: _Exact, prefix: str) -> _Fused:
+def _fuse(
+    module: Any, names: tuple[str, ...], dtype: torch.dtype, exact: _Exact, prefix: str, int8_inputs: bool = True
+) -> _Fused:
     parts = [_linear(getattr(module, name), dtype) for name in names]
     columns, start = [], 0
     for name, (weight, _) in zip(names, parts, strict=True):
@@ -125,7 +127,8 @@ def _fuse(module: Any, names: tuple[str, ...], dtype: torch.dtype, exact: _Exact
     bias = None
     if any(b is not None for _, b in parts):
         bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
-    blocks = exact.blocks([f"{prefix}.{name}.weight" for name in names]) if dtype == torch.bfloat16 else None
+    weights = [f"{prefix}.{name}.weight" for name in names]
+    blocks = exact.blocks(weights, int8_inputs) if dtype == torch.bfloat16 else None
     if blocks is not None:
         return _Fused(blocks, bias, tuple(columns), lib=exact.lib)
     return _packed(_Fused(torch.cat([weight for weight, _ in parts]), bias, tuple(columns)))
@@ -192,7 +195,9 @@ class BatchedLlama:
                 _Layer(
                     layer.input_layernorm.weight.detach().to(dtype),
                     layer.post_attention_layernorm.weight.detach().to(dtype),
-                    qkv=_fuse(attn, ("q_proj", "k_proj", "v_proj"), dtype, exact, f"{prefix}.self_attn"),
+                    # q/k/v keep bf16 inputs: their errors pass through attention's softmax, where 8-bit
+                    # inputs cost the most agreement with the float32 model (BENCHMARKS.md)
+                    qkv=_fuse(attn, ("q_proj", "k_proj", "v_proj"), dtype, exact, f"{prefix}.self_attn", False),
                     o=_fuse(attn, ("o_proj",), dtype, exact, f"{prefix}.self_attn"),
                     gate_up=_fuse(mlp, ("gate_proj", "up_proj"), dtype, exact, f"{prefix}.mlp"),
                     down=_fuse(mlp, ("down_proj",), dtype, exact, f"{prefix}.mlp"),
