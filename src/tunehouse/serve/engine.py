@@ -823,8 +823,8 @@ class Engine:
             for sequence, _ in planned:
                 self._fail(sequence.work, exc, running)
             return
-        broken = (logits.isnan() | logits.isposinf()).any(-1).tolist()
-        argmax = logits.argmax(-1).tolist()
+        top, best = logits.max(-1)  # one pass: a row's max is NaN or +inf where any of its logits is
+        broken, argmax = (top.isnan() | top.isposinf()).tolist(), best.tolist()
         for index, ((sequence, _), row_logits) in enumerate(zip(planned, logits, strict=True)):
             if sequence.work.future.done() or not sequence.decoding:
                 continue  # failed with a companion choice, or still prefilling
