@@ -3,16 +3,16 @@
  * and m in float16. The shipped model's weights are exactly such values, so computing on the blocks
  * reads a quarter (or half) of the bytes bf16 copies would, and loses nothing of the weights.
  *
- * 4-bit blocks (every layer's matrices) multiply `x` rounded per block of 32 to 8-bit integers and a
- * scale, as llama.cpp multiplies the same Q4_1 weights (with Q8_1 activations): the integer sums run on
- * AVX-512 VNNI's `vpdpbusd`, twice the multiply-adds of a bf16 dot product, and
- * `out += d * dx * sum(xq * q) + m * sum(x)` in float32. 8-bit blocks (the embedding, and the head tied
- * to it, whose float32 logits pick the tokens) multiply bf16 `x` on AVX-512 BF16's dot product, where the
- * integers are exact. The weights are packed (`blocks.py`) in panels of 32 output columns as those
- * instructions read them; each thread unpacks one block of a panel at a time and runs every row over
- * it. Every (row, column) is summed in the same order by the same instructions whichever rows share the
- * call, and a row is rounded to 8 bits on its own values alone, so a row's result is bit for bit the
- * same whatever its companions.
+ * Blocks packed for 8-bit inputs (`int8`) multiply each row of `x` rounded to 8-bit integers and a
+ * scale per run of `SUB` values, as llama.cpp multiplies the same Q4_1 and Q8_0 weights with 8-bit
+ * activations (per 32): the integer sums run on AVX-512 VNNI's `vpdpbusd`, twice the multiply-adds of a
+ * bf16 dot product, and `out += d * sum(dx * sum(xq * q)) + m * sum(dx * xq)` in float32. Other blocks
+ * multiply bf16 `x` on AVX-512 BF16's dot product, where their integers are exact, and
+ * `out += d * sum(x * q) + m * sum(x)`. The weights are packed (`blocks.py`) in panels of 32 output
+ * columns as those instructions read them; each thread unpacks one block of a panel at a time and runs
+ * every row over it. Every (row, column) is summed in the same order by the same instructions whichever
+ * rows share the call, and a row is rounded to 8 bits on its own values alone, so a row's result is bit
+ * for bit the same whatever its companions.
  */
 #include <stdint.h>
 #include <stdlib.h>
