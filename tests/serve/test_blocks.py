@@ -36,7 +36,7 @@ def on_grid(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return ((blocks / scale.float()).round().clamp(-127, 127) * scale.float()).reshape(weight.shape)
 
 
-@pytest.mark.parametrize(("bits", "int8_inputs"), [(4, False), (4, True), (8, False), (8, True)])
+@pytest.mark.parametrize(("bits", "int8_inputs"), [(4, False), (4, True), (8, False)])
 def test_block_values_are_found_exactly_and_multiply_as_their_floats(bits: int, int8_inputs: bool) -> None:
     torch.manual_seed(bits)
     weight = on_grid(torch.randn(96, 128) * 0.05, bits)
@@ -51,12 +51,11 @@ def test_block_values_are_found_exactly_and_multiply_as_their_floats(bits: int, 
     assert (got - exact).abs().max() <= 1e-2 * exact.abs().max()  # one bf16 rounding of each output
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_int8_inputs_are_each_row_s_values_rounded_per_16(bits: int) -> None:
+def test_int8_inputs_are_each_row_s_values_rounded_per_16() -> None:
     """With `int8_inputs`, a row is rounded to `dx * xq` per 16 values (`dx` = their largest magnitude /
-    127) and multiplied exactly; 4-bit blocks' `m` multiplies the sum of the rounded values."""
+    127) and multiplied exactly; the blocks' `m` multiplies the sum of the rounded values."""
     torch.manual_seed(3)
-    weight = on_grid(torch.randn(64, 128) * 0.05, bits)
+    weight = on_grid(torch.randn(64, 128) * 0.05, 4)
     blocks = quantized(weight, int8_inputs=True)
     assert blocks is not None
     x = torch.randn(6, 128).bfloat16()
@@ -78,7 +77,7 @@ def test_other_weights_stay_as_they_are() -> None:
     assert quantized(on_grid(torch.randn(64, 64), 4).bfloat16()) is None  # bf16 has lost the values
 
 
-@pytest.mark.parametrize(("bits", "int8_inputs"), [(4, False), (4, True), (8, False), (8, True)])
+@pytest.mark.parametrize(("bits", "int8_inputs"), [(4, False), (4, True), (8, False)])
 def test_a_row_s_result_does_not_depend_on_its_companions(bits: int, int8_inputs: bool) -> None:
     torch.manual_seed(1)
     blocks = quantized(on_grid(torch.randn(64, 96), bits), int8_inputs)

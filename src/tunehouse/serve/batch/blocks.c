@@ -3,10 +3,10 @@
  * and m in float16. The shipped model's weights are exactly such values, so computing on the blocks
  * reads a quarter (or half) of the bytes bf16 copies would, and loses nothing of the weights.
  *
- * Blocks packed for 8-bit inputs (`int8`) multiply each row of `x` rounded to 8-bit integers and a
- * scale per run of `SUB` values, as llama.cpp multiplies the same Q4_1 and Q8_0 weights with 8-bit
- * activations (per 32): the integer sums run on AVX-512 VNNI's `vpdpbusd`, twice the multiply-adds of a
- * bf16 dot product, and `out += d * sum(dx * sum(xq * q)) + m * sum(dx * xq)` in float32. Other blocks
+ * 4-bit blocks packed for 8-bit inputs (`int8`) multiply each row of `x` rounded to 8-bit integers and
+ * a scale per run of `SUB` values, as llama.cpp multiplies the same Q4_1 weights with Q8_1 activations
+ * (per 32): the integer sums run on AVX-512 VNNI's `vpdpbusd`, twice the multiply-adds of a bf16 dot
+ * product, and `out += d * sum(dx * sum(xq * q)) + m * sum(dx * xq)` in float32. Other blocks
  * multiply bf16 `x` on AVX-512 BF16's dot product, where their integers are exact, and
  * `out += d * sum(x * q) + m * sum(x)`. The weights are packed (`blocks.py`) in panels of 32 output
  * columns as those instructions read them; each thread unpacks one block of a panel at a time and runs
@@ -67,20 +67,6 @@ static inline void unpack_int8(const uint8_t *q, __m512i *block) {
     }
 }
 
-/* One 8-bit block (8 groups of 4 k) of a panel packed for 8-bit `x`, as signed bytes `[8 groups][2
- * vectors][16 lanes][4]`, and each run's `-128 * sum(q)` per column, `start` `[BLOCK / SUB][2 vectors]`. */
-static inline void unpack_int8_signed(const uint8_t *q, __m512i *block, __m512i *start) {
-    const __m512i ones = _mm512_set1_epi8(1);
-    for (int s = 0; s < BLOCK / SUB; s++) start[2 * s] = start[2 * s + 1] = _mm512_setzero_si512();
-    for (int g = 0; g < BLOCK / 4; g++)
-        for (int c = 0; c < 2; c++) {
-            block[2 * g + c] = _mm512_loadu_si512((const void *)(q + 64 * (2 * g + c)));
-            int s = g / (SUB / 4);
-            start[2 * s + c] = _mm512_dpbusd_epi32(start[2 * s + c], ones, block[2 * g + c]);
-        }
-    for (int s = 0; s < 2 * (BLOCK / SUB); s++) start[s] = _mm512_slli_epi32(_mm512_sub_epi32(_mm512_setzero_si512(), start[s]), 7);
-}
-
 /* Rows' bf16 `x` (their values of one block) times one block of a panel, added to their totals
  * `[rows][32]` as `total += d * sum(x * q) + m * sum(x)`: the block's integers are exact in bf16, so
  * the products are exact on AVX-512 BF16's dot product and summed in float32. */
@@ -108,38 +94,25 @@ static inline __attribute__((always_inline)) void tile_bf16(int rows, const uint
         }
 }
 
-/* Rows' 8-bit `xq` (their values of one block, `x ≈ dx * xq` per run of `SUB`) times one block of a
- * panel, added to their totals `[rows][32]`: 4-bit blocks (`signed_q` 0) as
- * `total += d * sum(dx * sum(xq * q)) + m * sum(dx * xq)`, 8-bit ones (`signed_q` 1) as
- * `total += d * sum(dx * sum(xq * q))`. The integer sums run on VNNI's `vpdpbusd` (unsigned times signed
- * bytes), 64 multiply-adds an instruction (twice bf16's), exact in int32: 4-bit `q` is the unsigned side;
- * against signed 8-bit `q`, `xq + 128` is, and each sum starts from `-128 * sum(q)` (`start`, per run). */
+/* Rows' 8-bit `xq` (their values of one block, `x ≈ dx * xq` per run of `SUB`) times one 4-bit block of
+ * a panel, added to their totals `[rows][32]` as `total += d * sum(dx * sum(xq * q)) + m * sum(dx * xq)`:
+ * the integer sums on VNNI's `vpdpbusd`, 64 multiply-adds an instruction (twice bf16's), exact in int32. */
 static inline __attribute__((always_inline)) void tile_int8(int rows, const int8_t *xq, int64_t xq_stride,
-                                                           const __m512i *block, int signed_q, const __m512i *start,
-                                                           __m512 d[2], __m512 m[2], const float *dx,
-                                                           int64_t dx_stride, const float *sums, int64_t sums_stride,
-                                                           float *totals) {
+                                                           const __m512i *block, __m512 d[2], __m512 m[2],
+                                                           const float *dx, int64_t dx_stride, const float *sums,
+                                                        int64_t sums_stride, float *totals) {
     __m512 scaled[TILE][2]; /* sum over runs of dx * sum(xq * q) */
     for (int s = 0; s < BLOCK / SUB; s++) {
         __m512i acc[TILE][2];
-        for (int r = 0; r < rows; r++) {
-            acc[r][0] = signed_q ? start[2 * s] : _mm512_setzero_si512();
-            acc[r][1] = signed_q ? start[2 * s + 1] : _mm512_setzero_si512();
-        }
+        for (int r = 0; r < rows; r++) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
         for (int g = s * SUB / 4; g < (s + 1) * SUB / 4; g++) {
             __m512i w0 = block[2 * g], w1 = block[2 * g + 1];
             for (int r = 0; r < rows; r++) {
-                uint32_t four;
+                int32_t four;
                 memcpy(&four, xq + r * xq_stride + 4 * g, sizeof four);
-                if (signed_q) {
-                    __m512i xs = _mm512_set1_epi32((int32_t)(four ^ 0x80808080u)); /* each byte + 128 */
-                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], xs, w0);
-                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], xs, w1);
-                } else {
-                    __m512i xs = _mm512_set1_epi32((int32_t)four);
-                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, xs);
-                    acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, xs);
-                }
+                __m512i xs = _mm512_set1_epi32(four);
+                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], w0, xs);
+                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], w1, xs);
             }
         }
         for (int r = 0; r < rows; r++) {
@@ -150,11 +123,10 @@ static inline __attribute__((always_inline)) void tile_int8(int rows, const int8
         }
     }
     for (int r = 0; r < rows; r++) {
-        __m512 sum = _mm512_set1_ps(signed_q ? 0.0f : sums[r * sums_stride]);
+        __m512 sum = _mm512_set1_ps(sums[r * sums_stride]);
         for (int c = 0; c < 2; c++) {
             float *t = totals + r * PANEL + 16 * c;
-            __m512 total = _mm512_fmadd_ps(scaled[r][c], d[c], _mm512_load_ps(t));
-            _mm512_store_ps(t, signed_q ? total : _mm512_fmadd_ps(m[c], sum, total));
+            _mm512_store_ps(t, _mm512_fmadd_ps(m[c], sum, _mm512_fmadd_ps(scaled[r][c], d[c], _mm512_load_ps(t))));
         }
     }
 }
@@ -204,12 +176,12 @@ static void quantize_rows(int64_t rows, int64_t k, const uint16_t *x, int64_t x_
 int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t x_stride, const uint8_t *q, int bits,
                  int int8, const uint16_t *scales, const uint16_t *mins, void *out, int64_t out_stride,
                  int out_float32, int threads) {
-    if (k % BLOCK || n % PANEL || (bits != 4 && bits != 8) || (bits == 8) != (mins == NULL)) return 2;
+    if (k % BLOCK || n % PANEL || (bits != 4 && bits != 8) || (bits == 8 && mins) || (int8 && !mins)) return 2;
     if (rows == 0) return 0;
     int64_t blocks = k / BLOCK, panels = n / PANEL, block_bytes = bits * BLOCK * PANEL / 8;
     float *dx = NULL, *sums = NULL;
     int8_t *xq = NULL;
-    if (mins || int8) { /* each row's sum of x over each block, for the blocks' `m` */
+    if (mins) { /* each row's sum of x over each block, for the blocks' `m` */
         sums = malloc(sizeof(float) * rows * blocks);
         if (!sums) return 1;
     }
@@ -238,7 +210,7 @@ int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t 
     if (panels < threads) threads = panels > 0 ? (int)panels : 1;
 #pragma omp parallel num_threads(threads)
     {
-        __m512i *block = aligned_alloc(64, sizeof(__m512i) * (BLOCK + 2 * (BLOCK / SUB)));
+        __m512i *block = aligned_alloc(64, sizeof(__m512i) * BLOCK);
         float *totals = aligned_alloc(64, sizeof(float) * PANEL * rows);
         if (!block || !totals) {
 #pragma omp atomic write
@@ -262,22 +234,17 @@ int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t 
                 }
                 const float *sb = sums ? sums + b : NULL;
                 if (int8) {
-                    __m512i *start = block + BLOCK;
-                    if (bits == 4)
-                        unpack_int8(qp + b * block_bytes, block);
-                    else
-                        unpack_int8_signed(qp + b * block_bytes, block, start);
+                    unpack_int8(qp + b * block_bytes, block);
                     for (int64_t r = 0; r < rows; r += TILE) {
                         const int8_t *xr = xq + r * k + b * BLOCK;
-                        const float *dr = dx + r * (k / SUB) + b * (BLOCK / SUB), *sr = sb + r * blocks;
+                        const float *dr = dx + r * (k / SUB) + b * (BLOCK / SUB);
                         float *tr = totals + r * PANEL;
-                        int n = rows - r < TILE ? (int)(rows - r) : TILE;
-                        switch (n + (bits == 8 ? TILE : 0)) { /* constant row counts and signs, unrolled */
-#define ROWS(n, signed_q)                                                                                              \
-    case n + (signed_q ? TILE : 0):                                                                                    \
-        tile_int8(n, xr, k, block, signed_q, start, d, m, dr, k / SUB, sr, blocks, tr);                                \
+                        switch (rows - r < TILE ? rows - r : TILE) { /* a constant row count for each, unrolled */
+#define ROWS(n)                                                                                                        \
+    case n:                                                                                                            \
+        tile_int8(n, xr, k, block, d, m, dr, k / SUB, sb + r * blocks, blocks, tr);                                    \
         break;
-                            ROWS(1, 0) ROWS(2, 0) ROWS(3, 0) ROWS(4, 0) ROWS(1, 1) ROWS(2, 1) ROWS(3, 1) ROWS(4, 1)
+                            ROWS(1) ROWS(2) ROWS(3) ROWS(4)
 #undef ROWS
                         }
                     }

@@ -1,6 +1,6 @@
 """Weights that are block-quantized values, kept as their blocks: 4 bits (GGUF's Q4_1, `d * q + m`) or
 8 bits (Q8_0, `d * q`) per weight and a float16 scale (and minimum) per 32, multiplied by `blocks.c`.
-Blocks can multiply inputs rounded to 8 bits per 16 values (`int8_inputs`), twice as fast as bf16
+4-bit blocks can multiply inputs rounded to 8 bits per 16 values (`int8_inputs`), twice as fast as bf16
 inputs, at a precision cost that `llama.py` takes only where the output is least sensitive to it.
 
 The shipped model comes as a GGUF of such blocks, dequantized once into float32 safetensors. A decode
@@ -31,7 +31,7 @@ class BlockWeight:
     """A `[out_features, in_features]` weight as blocks, packed as `blocks.c` reads them."""
 
     q: torch.Tensor  # uint8, 4 bits (two columns' nibbles a byte): [panels, in/2, 32], or [panels, in/4, 64]
-    # for int8 inputs; 8 bits: [panels, in/2, 2, 32], or [panels, in/4, 2, 64] for int8 inputs
+    # for int8 inputs; 8 bits: [panels, in/2, 2, 32]
     scales: torch.Tensor  # float16 [panels, in/32, 32]
     mins: torch.Tensor | None  # float16 like scales (4 bits); None for 8 bits
     bits: int
@@ -67,13 +67,13 @@ class BlockWeight:
         """The weight's rows `index` `[count]` in float32, exactly: an embedding lookup."""
         panel, column = index // PANEL, index % PANEL
         half, lane = column // 16, column % 16
-        per_lane = 4 if self.int8_inputs else 2  # inputs a 32-bit lane holds
         if self.bits == 4:
+            per_lane = 4 if self.int8_inputs else 2  # inputs a lane holds
             nibbles = self.q.view(-1, self.in_features // per_lane, 16, per_lane).permute(0, 2, 1, 3)[panel, lane]
             q = (nibbles >> (4 * half)[:, None, None]) & 15
         else:
-            lanes = self.q.view(-1, self.in_features // per_lane, 2, 16, per_lane).permute(0, 2, 3, 1, 4)
-            q = lanes[panel, half, lane].view(torch.int8)
+            pairs = self.in_features // 2
+            q = self.q.view(-1, pairs, 2, 16, 2).permute(0, 2, 3, 1, 4)[panel, half, lane].view(torch.int8)
         q = q.reshape(len(index), -1, BLOCK).float()
         scales = self.scales.permute(0, 2, 1)[panel, column].float()[:, :, None]  # [count, in/32, 1]
         values = q * scales
@@ -84,7 +84,7 @@ class BlockWeight:
 
 def quantized(weight: torch.Tensor, int8_inputs: bool = False) -> BlockWeight | None:
     """`weight` (float32 `[out, in]`) as 4-bit blocks, else as 8-bit blocks, if either gives back every
-    value exactly; else None. `int8_inputs`: the blocks multiply inputs rounded to 8 bits."""
+    value exactly; else None. `int8_inputs`: 4-bit blocks multiply inputs rounded to 8 bits."""
     out_features, in_features = weight.shape
     if weight.dtype != torch.float32 or out_features % PANEL or in_features % BLOCK:
         return None
@@ -96,7 +96,7 @@ def quantized(weight: torch.Tensor, int8_inputs: bool = False) -> BlockWeight | 
         if len(found) == len(parts):
             q, scales = torch.cat([part[0] for part in found]), torch.cat([part[1] for part in found])
             mins = torch.cat([part[2] for part in found if part[2] is not None]) if bits == 4 else None
-            return _packed(q, scales, mins, bits, int8_inputs)
+            return _packed(q, scales, mins, bits, int8_inputs and bits == 4)
     return None
 
 
@@ -134,7 +134,7 @@ def _packed(
     if bits == 4:
         packed = (lanes[:, :, 0] | (lanes[:, :, 1] << 4)).to(torch.uint8).reshape(panels, -1, 16 * per_lane)
     else:
-        packed = lanes.to(torch.int8).view(torch.uint8).reshape(panels, -1, 2, 16 * per_lane)
+        packed = lanes.to(torch.int8).view(torch.uint8).reshape(panels, -1, 2, 32)
 
     def by_panel(t: torch.Tensor) -> torch.Tensor:  # [out, in/32] -> [panels, in/32, 32]
         return t.view(panels, PANEL, -1).transpose(1, 2).contiguous()

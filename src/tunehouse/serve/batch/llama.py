@@ -105,7 +105,7 @@ class _Exact:
         self.checkpoint = Checkpoint(folder) if folder and lib is not None and lib.block_matmul_available() else None
         self.lib = lib
 
-    def blocks(self, names: list[str], int8_inputs: bool) -> BlockWeight | None:
+    def blocks(self, names: list[str], int8_inputs: bool = False) -> BlockWeight | None:
         """The tensors `names` stacked (as one fused projection), as blocks (`int8_inputs`: see
         `quantized`); None where any is not saved in float32 or is not block-quantized values."""
         if self.checkpoint is None:
@@ -171,7 +171,7 @@ class BatchedLlama:
         )
         self.kernels = kernels.library() if fits_kernels else None
         exact = _Exact(folder if dtype == torch.bfloat16 else None, self.kernels)
-        embed_blocks = exact.blocks(["model.embed_tokens.weight"], int8_inputs=True)  # also a tied head's
+        embed_blocks = exact.blocks(["model.embed_tokens.weight"])
         self.embed: torch.Tensor | BlockWeight = (
             embed_blocks if embed_blocks is not None else inner.embed_tokens.weight.detach().to(dtype)
         )
@@ -179,7 +179,7 @@ class BatchedLlama:
         head_columns = (("lm_head", 0, model.lm_head.out_features),)
         head_bias = _linear(model.lm_head, dtype)[1]
         tied = model.lm_head.weight is inner.embed_tokens.weight
-        head_blocks = embed_blocks if tied else exact.blocks(["lm_head.weight"], int8_inputs=True)
+        head_blocks = embed_blocks if tied else exact.blocks(["lm_head.weight"])
         self.head_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # for `_refine`: a bf16 head's
         if head_blocks is not None:
             self.lm_head = _Fused(head_blocks, head_bias, head_columns, lib=self.kernels)
