@@ -27,9 +27,7 @@
 #define TILE 4 /* rows computed together over one block */
 #endif
 #define AHEAD 4  /* blocks ahead that a thread asks the memory for */
-#ifndef SUB
-#define SUB 16 /* activations per 8-bit scale, within a block */
-#endif
+#define SUB 16 /* inputs per 8-bit scale, within a block: 16 or 32 (BENCHMARKS.md weighs them) */
 
 /* One block's integers (16 k pairs) of a panel packed for bf16 `x`, as bf16 `[16 pairs][2 vectors][32]`. */
 static inline void unpack_bf16(const uint8_t *q, int bits, __m512i *block) {
@@ -100,7 +98,7 @@ static inline __attribute__((always_inline)) void tile_bf16(int rows, const uint
 static inline __attribute__((always_inline)) void tile_int8(int rows, const int8_t *xq, int64_t xq_stride,
                                                            const __m512i *block, __m512 d[2], __m512 m[2],
                                                            const float *dx, int64_t dx_stride, const float *sums,
-                                                        int64_t sums_stride, float *totals) {
+                                                           int64_t sums_stride, float *totals) {
     __m512 scaled[TILE][2]; /* sum over runs of dx * sum(xq * q) */
     for (int s = 0; s < BLOCK / SUB; s++) {
         __m512i acc[TILE][2];
@@ -135,10 +133,11 @@ static inline __attribute__((always_inline)) void tile_int8(int rows, const int8
  * magnitude / 127, as GGUF's Q8_1 rounds activations for Q4_1 weights, in shorter runs), and per block
  * the sum of those rounded values: `m` times it cancels the bias that `q`'s offset (0..15 around
  * `-m / d`) gives each rounding error, where the exact sum would leave it. */
+#define QUANTIZE_ROWS 64 /* rows below which rounding stays on one thread (waking the others costs more) */
 static void quantize_rows(int64_t rows, int64_t k, const uint16_t *x, int64_t x_stride, int8_t *xq, float *dx,
                           float *sums, int threads) {
     int64_t runs = k / SUB;
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(rows >= QUANTIZE_ROWS ? threads : 1) schedule(static)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < k / BLOCK; b++) {
             float sum = 0.0f;

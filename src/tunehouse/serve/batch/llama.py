@@ -105,7 +105,7 @@ class _Exact:
         self.checkpoint = Checkpoint(folder) if folder and lib is not None and lib.block_matmul_available() else None
         self.lib = lib
 
-    def blocks(self, names: list[str], int8_inputs: bool = False) -> BlockWeight | None:
+    def blocks(self, names: list[str], *, int8_inputs: bool) -> BlockWeight | None:
         """The tensors `names` stacked (as one fused projection), as blocks (`int8_inputs`: see
         `quantized`); None where any is not saved in float32 or is not block-quantized values."""
         if self.checkpoint is None:
@@ -117,7 +117,7 @@ class _Exact:
 
 
 def _fuse(
-    module: Any, names: tuple[str, ...], dtype: torch.dtype, exact: _Exact, prefix: str, int8_inputs: bool = True
+    module: Any, names: tuple[str, ...], dtype: torch.dtype, exact: _Exact, prefix: str, *, int8_inputs: bool
 ) -> _Fused:
     parts = [_linear(getattr(module, name), dtype) for name in names]
     columns, start = [], 0
@@ -128,7 +128,7 @@ def _fuse(
     if any(b is not None for _, b in parts):
         bias = torch.cat([b if b is not None else w.new_zeros(w.shape[0]) for w, b in parts])
     weights = [f"{prefix}.{name}.weight" for name in names]
-    blocks = exact.blocks(weights, int8_inputs) if dtype == torch.bfloat16 else None
+    blocks = exact.blocks(weights, int8_inputs=int8_inputs) if dtype == torch.bfloat16 else None
     if blocks is not None:
         return _Fused(blocks, bias, tuple(columns), lib=exact.lib)
     return _packed(_Fused(torch.cat([weight for weight, _ in parts]), bias, tuple(columns)))
@@ -171,7 +171,7 @@ class BatchedLlama:
         )
         self.kernels = kernels.library() if fits_kernels else None
         exact = _Exact(folder if dtype == torch.bfloat16 else None, self.kernels)
-        embed_blocks = exact.blocks(["model.embed_tokens.weight"])
+        embed_blocks = exact.blocks(["model.embed_tokens.weight"], int8_inputs=False)  # and a tied head's
         self.embed: torch.Tensor | BlockWeight = (
             embed_blocks if embed_blocks is not None else inner.embed_tokens.weight.detach().to(dtype)
         )
@@ -179,7 +179,7 @@ class BatchedLlama:
         head_columns = (("lm_head", 0, model.lm_head.out_features),)
         head_bias = _linear(model.lm_head, dtype)[1]
         tied = model.lm_head.weight is inner.embed_tokens.weight
-        head_blocks = embed_blocks if tied else exact.blocks(["lm_head.weight"])
+        head_blocks = embed_blocks if tied else exact.blocks(["lm_head.weight"], int8_inputs=False)
         self.head_rows: tuple[torch.Tensor, torch.Tensor | None] | None = None  # for `_refine`: a bf16 head's
         if head_blocks is not None:
             self.lm_head = _Fused(head_blocks, head_bias, head_columns, lib=self.kernels)
@@ -195,12 +195,14 @@ class BatchedLlama:
                 _Layer(
                     layer.input_layernorm.weight.detach().to(dtype),
                     layer.post_attention_layernorm.weight.detach().to(dtype),
-                    # q/k/v keep bf16 inputs: their errors pass through attention's softmax, where 8-bit
-                    # inputs cost the most agreement with the float32 model (BENCHMARKS.md)
-                    qkv=_fuse(attn, ("q_proj", "k_proj", "v_proj"), dtype, exact, f"{prefix}.self_attn", False),
-                    o=_fuse(attn, ("o_proj",), dtype, exact, f"{prefix}.self_attn"),
-                    gate_up=_fuse(mlp, ("gate_proj", "up_proj"), dtype, exact, f"{prefix}.mlp"),
-                    down=_fuse(mlp, ("down_proj",), dtype, exact, f"{prefix}.mlp"),
+                    # q/k/v keep bf16 inputs: their errors pass through attention's softmax,
+                    # where 8-bit inputs cost the most agreement with the float32 model (BENCHMARKS.md)
+                    qkv=_fuse(
+                        attn, ("q_proj", "k_proj", "v_proj"), dtype, exact, f"{prefix}.self_attn", int8_inputs=False
+                    ),
+                    o=_fuse(attn, ("o_proj",), dtype, exact, f"{prefix}.self_attn", int8_inputs=True),
+                    gate_up=_fuse(mlp, ("gate_proj", "up_proj"), dtype, exact, f"{prefix}.mlp", int8_inputs=True),
+                    down=_fuse(mlp, ("down_proj",), dtype, exact, f"{prefix}.mlp", int8_inputs=True),
                 )
             )
         blocked = self.kernels is not None
