@@ -243,6 +243,15 @@ def test_python_grader_that_loops_forever_is_stopped_and_the_server_keeps_servin
     assert python_run(graders_client, "def grade(sample, item):\n    return 0.5\n").reward == 0.5
 
 
+def test_python_grader_out_of_cpu_time_is_unresponsive_like_one_out_of_time(graders_client: OpenAI) -> None:
+    # The CPU-time limit backs up the clock's and can fire first on an idle machine: the same verdict.
+    source = "import os, signal\ndef grade(sample, item):\n    os.kill(os.getpid(), signal.SIGXCPU)\n"
+    result = python_run(graders_client, source)
+    errors = result.metadata.errors
+    assert errors.unresponsive_reward_error and not errors.python_grader_runtime_error
+    assert result.reward == 0 and "time limit" in (errors.message or "")
+
+
 def test_python_grader_memory_bomb_is_stopped(graders_client: OpenAI) -> None:
     source = "def grade(sample, item):\n    blocks = []\n    while True:\n        blocks.append(bytearray(10**7))\n"
     errors = python_run(graders_client, source).metadata.errors

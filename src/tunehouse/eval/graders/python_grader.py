@@ -121,7 +121,8 @@ def run_source(source: str, sample: dict[str, Any], item: Any) -> tuple[float, d
         except ValueError:
             result = {}  # the grader wrote over its result file
     details["network"] = result.get("network")
-    if timed_out:
+    if timed_out or process.returncode == -signal.SIGXCPU:
+        # Its CPU-time limit (the backstop) can fire a moment before the clock's: the same verdict.
         raise GradeFailed(
             f"The python grader was stopped after its {timeout:g} s time limit.", "unresponsive_reward_error", details
         )
@@ -130,8 +131,6 @@ def run_source(source: str, sample: dict[str, Any], item: Any) -> tuple[float, d
     error = str(result.get("error") or details["stderr"])
     if "MemoryError" in error or process.returncode == -signal.SIGKILL:
         error = f"The python grader ran out of its {memory_mb} MiB memory limit.\n{error}".strip()
-    elif process.returncode == -signal.SIGXCPU:
-        error = f"The python grader used up its {math.ceil(timeout)} s of CPU time."
     elif not error:
         error = f"The python grader exited with status {process.returncode} before giving a score."
     raise GradeFailed(error, "python_grader_runtime_error", details)
