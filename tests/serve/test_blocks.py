@@ -114,6 +114,19 @@ def test_the_batched_pass_on_a_block_quantized_model(tmp_path: Path) -> None:
     together = batched.forward([Row(prompt, batched.new_cache()) for prompt in prompts])
     assert all(torch.equal(together[i : i + 1], alone[i]) for i in range(len(prompts)))
 
+    # Every layer in one call to kernels.c is the passes called one by one, bit for bit (prefill, decode).
+    def prefill_then_decode() -> list[torch.Tensor]:
+        caches = [batched.new_cache() for _ in prompts]
+        first = batched.forward([Row(prompt, cache) for prompt, cache in zip(prompts, caches, strict=True)])
+        return [first, batched.forward([Row([17], cache) for cache in caches])]
+
+    assert batched.layer_table is not None
+    in_one_call = prefill_then_decode()
+    table, batched.layer_table = batched.layer_table, None
+    one_by_one = prefill_then_decode()
+    batched.layer_table = table
+    assert torch.equal(in_one_call[0], together) and all(map(torch.equal, in_one_call, one_by_one))
+
     reference = LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
     for prompt, logits in zip(prompts, alone, strict=True):
         with torch.no_grad():

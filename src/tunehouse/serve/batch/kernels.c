@@ -367,3 +367,51 @@ int silu_mul(int64_t rows, int64_t width, const void *gate_up, int bf16, void *o
     }
     return 0;
 }
+
+/* --- a step's layers, in one call ---------------------------------------------------------------------
+ * Every decoder layer of a Llama whose projections are all blocks (`blocks.c`) and bf16, in the order
+ * llama.py calls the passes one by one, on the same passes: so each token's result is the same bit for
+ * bit, and a step crosses from Python to C once instead of nine times a layer (each crossing allocates
+ * an output, and the other threads idle between passes). `weights` holds LAYER_FIELDS int64s a layer:
+ * the two norms' weights, then for q/k/v, o, gate/up and down each the blocks' q, scales, mins (0 for
+ * none), bits and whether their inputs are 8-bit. x [tokens, hidden] is updated in place; `delta` gets
+ * the last layer's MLP output, not yet added to x. Returns the first non-zero status of a pass. */
+
+int block_matmul(int64_t rows, int64_t k, int64_t n, const uint16_t *x, int64_t x_stride, const uint8_t *q, int bits,
+                 int int8, const uint16_t *scales, const uint16_t *mins, void *out, int64_t out_stride,
+                 int out_float32, int threads); /* blocks.c */
+
+#define LAYER_FIELDS 22
+
+static int project(int64_t tokens, int64_t k, int64_t n, const uint16_t *x, const int64_t *w, uint16_t *out,
+                   int threads) {
+    return block_matmul(tokens, k, n, x, k, (const uint8_t *)(intptr_t)w[0], (int)w[3], (int)w[4],
+                        (const uint16_t *)(intptr_t)w[1], (const uint16_t *)(intptr_t)w[2], out, n, 0, threads);
+}
+
+int layers(int count, const int64_t *weights, int rows, const int64_t *meta, int64_t tokens, int64_t hidden,
+           int heads, int kv_heads, int head_dim, int64_t inner, float eps, float scale, uint16_t *x,
+           const uint16_t *cos, const uint16_t *sin, uint16_t *delta, int threads) {
+    int64_t q_width = (int64_t)heads * head_dim, kv_width = (int64_t)kv_heads * head_dim;
+    int64_t qkv_width = q_width + 2 * kv_width;
+    uint16_t *h = malloc(2 * tokens * hidden), *qkv = malloc(2 * tokens * qkv_width);
+    uint16_t *attended = malloc(2 * tokens * q_width), *o = malloc(2 * tokens * hidden);
+    uint16_t *gate_up = malloc(2 * tokens * 2 * inner), *gated = malloc(2 * tokens * inner);
+    int status = h && qkv && attended && o && gate_up && gated ? 0 : 1;
+    for (int l = 0; l < count && !status; l++) {
+        const int64_t *w = weights + (int64_t)l * LAYER_FIELDS;
+        status = rms_norm(tokens, hidden, x, hidden, l ? delta : NULL, (const void *)(intptr_t)w[0], eps, 1, h, threads);
+        if (!status) status = project(tokens, hidden, qkv_width, h, w + 2, qkv, threads);
+        if (!status) status = rope(tokens, heads + kv_heads, head_dim, qkv, qkv_width, cos, sin, 1, threads);
+        if (!status)
+            status = attention(rows, meta, l, heads, kv_heads, head_dim, scale, 1, qkv, qkv + q_width,
+                               qkv + q_width + kv_width, qkv_width, qkv_width, attended, threads);
+        if (!status) status = project(tokens, q_width, hidden, attended, w + 7, o, threads);
+        if (!status) status = rms_norm(tokens, hidden, x, hidden, o, (const void *)(intptr_t)w[1], eps, 1, h, threads);
+        if (!status) status = project(tokens, hidden, 2 * inner, h, w + 12, gate_up, threads);
+        if (!status) status = silu_mul(tokens, inner, gate_up, 1, gated, threads);
+        if (!status) status = project(tokens, inner, hidden, gated, w + 17, delta, threads);
+    }
+    free(h), free(qkv), free(attended), free(o), free(gate_up), free(gated);
+    return status;
+}

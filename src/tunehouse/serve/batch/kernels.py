@@ -75,6 +75,25 @@ _SIGNATURES = {
     "silu_mul": [_I64, _I64, _POINTER, _I, _POINTER, _I],
     "block_matmul": [_I64, _I64, _I64, _POINTER, _I64, _POINTER, _I, _I, _POINTER, _POINTER, _POINTER, _I64, _I, _I],
     "block_matmul_available": [],
+    "layers": [
+        _I,
+        _POINTER,
+        _I,
+        _POINTER,
+        _I64,
+        _I64,
+        _I,
+        _I,
+        _I,
+        _I64,
+        _F,
+        _F,
+        _POINTER,
+        _POINTER,
+        _POINTER,
+        _POINTER,
+        _I,
+    ],
 }
 
 
@@ -194,3 +213,44 @@ def silu_mul(lib: ctypes.CDLL, gate_up: torch.Tensor) -> torch.Tensor:
     status = lib.silu_mul(rows, width, gate_up.data_ptr(), _bf16(gate_up), out.data_ptr(), torch.get_num_threads())
     _check(status, "SwiGLU")
     return out
+
+
+def layers(
+    lib: ctypes.CDLL,
+    table: torch.Tensor,
+    meta: torch.Tensor,
+    x: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    shape: tuple[int, int, int, int],
+    eps: float,
+    scale: float,
+) -> torch.Tensor:
+    """Every decoder layer of a step in one call, as `llama.py` calls the passes one by one: `x`
+    `[tokens, hidden]` (bf16, contiguous) is updated in place, and the last layer's MLP output, not yet
+    added to it, is returned. `table` is `[layers, 22]` int64, each layer's weights as `kernels.c`'s
+    `layers` reads them; `meta` as for `attention`; `shape` is (heads, kv_heads, head_dim, MLP width)."""
+    assert x.dtype == torch.bfloat16 and x.is_contiguous() and cos.dtype == x.dtype and cos.is_contiguous()
+    heads, kv_heads, head_dim, inner = shape
+    delta = torch.empty_like(x)
+    status = lib.layers(
+        table.shape[0],
+        table.data_ptr(),
+        meta.shape[0],
+        meta.data_ptr(),
+        x.shape[0],
+        x.shape[1],
+        heads,
+        kv_heads,
+        head_dim,
+        inner,
+        eps,
+        scale,
+        x.data_ptr(),
+        cos.data_ptr(),
+        sin.data_ptr(),
+        delta.data_ptr(),
+        torch.get_num_threads(),
+    )
+    _check(status, "decoder layers")
+    return delta

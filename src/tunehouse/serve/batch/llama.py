@@ -205,8 +205,24 @@ class BatchedLlama:
                     down=_fuse(mlp, ("down_proj",), dtype, exact, f"{prefix}.mlp", int8_inputs=True),
                 )
             )
+        self.layer_table = self._layer_table()
         blocked = self.kernels is not None
         self.cache_shape = CacheShape(len(self.layers), self.kv_heads, self.head_dim, dtype, self.device, blocked)
+
+    def _layer_table(self) -> torch.Tensor | None:
+        """Each layer's weights as `kernels.layers` reads them, so a step runs every layer in one call;
+        None where a projection is not blocks or has a bias (the passes are then called one by one)."""
+        table = []
+        for layer in self.layers:
+            fields = [layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr()]
+            for fused in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                weight = fused.weight
+                if not isinstance(weight, BlockWeight) or fused.bias is not None:
+                    return None
+                mins = 0 if weight.mins is None else weight.mins.data_ptr()
+                fields += [weight.q.data_ptr(), weight.scales.data_ptr(), mins, weight.bits, int(weight.int8_inputs)]
+            table.append(fields)
+        return torch.tensor(table, dtype=torch.int64) if table else None
 
     def new_cache(self) -> SequenceCache:
         return SequenceCache(self.cache_shape)
@@ -273,7 +289,6 @@ class BatchedLlama:
         )
         cos, sin = self.rotary(x[None], positions[None])
         cos, sin = cos[0].contiguous(), sin[0].contiguous()  # [tokens, head_dim]
-        total = tokens.shape[0]
         meta = torch.tensor(
             [
                 [row.cache.kv.data_ptr(), row.cache.kv.shape[3], past, first, end - first]
@@ -281,6 +296,36 @@ class BatchedLlama:
             ],
             dtype=torch.int64,
         )
+        if self.layer_table is not None and not groups:
+            width = self.layers[0].gate_up.weight.out_features // 2
+            shape = (self.heads, self.kv_heads, self.head_dim, width)
+            assert self.kernels is not None
+            delta = kernels.layers(self.kernels, self.layer_table, meta, x, cos, sin, shape, self.eps, self.scale)
+        else:
+            delta = self._layers(x, rows, spans, groups, meta, cos, sin)
+        for row in rows:
+            row.cache.length += len(row.token_ids)
+        last = torch.tensor([end - 1 for _, end, _ in spans], device=self.device)
+        h = self._norm(x[last], self.norm, delta[last])
+        head = self.lm_head
+        if isinstance(head.weight, BlockWeight):  # float32 sums of the exact weights: nothing to refine
+            logits = head.weight.matmul(head.lib, h, torch.float32)
+            return logits if head.bias is None else logits.add_(head.bias)
+        return self._refine(h, head(h).float())
+
+    def _layers(
+        self,
+        x: torch.Tensor,
+        rows: list[Row],
+        spans: list[tuple[int, int, int]],
+        groups: list[tuple[LoraWeights, int, int]],
+        meta: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> torch.Tensor:
+        """Every decoder layer, pass by pass (`forward`'s arguments); returns the last layer's MLP output,
+        not yet added to `x`."""
+        total = x.shape[0]
         q_end = self.heads * self.head_dim
         k_end = q_end + self.kv_heads * self.head_dim
         delta: torch.Tensor | None = None  # the last layer's MLP output, not yet added to x
@@ -300,16 +345,8 @@ class BatchedLlama:
             o = self._project(attended.view(total, -1), index, layer.o, groups)
             h = self._norm(x, layer.mlp_norm, o)
             delta = self._project(self._gate(self._project(h, index, layer.gate_up, groups)), index, layer.down, groups)
-        for row in rows:
-            row.cache.length += len(row.token_ids)
-        last = torch.tensor([end - 1 for _, end, _ in spans], device=self.device)
         assert delta is not None
-        h = self._norm(x[last], self.norm, delta[last])
-        head = self.lm_head
-        if isinstance(head.weight, BlockWeight):  # float32 sums of the exact weights: nothing to refine
-            logits = head.weight.matmul(head.lib, h, torch.float32)
-            return logits if head.bias is None else logits.add_(head.bias)
-        return self._refine(h, head(h).float())
+        return delta
 
     def _refine(self, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         """`logits` with each row's most likely tokens' recomputed in float32 from `h`.
