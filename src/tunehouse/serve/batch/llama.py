@@ -160,6 +160,7 @@ class BatchedLlama:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.scale = self.head_dim**-0.5
         self.eps = config.rms_norm_eps
+        self.mlp_width = config.intermediate_size
         self.act = ACT2FN[config.hidden_act]
         self.rotary = inner.rotary_emb
         fits_kernels = (
@@ -297,8 +298,7 @@ class BatchedLlama:
             dtype=torch.int64,
         )
         if self.layer_table is not None and not groups:
-            width = self.layers[0].gate_up.weight.out_features // 2
-            shape = (self.heads, self.kv_heads, self.head_dim, width)
+            shape = (self.heads, self.kv_heads, self.head_dim, self.mlp_width)
             assert self.kernels is not None
             delta = kernels.layers(self.kernels, self.layer_table, meta, x, cos, sin, shape, self.eps, self.scale)
         else:
