@@ -155,3 +155,26 @@ def test_rope_and_swiglu_match_pytorch(dtype: torch.dtype) -> None:
     gate, up = gate_up.float().chunk(2, dim=-1)
     expected = F.silu(gate) * up
     assert (kernels.silu_mul(lib(), gate_up).float() - expected).abs().max() < TOLERANCE[dtype] * expected.abs().max()
+
+
+def test_element_wise_passes_give_a_row_the_same_bits_alone_or_split_between_threads() -> None:
+    """Past a few rows the passes split rows between threads: each row's result stays its own."""
+    many = 20
+    x, delta = torch.randn(many, 96).bfloat16(), torch.randn(many, 96).bfloat16()
+    weight = torch.rand(96).bfloat16()
+    together = kernels.rms_norm(lib(), x.clone(), weight, 1e-5, delta)
+    alone = [kernels.rms_norm(lib(), x[i : i + 1].clone(), weight, 1e-5, delta[i : i + 1]) for i in range(many)]
+    assert torch.equal(together, torch.cat(alone))
+
+    gate_up = (torch.randn(many, 2 * 50) * 4).bfloat16()
+    assert torch.equal(
+        kernels.silu_mul(lib(), gate_up), torch.cat([kernels.silu_mul(lib(), gate_up[i : i + 1]) for i in range(many)])
+    )
+    qkv = torch.randn(many, (HEADS + 2 * KV_HEADS) * HEAD_DIM).bfloat16()
+    angles = torch.rand(many, HEAD_DIM // 2).repeat(1, 2) * 6
+    cos, sin = angles.cos().bfloat16(), angles.sin().bfloat16()
+    split = [qkv[i : i + 1].clone() for i in range(many)]
+    kernels.rope_(lib(), qkv, HEADS + KV_HEADS, HEAD_DIM, cos, sin)
+    for i, row in enumerate(split):
+        kernels.rope_(lib(), row, HEADS + KV_HEADS, HEAD_DIM, cos[i : i + 1], sin[i : i + 1])
+    assert torch.equal(qkv, torch.cat(split))

@@ -133,7 +133,7 @@ static inline __attribute__((always_inline)) void tile_int8(int rows, const int8
  * magnitude / 127, as GGUF's Q8_1 rounds activations for Q4_1 weights, in shorter runs), and per block
  * the sum of those rounded values: `m` times it cancels the bias that `q`'s offset (0..15 around
  * `-m / d`) gives each rounding error, where the exact sum would leave it. */
-#define QUANTIZE_ROWS 64 /* rows below which rounding stays on one thread (waking the others costs more) */
+#define QUANTIZE_ROWS 8 /* rows below which rounding stays on one thread (waking the others costs more) */
 static void quantize_rows(int64_t rows, int64_t k, const uint16_t *x, int64_t x_stride, int8_t *xq, float *dx,
                           float *sums, int threads) {
     int64_t runs = k / SUB;

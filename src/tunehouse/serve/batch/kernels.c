@@ -293,8 +293,8 @@ int attention(int rows, const int64_t *meta, int layer, int heads, int kv_heads,
 
 /* --- element-wise passes ------------------------------------------------------------------------------ */
 
-/* Rows at a time below which a pass stays on one thread (waking the others costs more). */
-#define PARALLEL_ROWS 64
+/* Rows at a time below which a pass stays on one thread (waking the others costs more than it saves). */
+#define PARALLEL_ROWS 8
 
 /* RMSNorm of each of `rows` rows of x (`dim` values, `stride` apart) into out ([rows, dim]): x·rsqrt(mean
  * x² + eps), rounded, times weight, rounded, as Llama's RMSNorm in bf16. With `delta`, x += delta first
