@@ -26,8 +26,11 @@ def lib() -> ctypes.CDLL:
 class Rows:
     """Sequences of random keys and values fed to `kernels.attention` in chunks, as the engine's steps do."""
 
-    def __init__(self, dtype: torch.dtype, lengths: list[int], seed: int = 0) -> None:
+    def __init__(
+        self, dtype: torch.dtype, lengths: list[int], seed: int = 0, library: ctypes.CDLL | None = None
+    ) -> None:
         self.dtype = dtype
+        self.library = library or lib()
         self.shape = CacheShape(LAYERS, KV_HEADS, HEAD_DIM, dtype, torch.device("cpu"), blocked_keys=True)
         self.caches = [SequenceCache(self.shape) for _ in lengths]
         # Every position's q, k and v, per layer: [layers, length, heads or kv heads, head_dim]; row i's
@@ -67,7 +70,7 @@ class Rows:
             q = packed[:, :q_end].view(-1, HEADS, HEAD_DIM)
             k = packed[:, q_end:k_end].view(-1, KV_HEADS, HEAD_DIM)
             v = packed[:, k_end:].view(-1, KV_HEADS, HEAD_DIM)
-            out = kernels.attention(lib(), table, layer, q, k, v, HEAD_DIM**-0.5)
+            out = kernels.attention(self.library, table, layer, q, k, v, HEAD_DIM**-0.5)
             for (index, (start, end)), offset in zip(spans.items(), table[:, 3].tolist(), strict=True):
                 outputs[index].append(out[offset : offset + end - start])
         for index in order:
@@ -81,9 +84,21 @@ class Rows:
         return out.transpose(1, 2)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attention_over_chunks_and_decode_steps_matches_pytorch(dtype: torch.dtype) -> None:
-    rows = Rows(dtype, [70, 41, 5])
+@pytest.fixture(scope="module")
+def without_bf16_dot(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """The kernels as a CPU without AVX-512 BF16 runs them: bf16 keys converted to float32 first."""
+    target = tmp_path_factory.mktemp("kernels") / "portable.so"
+    kernels.build(target, ("-mno-avx512bf16",))
+    return kernels.load(target)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "portable"), [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)]
+)
+def test_attention_over_chunks_and_decode_steps_matches_pytorch(
+    dtype: torch.dtype, portable: bool, request: pytest.FixtureRequest
+) -> None:
+    rows = Rows(dtype, [70, 41, 5], library=request.getfixturevalue("without_bf16_dot") if portable else None)
     got = {index: [] for index in range(3)}
     for spans in ({0: (0, 40), 1: (0, 33)}, {0: (40, 69), 1: (33, 40), 2: (0, 5)}, {0: (69, 70), 1: (40, 41)}):
         for index, out in rows.step(spans).items():

@@ -118,19 +118,89 @@ static inline v16 exp_lanes(v16 x) {
  * v likewise with kv_heads, kv_stride apart); out is [tokens, heads, head_dim]. head_dim is a multiple
  * of 16, at most 256; capacity a multiple of 16.
  *
- * A head's keys are kept in blocks of 16 positions, each block transposed ([head_dim][16]), so a query's
- * scores for 16 keys are 16-lane sums over the head's features, read straight from the cache; its
- * values as they come ([position][head_dim]), added to the query's output in key order. The work is
- * split into tiles: up to TILE positions of one row and one kv head, with the query heads that share
- * it. A query's arithmetic is the same whichever tile holds it and whatever else the call holds.
+ * A head's keys are kept in blocks of 16 positions, each block transposed (`key_index`), so a query's
+ * scores for 16 keys are 16-lane sums over the head's features, read straight from the cache (in bf16 by
+ * the CPU's bf16 dot product, where it has one); its values as they come ([position][head_dim]), added
+ * to the query's output in key order, a few queries at a time so each value is read once for them. The
+ * work is split into tiles: up to TILE positions of one row and one kv head, with the query heads that
+ * share it. A query's arithmetic is the same whichever tile holds it and whatever else the call holds.
  */
 
 #define TILE 16 /* positions a tile takes */
+#define QUERIES 4 /* queries whose outputs are summed together */
 
-/* Where key `position`'s feature 0 lies in a head's blocked keys; feature d is 16·d further. */
-static inline int64_t key_index(int64_t position, int head_dim) {
-    return position / LANES * LANES * head_dim + position % LANES;
+typedef uint16_t h16 __attribute__((vector_size(LANES * sizeof(uint16_t))));
+
+/* 16 values at p (bf16 or float32) as floats. */
+static inline v16 value_lanes(const char *p, int bf16) {
+    if (!bf16) return lanes_at((const float *)p);
+    h16 h;
+    memcpy(&h, p, sizeof h);
+    return (v16)(__builtin_convertvector(h, i16) << 16);
 }
+
+/* For each of QUERIES queries (`upto[u]` keys each, 0 for none), adds weight × value of each key it sees
+ * to its `width` × 16 outputs, key by key in order. values: the block's [16][head_dim], from the first
+ * of the outputs' features; weights: the queries' rows, `padded` apart; outs likewise head_dim apart. */
+static inline __attribute__((always_inline)) void weigh_values(int width, int most, const int *upto, const char *values,
+                                                               int bf16, int head_dim, const float *weights,
+                                                               int64_t padded, float *outs) {
+    v16 acc[QUERIES][4];
+    int64_t size = bf16 ? 2 : 4;
+    for (int u = 0; u < QUERIES; u++)
+        for (int g = 0; g < width; g++) acc[u][g] = upto[u] ? lanes_at(outs + u * head_dim + g * LANES) : (v16){0};
+    for (int j = 0; j < most; j++) {
+        v16 v[4];
+        for (int g = 0; g < width; g++) v[g] = value_lanes(values + ((int64_t)j * head_dim + g * LANES) * size, bf16);
+        for (int u = 0; u < QUERIES; u++)
+            if (j < upto[u]) {
+                float w = weights[u * padded + j];
+                for (int g = 0; g < width; g++) acc[u][g] += w * v[g];
+            }
+    }
+    for (int u = 0; u < QUERIES; u++)
+        if (upto[u])
+            for (int g = 0; g < width; g++) memcpy(outs + u * head_dim + g * LANES, &acc[u][g], sizeof(v16));
+}
+
+/* Where feature d of key `position` lies in a head's blocked keys: in float32 each block is [head_dim][16];
+ * in bf16 [head_dim / 2][16][2], each key's features paired, as AVX-512's bf16 dot product reads them. */
+static inline int64_t key_index(int64_t position, int d, int head_dim, int bf16) {
+    int64_t block = position / LANES * LANES * head_dim, p = position % LANES;
+    return bf16 ? block + (d / 2) * 2 * LANES + 2 * p + d % 2 : block + d * LANES + p;
+}
+
+/* One block of 16 keys as floats, [head_dim][16]. */
+static inline void load_keys(const void *src, int bf16, int head_dim, float *dst) {
+    if (!bf16) {
+        memcpy(dst, src, (size_t)LANES * head_dim * sizeof(float));
+        return;
+    }
+    const uint16_t *pairs = src;
+    for (int m = 0; m < head_dim / 2; m++)
+        for (int p = 0; p < LANES; p++) {
+            dst[2 * m * LANES + p] = bf16_to_float(pairs[(m * LANES + p) * 2]);
+            dst[(2 * m + 1) * LANES + p] = bf16_to_float(pairs[(m * LANES + p) * 2 + 1]);
+        }
+}
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+/* A bf16 query's scores for one block of 16 bf16 keys: the products summed a feature pair at a time by
+ * `vdpbf16ps`, straight from the cache (a product of two bf16 values is exact in float32). */
+static inline v16 scores_bf16(const uint16_t *keys, const uint16_t *query, int head_dim) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const uint32_t *pairs = (const uint32_t *)query;
+    for (int m = 0; m < head_dim / 2; m += 4) {
+#define PAIR(n, acc)                                                                                                   \
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(keys + 2 * LANES * (m + n)),                              \
+                           (__m512bh)_mm512_set1_epi32((int)pairs[m + n]));
+        PAIR(0, a0) PAIR(1, a1) PAIR(2, a2) PAIR(3, a3)
+#undef PAIR
+    }
+    return (v16)_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+}
+#endif
 
 /* Positions start .. end-1 of one row, one kv head. `work` holds TILE·group·(2·head_dim + padded keys +
  * 1) + 16·head_dim floats. */
@@ -150,8 +220,24 @@ static void attend_tile(const int64_t *row, int64_t start, int64_t end, int kv_h
     }
     /* Scores, 16 keys at a time. Lanes past `keys` read the block's unwritten part: their scores are
      * never used. */
+    for (int64_t line = 0; line < padded * head_dim * (bf16 ? 2 : 4); line += 64) { /* many reads in flight */
+        __builtin_prefetch((const char *)key_base + line);
+        __builtin_prefetch((const char *)value_base + line);
+    }
     for (int64_t j0 = 0; j0 < keys; j0 += LANES) {
-        load(at(key_base, j0 * head_dim, bf16), bf16, LANES * head_dim, block); /* [head_dim][16] */
+#if defined(__AVX512BF16__)
+        if (bf16) {
+            for (int64_t i = 0; i < queries; i++) {
+                if (j0 > past + start + i / group) continue; /* every key of the block is past this query */
+                int64_t token = first + start + i / group;
+                const uint16_t *query = (const uint16_t *)q + token * q_stride + (kv_head * group + i % group) * head_dim;
+                v16 sum = scores_bf16((const uint16_t *)key_base + j0 * head_dim, query, head_dim) * scale;
+                memcpy(scores + i * padded + j0, &sum, sizeof sum);
+            }
+            continue;
+        }
+#endif
+        load_keys(at(key_base, j0 * head_dim, bf16), bf16, head_dim, block); /* [head_dim][16] */
         for (int64_t i = 0; i < queries; i++) {
             if (j0 > past + start + i / group) continue; /* every key of the block is past this query */
             const float *query = qs + i * head_dim;
@@ -188,37 +274,29 @@ static void attend_tile(const int64_t *row, int64_t start, int64_t end, int kv_h
         v16 eighth = quarter + __builtin_shufflevector(quarter, quarter, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1);
         totals[i] = eighth[0] + eighth[1];
     }
-    /* Outputs: each query's weighted sum of values, key by key, 16 features at a time. */
+    /* Outputs: each query's weighted sum of values, key by key, 16 features at a time; QUERIES queries at
+     * a time, so each value is read (and converted from bf16) once for them all. */
     memset(outs, 0, queries * head_dim * sizeof(float));
     for (int64_t j0 = 0; j0 < keys; j0 += LANES) {
-        int valid = keys - j0 < LANES ? (int)(keys - j0) : LANES;
-        load(at(value_base, j0 * head_dim, bf16), bf16, valid * head_dim, block); /* [16][head_dim] */
-        for (int64_t i = 0; i < queries; i++) {
-            int64_t seen = past + start + i / group + 1;
-            if (j0 >= seen) continue;
-            int upto = seen - j0 < LANES ? (int)(seen - j0) : LANES;
-            const float *weights = scores + i * padded + j0;
-            float *o = outs + i * head_dim;
-            int c = 0;
-            for (; c + 4 * LANES <= head_dim; c += 4 * LANES) { /* four independent sums, so no FMA waits */
-                v16 a0 = lanes_at(o + c), a1 = lanes_at(o + c + LANES), a2 = lanes_at(o + c + 2 * LANES),
-                    a3 = lanes_at(o + c + 3 * LANES);
-                for (int j = 0; j < upto; j++) {
-                    const float *value = block + j * head_dim + c;
-                    a0 += weights[j] * lanes_at(value);
-                    a1 += weights[j] * lanes_at(value + LANES);
-                    a2 += weights[j] * lanes_at(value + 2 * LANES);
-                    a3 += weights[j] * lanes_at(value + 3 * LANES);
-                }
-                memcpy(o + c, &a0, sizeof a0);
-                memcpy(o + c + LANES, &a1, sizeof a1);
-                memcpy(o + c + 2 * LANES, &a2, sizeof a2);
-                memcpy(o + c + 3 * LANES, &a3, sizeof a3);
+        const char *values = at(value_base, j0 * head_dim, bf16);
+        for (int64_t i0 = 0; i0 < queries; i0 += QUERIES) {
+            int upto[QUERIES], most = 0; /* keys of the block each query sees */
+            for (int u = 0; u < QUERIES; u++) {
+                int64_t seen = i0 + u < queries ? past + start + (i0 + u) / group + 1 : 0;
+                upto[u] = seen <= j0 ? 0 : seen - j0 < LANES ? (int)(seen - j0) : LANES;
+                most = upto[u] > most ? upto[u] : most;
             }
-            for (; c < head_dim; c += LANES) {
-                v16 acc = lanes_at(o + c);
-                for (int j = 0; j < upto; j++) acc += weights[j] * lanes_at(block + j * head_dim + c);
-                memcpy(o + c, &acc, sizeof acc);
+            for (int c = 0; c < head_dim; c += 4 * LANES) {
+                const float *weights = scores + i0 * padded + j0;
+                float *o = outs + i0 * head_dim + c;
+                switch (head_dim - c < 4 * LANES ? (head_dim - c) / LANES : 4) { /* a constant width for each */
+#define WIDTH(n)                                                                                                       \
+    case n:                                                                                                            \
+        weigh_values(n, most, upto, values + (int64_t)c * (bf16 ? 2 : 4), bf16, head_dim, weights, padded, o);         \
+        break;
+                    WIDTH(1) WIDTH(2) WIDTH(3) WIDTH(4)
+#undef WIDTH
+                }
             }
         }
     }
@@ -235,6 +313,22 @@ typedef struct {
     int kv_head;
 } Tile;
 
+/* Writes a row's new keys and values for one kv head into its cache (a bf16 key's features a pair at a
+ * time, as they lie together). */
+static void store_kv(const int64_t *row, int h, int layer, int kv_heads, int head_dim, int bf16, const void *k,
+                     const void *v, int64_t kv_stride) {
+    int64_t size = bf16 ? 2 : 4, capacity = row[1], past = row[2], first = row[3], count = row[4];
+    int step = bf16 ? 2 : 1;
+    char *keys = (char *)(intptr_t)row[0] + (((int64_t)layer * 2 * kv_heads + h) * capacity * head_dim) * size;
+    for (int64_t t = 0; t < count; t++) {
+        char *value = keys + ((int64_t)kv_heads * capacity + past + t) * head_dim * size;
+        const char *key = (const char *)k + ((first + t) * kv_stride + h * head_dim) * size;
+        for (int d = 0; d < head_dim; d += step)
+            memcpy(keys + key_index(past + t, d, head_dim, bf16) * size, key + d * size, step * size);
+        memcpy(value, (const char *)v + ((first + t) * kv_stride + h * head_dim) * size, head_dim * size);
+    }
+}
+
 /* Returns 0, or 1 where work space could not be allocated, 2 where the shapes are out of range. */
 int attention(int rows, const int64_t *meta, int layer, int heads, int kv_heads, int head_dim, float scale, int bf16,
               const void *q, const void *k, const void *v, int64_t q_stride, int64_t kv_stride, void *out,
@@ -244,18 +338,7 @@ int attention(int rows, const int64_t *meta, int layer, int heads, int kv_heads,
     for (int r = 0; r < rows; r++)
         if (meta[5 * r + 1] % LANES) return 2;
     for (int r = 0; r < rows; r++) {
-        const int64_t *row = meta + 5 * r;
-        char *cache = (char *)(intptr_t)row[0];
-        int64_t capacity = row[1], past = row[2], first = row[3], count = row[4];
-        for (int64_t t = 0; t < count; t++)
-            for (int h = 0; h < kv_heads; h++) {
-                char *keys = cache + (((int64_t)layer * 2 * kv_heads + h) * capacity * head_dim) * size;
-                char *value = keys + ((int64_t)kv_heads * capacity + past + t) * head_dim * size;
-                const char *key = (const char *)k + ((first + t) * kv_stride + h * head_dim) * size;
-                int64_t slot = key_index(past + t, head_dim);
-                for (int d = 0; d < head_dim; d++) memcpy(keys + (slot + d * LANES) * size, key + d * size, size);
-                memcpy(value, (const char *)v + ((first + t) * kv_stride + h * head_dim) * size, head_dim * size);
-            }
+        int64_t past = meta[5 * r + 2], count = meta[5 * r + 4];
         if (past + count > longest) longest = past + count;
         tiles += (count + TILE - 1) / TILE * kv_heads;
     }
@@ -280,6 +363,9 @@ int attention(int rows, const int64_t *meta, int layer, int heads, int kv_heads,
 #pragma omp atomic write
             failed = 1;
         }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < (int64_t)rows * kv_heads; i++)
+            store_kv(meta + 5 * (i / kv_heads), (int)(i % kv_heads), layer, kv_heads, head_dim, bf16, k, v, kv_stride);
 #pragma omp for schedule(dynamic)
         for (int64_t i = 0; i < tiles; i++)
             if (work)

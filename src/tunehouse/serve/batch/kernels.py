@@ -54,7 +54,9 @@ def _library_path() -> Path:
     return settings().kernels_dir / f"serve_kernels-{digest[:16]}.so"
 
 
-def _build(target: Path) -> None:
+def build(target: Path, extra_flags: tuple[str, ...] = ()) -> None:
+    """Compile the sources into the library `target` (`extra_flags` after FLAGS: a test builds the
+    paths a CPU without some instructions takes)."""
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise FileNotFoundError("no C compiler (cc or gcc) on PATH")
@@ -62,7 +64,10 @@ def _build(target: Path) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         subprocess.run(
-            [compiler, *FLAGS, "-o", str(built), *map(str, SOURCES)], check=True, capture_output=True, text=True
+            [compiler, *FLAGS, *extra_flags, "-o", str(built), *map(str, SOURCES)],
+            check=True,
+            capture_output=True,
+            text=True,
         )
         os.replace(built, target)  # whole or not at all, for a process that builds beside this one
 
@@ -103,12 +108,17 @@ def library() -> ctypes.CDLL | None:
     target = _library_path()
     try:
         if not target.exists():
-            _build(target)
-        loaded = ctypes.CDLL(str(target))
+            build(target)
+        return load(target)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else exc
         log.warning("Serving runs its batched steps in PyTorch: the serving kernels did not build: %s", detail)
         return None
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """The built library at `path`, each function's signature declared."""
+    loaded = ctypes.CDLL(str(path))
     for name, argtypes in _SIGNATURES.items():
         function = getattr(loaded, name)
         function.restype, function.argtypes = ctypes.c_int, argtypes

@@ -27,8 +27,8 @@ class CacheShape:
     dtype: torch.dtype
     device: torch.device
     blocked_keys: bool = False
-    """Keys kept as `kernels.c` keeps them: each block of `BLOCK` positions transposed. Copies then move
-    whole blocks only, and only the kernels read the keys."""
+    """Keys kept as `kernels.c` keeps them: each block of `BLOCK` positions transposed (in bf16, each
+    key's features paired). Copies then move whole blocks only, and only the kernels read the keys."""
 
     def bytes_per_token(self) -> int:
         return self.layers * 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
