@@ -5,7 +5,7 @@ prefills — are packed into one `[tokens, hidden]` matrix, so each projection i
 whole batch (q/k/v as one, gate/up as one). Attention runs per sequence over that sequence's cache, so
 a row's result never depends on its companions. On a CPU, attention and the element-wise passes
 (RMSNorm with its residual add, RoPE, SwiGLU's gate) are `kernels.c`'s, each one call per layer for
-every row; on CUDA, or where no C compiler built them, every pass is PyTorch's (attention one call per
+every row, and where every projection is blocks a step runs all its layers in one call to C; on CUDA, or where no C compiler built them, every pass is PyTorch's (attention one call per
 sequence and aligned block of its queries). Rows that use a LoRA adapter are grouped, and each
 group adds its own low-rank update to the projections it adapts (`lora.py`). The weights are the
 Hugging Face model's own, in bf16 where the hardware computes it fast, or as the 4- and 8-bit blocks
