@@ -200,6 +200,9 @@ static inline v16 scores_bf16(const uint16_t *keys, const uint16_t *query, int h
     }
     return (v16)_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
 }
+#define DOT_BF16(bf16) (bf16) /* bf16 scores come from `scores_bf16` */
+#else
+#define DOT_BF16(bf16) 0
 #endif
 
 /* Positions start .. end-1 of one row, one kv head. `work` holds TILE·group·(2·head_dim + padded keys +
@@ -213,8 +216,8 @@ static void attend_tile(const int64_t *row, int64_t start, int64_t end, int kv_h
     const void *key_base = at((const void *)(intptr_t)row[0], (((int64_t)layer * 2 * kv_heads + kv_head) * capacity) * head_dim, bf16);
     const void *value_base = at(key_base, (int64_t)kv_heads * capacity * head_dim, bf16);
     float *qs = work, *outs = qs + queries * head_dim, *scores = outs + queries * head_dim;
-    float *totals = scores + queries * padded, *block = totals + queries; /* block: 16 keys or values */
-    for (int64_t i = 0; i < queries; i++) {
+    float *totals = scores + queries * padded, *block = totals + queries; /* block: 16 keys */
+    for (int64_t i = 0; i < queries && !DOT_BF16(bf16); i++) { /* the float32 queries the FMA scores read */
         int64_t token = first + start + i / group;
         load(at(q, token * q_stride + (kv_head * group + i % group) * head_dim, bf16), bf16, head_dim, qs + i * head_dim);
     }
@@ -226,7 +229,7 @@ static void attend_tile(const int64_t *row, int64_t start, int64_t end, int kv_h
     }
     for (int64_t j0 = 0; j0 < keys; j0 += LANES) {
 #if defined(__AVX512BF16__)
-        if (bf16) {
+        if (DOT_BF16(bf16)) {
             for (int64_t i = 0; i < queries; i++) {
                 if (j0 > past + start + i / group) continue; /* every key of the block is past this query */
                 int64_t token = first + start + i / group;
